@@ -1,0 +1,3 @@
+"""The `yizhan` command."""
+def main() -> None:
+    raise SystemExit("not yet")

@@ -1,0 +1,69 @@
+"""Canonical JSON: the one byte form of event data that is hashed, stored and read back.
+
+Rules (RFC 8785 in spirit, kept simple enough to reproduce in any language):
+- objects with keys sorted by code point, no insignificant whitespace;
+- strings as UTF-8, not escaped beyond what JSON requires; lone surrogates are refused;
+- integers of any size as digits; floats as Python's shortest round-trip repr
+  (so ``1.0`` stays a float and ``10**20`` stays an int); NaN and infinities are refused;
+- ``Decimal`` is not a JSON type: event models serialise it as a string.
+
+The event store keeps this text verbatim in ``json`` columns (not ``jsonb``, which would rewrite
+numbers), so ``canonical(json.loads(stored)) == stored`` for every stored value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+JsonValue = Any
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class NotCanonicalisable(ValueError):
+    """The value cannot be written as canonical JSON (e.g. NaN, a lone surrogate, a set)."""
+
+
+def _check(value: JsonValue, path: str) -> None:
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise NotCanonicalisable(f"{path}: string holds a lone surrogate")
+    elif isinstance(value, bool) or value is None or isinstance(value, int):
+        return
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise NotCanonicalisable(f"{path}: {value!r} is not a JSON number")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise NotCanonicalisable(f"{path}: object key {key!r} is not a string")
+            _check(key, f"{path}.<key>")
+            _check(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check(item, f"{path}[{index}]")
+    else:
+        raise NotCanonicalisable(f"{path}: {type(value).__name__} is not a JSON type")
+
+
+_encoder = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
+)
+
+
+def canonical_json(value: JsonValue) -> str:
+    """Return the canonical JSON text of ``value``; raise ``NotCanonicalisable`` if impossible."""
+    try:
+        text = _encoder.encode(value)
+        text.encode("utf-8")
+    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+        _check(value, "$")  # names the offending place
+        raise NotCanonicalisable(str(exc)) from exc
+    return text
+
+
+def loads(text: str) -> JsonValue:
+    """Parse JSON text (the inverse of ``canonical_json``)."""
+    return json.loads(text)

@@ -1,0 +1,252 @@
+"""The PostgreSQL event store (asyncpg).
+
+How global position comes to equal commit order: every append transaction first takes one
+transaction-scoped advisory lock, then reads the head (last position and hash), writes its rows
+at the following positions and commits, which releases the lock. PostgreSQL makes a commit
+visible before it releases the transaction's locks, so the next writer always sees the previous
+one's rows: positions are assigned in commit order and the visible log is always a gap-free
+prefix. A tailer reading ``position > p`` can never miss a late commit. The hash chain needs the
+same serialisation (each hash covers the previous one).
+
+Serialising would cost a commit per append, so appends are group-committed: each store instance
+runs one writer task that takes every append waiting in its queue (up to ``max_batch``) into one
+transaction, judges each one on its own (``planning.plan_batch``) and resolves each caller's
+future after the commit. Several instances (processes) simply take turns on the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from shared.contracts.envelope import GENESIS_HASH, NewEvent, RecordedEvent
+from shared.eventstore.errors import AppendError
+from shared.eventstore.planning import StoredId, encode_appends, plan_batch
+from shared.eventstore.port import AppendResult, Head, StreamAppend
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+APPEND_LOCK = 0x59_5A_41_50  # "YZAP": the one lock every append takes
+NOTIFY_CHANNEL = "yizhan_events"
+
+_COLUMNS = (
+    "position, stream_id, version, event_id, type, schema_version, data::text, "
+    "metadata::text, occurred_at, recorded_at, prev_hash, hash"
+)
+_INSERT = """
+INSERT INTO events (position, stream_id, version, event_id, type, schema_version, data,
+                    metadata, occurred_at, recorded_at, prev_hash, hash)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::uuid[], $5::text[], $6::int[],
+                     $7::json[], $8::json[], $9::timestamptz[], $10::timestamptz[], $11::text[],
+                     $12::text[])
+"""
+_HEAD = """
+SELECT clock_timestamp() AS now,
+       (SELECT position FROM events ORDER BY position DESC LIMIT 1) AS position,
+       (SELECT hash FROM events ORDER BY position DESC LIMIT 1) AS hash
+"""
+_VERSIONS = """
+SELECT stream_id, max(version) AS version FROM events
+WHERE stream_id = ANY($1::text[]) GROUP BY stream_id
+"""
+_STORED_IDS = """
+SELECT event_id, stream_id, version, position FROM events WHERE event_id = ANY($1::uuid[])
+"""
+_READ_AFTER = f"SELECT {_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+_READ_RANGE = (
+    f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $3 "
+    "ORDER BY position LIMIT $2"
+)
+
+
+def row_to_event(row: Any) -> RecordedEvent:
+    return RecordedEvent(*row)
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections name themselves in pg_stat_activity."""
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size,
+        server_settings={"application_name": "yizhan"},
+    )
+    assert pool is not None
+    return pool
+
+
+class _Pending:
+    __slots__ = ("appends", "future")
+
+    def __init__(self, appends: list[StreamAppend], future: asyncio.Future[list[AppendResult]]):
+        self.appends = appends
+        self.future = future
+
+
+class PostgresEventStore:
+    """The event store on PostgreSQL. Create with a pool; ``close()`` stops its writer task."""
+
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 500) -> None:
+        self.pool = pool
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    # -- appending ---------------------------------------------------------------------------
+
+    async def append(
+        self, stream_id: str, expected_version: int | None, events: Sequence[NewEvent]
+    ) -> AppendResult:
+        """Append events to one stream if it is at ``expected_version`` (see the port)."""
+        (result,) = await self.append_streams([StreamAppend(stream_id, expected_version, events)])
+        return result
+
+    async def append_streams(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
+        """Append to several streams atomically (see the port)."""
+        encoded = encode_appends(appends)
+        future: asyncio.Future[list[AppendResult]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(encoded, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_loop(), name="eventstore-writer")
+        return await asyncio.shield(future)
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                outcomes = await self._write(batch)
+            except Exception as exc:  # a database fault: every caller of the batch gets it
+                log.warning("eventstore.batch_failed", error=repr(exc), appends=len(batch))
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+                continue
+            for pending, outcome in zip(batch, outcomes, strict=True):
+                if pending.future.done():
+                    continue
+                if isinstance(outcome, AppendError):
+                    pending.future.set_exception(outcome)
+                else:
+                    pending.future.set_result(outcome)
+
+    async def _write(self, batch: list[_Pending]) -> list[list[AppendResult] | AppendError]:
+        streams = list({part.stream_id for p in batch for part in p.appends})
+        ids = [ev.event_id for p in batch for part in p.appends for ev in part.events]
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
+            head = await conn.fetchrow(_HEAD)
+            versions = {r[0]: r[1] for r in await conn.fetch(_VERSIONS, streams)}
+            stored = {
+                r[0]: StoredId(r[1], r[2], r[3]) for r in await conn.fetch(_STORED_IDS, ids)
+            }
+            plan = plan_batch(
+                [p.appends for p in batch], head_position=head["position"] or 0,
+                head_hash=head["hash"] or GENESIS_HASH, versions=versions, stored_ids=stored,
+                now=head["now"],
+            )
+            if plan.rows:
+                await conn.execute(_INSERT, *_columns(plan.rows))
+                await conn.execute(
+                    "SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(plan.rows[-1].position)
+                )
+        return plan.outcomes
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def read_stream(
+        self, stream_id: str, *, to_position: int | None = None
+    ) -> list[RecordedEvent]:
+        """A stream's events in version order, optionally only those at or before a position."""
+        rows = await self.pool.fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 "
+            "AND ($2::bigint IS NULL OR position <= $2) ORDER BY version",
+            stream_id, to_position,
+        )
+        return [row_to_event(r) for r in rows]
+
+    async def read_batch(
+        self, after: int, limit: int, to_position: int | None = None
+    ) -> list[RecordedEvent]:
+        """Up to ``limit`` events after ``after`` in position order."""
+        if to_position is None:
+            rows = await self.pool.fetch(_READ_AFTER, after, limit)
+        else:
+            rows = await self.pool.fetch(_READ_RANGE, after, limit, to_position)
+        return [row_to_event(r) for r in rows]
+
+    async def read_all(
+        self, after: int = 0, *, batch_size: int = 1000, to_position: int | None = None
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """Every event after ``after`` in position order, in batches (see the port)."""
+        while True:
+            batch = await self.read_batch(after, batch_size, to_position)
+            if not batch:
+                return
+            yield batch
+            after = batch[-1].position
+
+    async def subscribe(
+        self, after: int = 0, *, batch_size: int = 1000, poll_interval: float = 1.0
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """Tail the log forever: NOTIFY wakes the reader early, polling covers lost wake-ups."""
+        wake = asyncio.Event()
+
+        def on_notify(*_: object) -> None:
+            wake.set()
+
+        listener = await self.pool.acquire()
+        try:
+            await listener.add_listener(NOTIFY_CHANNEL, on_notify)
+            while True:
+                wake.clear()
+                batch = await self.read_batch(after, batch_size)
+                if batch:
+                    after = batch[-1].position
+                    yield batch
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), poll_interval)
+        finally:
+            with contextlib.suppress(Exception):
+                await listener.remove_listener(NOTIFY_CHANNEL, on_notify)
+            await self.pool.release(listener)
+
+    async def head(self) -> Head:
+        row = await self.pool.fetchrow(
+            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+        )
+        return Head(0, GENESIS_HASH) if row is None else Head(row[0], row[1])
+
+    async def stream_version(self, stream_id: str) -> int:
+        version = await self.pool.fetchval(
+            "SELECT max(version) FROM events WHERE stream_id = $1", stream_id
+        )
+        return int(version or 0)
+
+    async def find_event(self, event_id: uuid.UUID) -> RecordedEvent | None:
+        row = await self.pool.fetchrow(f"SELECT {_COLUMNS} FROM events WHERE event_id = $1",
+                                       event_id)
+        return None if row is None else row_to_event(row)
+
+
+def _columns(rows: list[RecordedEvent]) -> tuple[list[Any], ...]:
+    return (
+        [r.position for r in rows], [r.stream_id for r in rows], [r.version for r in rows],
+        [r.event_id for r in rows], [r.type for r in rows], [r.schema_version for r in rows],
+        [r.data_json for r in rows], [r.metadata_json for r in rows],
+        [r.occurred_at for r in rows], [r.recorded_at for r in rows],
+        [r.prev_hash for r in rows], [r.hash for r in rows],
+    )

@@ -1,0 +1,102 @@
+"""Typed settings from the environment (and `.env`), validated at start-up.
+
+``DATABASE_URL`` and ``KAFKA_BOOTSTRAP_SERVERS`` keep their conventional names; everything else
+is ``YIZHAN_*``. When the two are unset, `yizhan` runs the embedded PostgreSQL and broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A well-known development key (the Ed25519 seed of 32 bytes 0x01..0x20). Production must set its
+# own; `yizhan` warns loudly when this one signs checkpoints outside the embedded default.
+DEV_SIGNING_KEY = base64.b64encode(bytes(range(1, 33))).decode()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="YIZHAN_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "YIZHAN_DATABASE_URL"),
+        description="Service role connection string; unset = embedded PostgreSQL.",
+    )
+    database_admin_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_ADMIN_URL", "YIZHAN_DATABASE_ADMIN_URL"),
+        description="Owner/superuser connection used for migrations; defaults to DATABASE_URL.",
+    )
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "YIZHAN_KAFKA_BOOTSTRAP_SERVERS"),
+        description="Kafka bootstrap servers; unset = embedded broker.",
+    )
+    data_dir: Path = Field(default=Path(".yizhan"), description="Embedded data folder.")
+    env: Literal["dev", "prod"] = "dev"
+
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    topic_case_events: str = "case.events"
+    topic_intake_submissions: str = "intake.submissions"
+    topic_intake_rejected: str = "intake.rejected"
+    topic_partitions: int = Field(default=6, ge=1, le=1024)
+    topic_replication_factor: int = Field(default=1, ge=1)
+    kafka_session_timeout_ms: int = Field(default=6000, ge=1000)
+    kafka_heartbeat_interval_ms: int = Field(default=1000, ge=100)
+
+    db_pool_min: int = Field(default=2, ge=1)
+    db_pool_max: int = Field(default=10, ge=1)
+    append_max_batch: int = Field(default=500, ge=1, le=10_000)
+
+    relay_batch_size: int = Field(default=1000, ge=1)
+    relay_poll_interval_s: float = Field(default=0.5, gt=0)
+    relay_probe_interval_s: float = Field(default=5.0, gt=0)
+
+    checkpoint_signing_key: str = Field(
+        default=DEV_SIGNING_KEY, description="Base64 Ed25519 private seed (32 bytes)."
+    )
+    checkpoint_every_events: int = Field(default=10_000, ge=1)
+    checkpoint_every_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("checkpoint_signing_key")
+    @classmethod
+    def _seed_is_32_bytes(cls, value: str) -> str:
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except binascii.Error as exc:
+            raise ValueError("must be base64") from exc
+        if len(raw) != 32:
+            raise ValueError("must decode to a 32-byte Ed25519 seed")
+        return value
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _servers_have_ports(cls, value: str | None) -> str | None:
+        if value is not None:
+            for server in value.split(","):
+                host, _, port = server.strip().rpartition(":")
+                if not host or not port.isdigit():
+                    raise ValueError(f"{server!r} is not host:port")
+        return value
+
+    @property
+    def admin_url(self) -> str | None:
+        return self.database_admin_url or self.database_url
+
+    @property
+    def uses_dev_signing_key(self) -> bool:
+        return self.checkpoint_signing_key == DEV_SIGNING_KEY
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
