@@ -67,7 +67,7 @@ class PgCluster:
 
 
 @dataclass
-class TestDatabase:
+class Db:
     name: str
     admin_dsn: str
     service_dsn: str
@@ -117,7 +117,7 @@ def pg_cluster(tmp_root: Path) -> Iterator[PgCluster]:
 
 
 @contextlib.asynccontextmanager
-async def fresh_database(cluster: PgCluster) -> AsyncIterator[TestDatabase]:
+async def fresh_database(cluster: PgCluster) -> AsyncIterator[Db]:
     """Clone the migrated template into a new database; drop it afterwards."""
     name = f"t_{uuid.uuid4().hex[:16]}"
     conn = await asyncpg.connect(cluster.admin_url)
@@ -128,7 +128,7 @@ async def fresh_database(cluster: PgCluster) -> AsyncIterator[TestDatabase]:
     finally:
         await conn.close()
     try:
-        yield TestDatabase(name, cluster.url(name), cluster.url(name, SERVICE_ROLE))
+        yield Db(name, cluster.url(name), cluster.url(name, SERVICE_ROLE))
     finally:
         conn = await asyncpg.connect(cluster.admin_url)
         try:
@@ -151,14 +151,14 @@ async def postgres_store(cluster: PgCluster) -> AsyncIterator[PostgresEventStore
 
 
 @pytest.fixture
-async def database(pg_cluster: PgCluster) -> AsyncIterator[TestDatabase]:
+async def database(pg_cluster: PgCluster) -> AsyncIterator[Db]:
     """A fresh, migrated database for this test (admin and service-role DSNs)."""
     async with fresh_database(pg_cluster) as db:
         yield db
 
 
 @pytest.fixture
-async def pool(database: TestDatabase) -> AsyncIterator[asyncpg.Pool]:
+async def pool(database: Db) -> AsyncIterator[asyncpg.Pool]:
     """A pool connected as the service role (INSERT/SELECT only on events)."""
     p = await create_pool(database.service_dsn, min_size=1, max_size=20)
     yield p
@@ -166,7 +166,7 @@ async def pool(database: TestDatabase) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-async def admin_pool(database: TestDatabase) -> AsyncIterator[asyncpg.Pool]:
+async def admin_pool(database: Db) -> AsyncIterator[asyncpg.Pool]:
     p = await create_pool(database.admin_dsn, min_size=1, max_size=4)
     yield p
     await p.close()

@@ -53,8 +53,19 @@ _encoder = json.JSONEncoder(
 )
 
 
+def _keys_are_strings(value: JsonValue) -> bool:
+    """The json module silently turns int/float/bool/None keys into strings; we refuse them."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _keys_are_strings(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_keys_are_strings(v) for v in value)
+    return True
+
+
 def canonical_json(value: JsonValue) -> str:
     """Return the canonical JSON text of ``value``; raise ``NotCanonicalisable`` if impossible."""
+    if not _keys_are_strings(value):
+        _check(value, "$")
     try:
         text = _encoder.encode(value)
         text.encode("utf-8")

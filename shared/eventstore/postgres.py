@@ -46,17 +46,28 @@ SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::uuid[], $5::text[]
                      $7::json[], $8::json[], $9::timestamptz[], $10::timestamptz[], $11::text[],
                      $12::text[])
 """
-_HEAD = """
+# Taken in its own statement: a READ COMMITTED statement's snapshot is taken when it starts, so
+# the reads below must start after the lock is held to see the previous writer's commit.
+_BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
+# Everything the planner needs, in one round trip.
+_STATE = """
+WITH head AS (SELECT position, hash FROM events ORDER BY position DESC LIMIT 1),
+     versions AS (SELECT stream_id, max(version) AS version FROM events
+                  WHERE stream_id = ANY($1::text[]) GROUP BY stream_id),
+     stored AS (SELECT event_id, stream_id, version, position FROM events
+                WHERE event_id = ANY($2::uuid[]))
 SELECT clock_timestamp() AS now,
-       (SELECT position FROM events ORDER BY position DESC LIMIT 1) AS position,
-       (SELECT hash FROM events ORDER BY position DESC LIMIT 1) AS hash
+       (SELECT position FROM head) AS position, (SELECT hash FROM head) AS hash,
+       (SELECT array_agg(stream_id) FROM versions) AS v_streams,
+       (SELECT array_agg(version) FROM versions) AS v_versions,
+       (SELECT array_agg(event_id) FROM stored) AS s_ids,
+       (SELECT array_agg(stream_id) FROM stored) AS s_streams,
+       (SELECT array_agg(version) FROM stored) AS s_versions,
+       (SELECT array_agg(position) FROM stored) AS s_positions
 """
-_VERSIONS = """
-SELECT stream_id, max(version) AS version FROM events
-WHERE stream_id = ANY($1::text[]) GROUP BY stream_id
-"""
-_STORED_IDS = """
-SELECT event_id, stream_id, version, position FROM events WHERE event_id = ANY($1::uuid[])
+_INSERT_NOTIFY = f"""
+WITH inserted AS ({_INSERT} RETURNING position)
+SELECT pg_notify('{NOTIFY_CHANNEL}', max(position)::text) FROM inserted
 """
 _READ_AFTER = f"SELECT {_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
 _READ_RANGE = (
@@ -138,23 +149,29 @@ class PostgresEventStore:
     async def _write(self, batch: list[_Pending]) -> list[list[AppendResult] | AppendError]:
         streams = list({part.stream_id for p in batch for part in p.appends})
         ids = [ev.event_id for p in batch for part in p.appends for ev in part.events]
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
-            head = await conn.fetchrow(_HEAD)
-            versions = {r[0]: r[1] for r in await conn.fetch(_VERSIONS, streams)}
-            stored = {
-                r[0]: StoredId(r[1], r[2], r[3]) for r in await conn.fetch(_STORED_IDS, ids)
-            }
-            plan = plan_batch(
-                [p.appends for p in batch], head_position=head["position"] or 0,
-                head_hash=head["hash"] or GENESIS_HASH, versions=versions, stored_ids=stored,
-                now=head["now"],
-            )
-            if plan.rows:
-                await conn.execute(_INSERT, *_columns(plan.rows))
-                await conn.execute(
-                    "SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(plan.rows[-1].position)
+        async with self.pool.acquire() as conn:
+            await conn.execute(_BEGIN_LOCKED)
+            try:
+                state = await conn.fetchrow(_STATE, streams, ids)
+                plan = plan_batch(
+                    [p.appends for p in batch], head_position=state["position"] or 0,
+                    head_hash=state["hash"] or GENESIS_HASH,
+                    versions=dict(zip(state["v_streams"] or (), state["v_versions"] or (),
+                                      strict=True)),
+                    stored_ids={
+                        eid: StoredId(s, v, p) for eid, s, v, p in zip(
+                            state["s_ids"] or (), state["s_streams"] or (),
+                            state["s_versions"] or (), state["s_positions"] or (), strict=True)
+                    },
+                    now=state["now"],
                 )
+                if plan.rows:
+                    await conn.execute(_INSERT_NOTIFY, *_columns(plan.rows))
+                await conn.execute("COMMIT")
+            except BaseException:
+                if not conn.is_closed():
+                    await conn.execute("ROLLBACK")
+                raise
         return plan.outcomes
 
     async def close(self) -> None:

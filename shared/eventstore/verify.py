@@ -76,6 +76,7 @@ async def verify_log(
         pending = {p: cp for p, cp in pending.items() if p > start.position}
     elif from_checkpoint:
         report.notes.append("no checkpoint yet: verified from genesis")
+    last_good_checkpoint = position
     total = await pool.fetchval("SELECT coalesce(max(position), 0) FROM events")
     sha256 = hashlib.sha256
     async with pool.acquire() as conn:
@@ -103,8 +104,10 @@ async def verify_log(
                 if cp is not None:
                     if cp.hash != digest:
                         return report.fail(pos, stream, f"the chain at position {pos} differs "
-                                           "from the signed checkpoint there")
+                                           "from the signed checkpoint there: history after "
+                                           f"position {last_good_checkpoint} was rewritten")
                     report.checkpoints_checked += 1
+                    last_good_checkpoint = pos
             report.events_checked += len(rows)
             if progress is not None:
                 progress(position, total)
