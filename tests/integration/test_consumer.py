@@ -1,0 +1,81 @@
+"""The idempotent consumer applies each position once, atomically with its writes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from shared.consumer import IdempotentConsumer
+from shared.contracts.envelope import NewEvent, RecordedEvent
+from shared.eventstore.port import NO_STREAM
+from shared.eventstore.postgres import PostgresEventStore
+
+
+@pytest.fixture
+async def events(pg_store: PostgresEventStore, admin_pool: asyncpg.Pool) -> list[RecordedEvent]:
+    await admin_pool.execute(
+        "CREATE TABLE applied (position bigint PRIMARY KEY, n int);"
+        " GRANT ALL ON applied TO yizhan_app"
+    )
+    for i in range(10):
+        await pg_store.append(f"case-{i}", NO_STREAM, [NewEvent("Noted", {"n": i})])
+    return [e async for batch in pg_store.read_all() for e in batch]
+
+
+async def write_rows(conn: asyncpg.Connection, batch: list[RecordedEvent]) -> None:
+    await conn.executemany("INSERT INTO applied VALUES ($1, $2)",
+                           [(e.position, e.data["n"]) for e in batch])
+
+
+async def applied(pool: asyncpg.Pool) -> list[int]:
+    return [r[0] for r in await pool.fetch("SELECT position FROM applied ORDER BY position")]
+
+
+async def test_redelivered_and_overlapping_batches_apply_once(
+    pool: asyncpg.Pool, events: list[RecordedEvent]
+) -> None:
+    consumer = IdempotentConsumer(pool, "test")
+    assert len(await consumer.apply("p0", events[:6], write_rows)) == 6
+    assert await consumer.apply("p0", events[:6], write_rows) == []  # redelivery
+    fresh = await consumer.apply("p0", events[3:], write_rows)  # overlap
+    assert [e.position for e in fresh] == [7, 8, 9, 10]
+    assert await applied(pool) == list(range(1, 11))
+    assert await consumer.position("p0") == 10
+
+
+async def test_scopes_are_independent(pool: asyncpg.Pool, events: list[RecordedEvent]) -> None:
+    consumer = IdempotentConsumer(pool, "test")
+    await consumer.apply("p1", [e for e in events if e.position % 2 == 0], write_rows)
+    await consumer.apply("p0", [e for e in events if e.position % 2 == 1], write_rows)
+    assert await applied(pool) == list(range(1, 11))
+    assert await consumer.positions() == {"p0": 9, "p1": 10}
+
+
+async def test_a_failing_batch_writes_nothing_and_keeps_the_position(
+    pool: asyncpg.Pool, events: list[RecordedEvent]
+) -> None:
+    consumer = IdempotentConsumer(pool, "test")
+    await consumer.apply("p0", events[:3], write_rows)
+
+    async def crash_midway(conn: asyncpg.Connection, batch: list[RecordedEvent]) -> None:
+        await write_rows(conn, batch[:2])
+        raise RuntimeError("worker died")
+
+    with pytest.raises(RuntimeError):
+        await consumer.apply("p0", events[3:], crash_midway)
+    assert await applied(pool) == [1, 2, 3]
+    assert await consumer.position("p0") == 3
+    await consumer.apply("p0", events[3:], write_rows)  # the redelivery after restart
+    assert await applied(pool) == list(range(1, 11))
+
+
+async def test_two_workers_given_the_same_batch_apply_it_once(
+    pool: asyncpg.Pool, events: list[RecordedEvent]
+) -> None:
+    a, b = IdempotentConsumer(pool, "test"), IdempotentConsumer(pool, "test")
+    results = await asyncio.gather(a.apply("p0", events, write_rows),
+                                   b.apply("p0", events, write_rows))
+    assert sorted(len(r) for r in results) == [0, 10]
+    assert await applied(pool) == list(range(1, 11))
