@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,7 +210,10 @@ class EmbeddedKafka:
         url = f"tcp://127.0.0.1:{self.port}"
         with open(log_file, "ab") as out:
             self.process = subprocess.Popen(
-                [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                # A cluster id of its own per launch: a memory broker that restarts is a new,
+                # empty cluster, and the relay recognises it by this id.
+                [binary, "broker", "--cluster-id", f"yizhan-{uuid.uuid4().hex[:12]}",
+                 "--listener-url", url, "--advertised-listener-url", url,
                  "--storage-engine", "memory://tansu/"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent(signal.SIGTERM),

@@ -58,6 +58,8 @@ CREATE TRIGGER checkpoints_no_truncate BEFORE TRUNCATE ON event_checkpoints
 CREATE TABLE relay_positions (
     relay       text    PRIMARY KEY,
     position    bigint  NOT NULL DEFAULT 0,
+    cluster_id  text,
+    republished integer NOT NULL DEFAULT 0,
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE relay_partition_offsets (

@@ -1,0 +1,126 @@
+"""Kafka plumbing shared by the services: topic set-up and client settings.
+
+Every topic is created up front with the configured partition count, before any producer or
+consumer touches it: the embedded broker auto-creates a topic named in a metadata request with
+its own default partition count, which would scatter keys differently. Topic metadata is read
+with a request for *all* topics, which creates nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from shared.logging import get_logger
+from shared.settings import Settings
+
+log = get_logger(__name__)
+
+
+class TopicMisconfigured(RuntimeError):
+    """A topic exists with another partition count than configured."""
+
+
+def topic_specs(settings: Settings) -> dict[str, int]:
+    """Every topic the product uses, with its partition count."""
+    return {
+        settings.topic_case_events: settings.topic_partitions,
+        settings.topic_intake_submissions: settings.topic_partitions,
+        settings.topic_intake_rejected: settings.topic_partitions,
+    }
+
+
+async def describe_topics(admin: AIOKafkaAdminClient) -> dict[str, int]:
+    """Partition count of every existing topic (an all-topics request: nothing is created)."""
+    return (await broker_state(admin))[1]
+
+
+async def broker_state(admin: AIOKafkaAdminClient) -> tuple[str | None, dict[str, int]]:
+    """The cluster id and every topic's partition count, in one all-topics metadata request
+    (naming a topic in a metadata request would auto-create it on the embedded broker)."""
+    metadata = (await admin._get_cluster_metadata(topics=None)).to_object()
+    topics = {
+        t["topic"]: len(t["partitions"])
+        for t in metadata["topics"] if t.get("error_code", 0) == 0
+    }
+    return metadata.get("cluster_id"), topics
+
+
+async def recreate_topic(
+    admin: AIOKafkaAdminClient, name: str, partitions: int, replication_factor: int = 1
+) -> None:
+    """Delete ``name`` if present and create it anew with ``partitions``: clears stray records
+    and a topic auto-created with the wrong partition count."""
+    for _ in range(20):
+        _, topics = await broker_state(admin)
+        if name in topics:
+            await admin.delete_topics([name])
+        errors = await _create(admin, {name: partitions}, replication_factor)
+        if errors.get(name) == TopicAlreadyExistsError.errno:
+            await asyncio.sleep(0.2)  # the deletion has not settled, or a client re-created it
+            continue
+        _, topics = await broker_state(admin)
+        if topics.get(name) == partitions:
+            log.info("kafka.topic_recreated", topic=name, partitions=partitions)
+            return
+    raise TopicMisconfigured(f"could not recreate topic {name} with {partitions} partitions")
+
+
+async def ensure_topics(
+    bootstrap: str, specs: Mapping[str, int], *, replication_factor: int = 1
+) -> dict[str, int]:
+    """Create missing topics; raise ``TopicMisconfigured`` if one exists with another partition
+    count. Returns the topics' partition counts as found afterwards."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = await describe_topics(admin)
+        missing = [name for name in specs if name not in existing]
+        if missing:
+            # "already exists" means another process won the race: the check below decides
+            await _create(admin, {name: specs[name] for name in missing}, replication_factor)
+            log.info("kafka.topics_created", topics=missing)
+            existing = await describe_topics(admin)
+        for name, partitions in specs.items():
+            found = existing.get(name)
+            if found != partitions:
+                raise TopicMisconfigured(
+                    f"topic {name} has {found} partitions, settings say {partitions}"
+                )
+        return {name: existing[name] for name in specs}
+    finally:
+        await admin.close()
+
+
+async def _create(
+    admin: AIOKafkaAdminClient, specs: Mapping[str, int], replication_factor: int
+) -> dict[str, int]:
+    """Create topics; return the non-zero error code per topic (the client does not raise)."""
+    response = await admin.create_topics(
+        [NewTopic(name, n, replication_factor) for name, n in specs.items()]
+    )
+    return {t[0]: t[1] for t in response.topic_errors if t[1]}
+
+
+async def delete_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+def consumer_settings(settings: Settings) -> dict[str, Any]:
+    """Consumers start from the earliest offset and skip by stored position (see DESIGN)."""
+    return {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "auto_offset_reset": "earliest",
+        "enable_auto_commit": False,
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "heartbeat_interval_ms": settings.kafka_heartbeat_interval_ms,
+    }

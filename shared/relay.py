@@ -1,0 +1,288 @@
+"""The relay: the only producer to ``case.events``.
+
+- One leader at a time, by a PostgreSQL session advisory lock held on a dedicated connection;
+  a standby polls for the lock and takes over when the leader's session ends. The leader's
+  position is saved through that same connection, so a leader that lost its session cannot
+  advance the checkpoint.
+- Publishes committed events in position order (key = stream id, value = the JSON envelope,
+  headers = type, schema version, correlation id, position), waits for the broker's
+  acknowledgement, then advances its position. At-least-once: duplicates possible, loss never.
+- Recognises a broker that lost its log without trusting end offsets (which the embedded broker
+  reports wrongly): a new cluster id, the topic missing from the broker's topic list (a restarted
+  memory broker keeps a "ghost" topic it no longer lists) or with the wrong partition count, or
+  an acknowledgement at a lower offset than one already acknowledged on that partition. It then
+  recreates the topic (which also clears stray records) and publishes again from position 0.
+  Consumers skip what they have already applied by position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
+
+from shared.contracts.envelope import RecordedEvent
+from shared.eventstore.postgres import NOTIFY_CHANNEL, PostgresEventStore
+from shared.kafka import broker_state, recreate_topic
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+RELAY_LOCK = 0x59_5A_52_4C  # "YZRL"
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    bootstrap_servers: str
+    topic: str = "case.events"
+    partitions: int = 6
+    name: str = "case.events"
+    batch_size: int = 1000
+    poll_interval_s: float = 0.5
+    probe_interval_s: float = 5.0
+    standby_interval_s: float = 1.0
+    request_timeout_ms: int = 5000
+    max_backoff_s: float = 5.0
+
+
+class BrokerLostLog(Exception):
+    """The broker no longer holds what was acknowledged: publish everything again."""
+
+
+@dataclass
+class RelayStats:
+    published: int = 0
+    republished_from_zero: int = 0
+    leader_since: float | None = None
+    errors: int = 0
+    position: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def headers_for(event: RecordedEvent) -> list[tuple[str, bytes]]:
+    headers = [
+        ("type", event.type.encode()),
+        ("schema_version", str(event.schema_version).encode()),
+        ("position", str(event.position).encode()),
+    ]
+    correlation = event.metadata.get("correlation_id")
+    if correlation:
+        headers.append(("correlation_id", str(correlation).encode()))
+    return headers
+
+
+class Relay:
+    """Run with ``await relay.run(stop_event)``; many may run, one leads."""
+
+    def __init__(self, store: PostgresEventStore, config: RelayConfig) -> None:
+        self.store = store
+        self.config = config
+        self.stats = RelayStats()
+        self.is_leader = False
+        self._wake = asyncio.Event()
+
+    # -- leadership --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.2
+        while not stop.is_set():
+            conn = await self.store.pool.acquire()
+            try:
+                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+                    await _sleep_or_stop(stop, self.config.standby_interval_s)
+                    continue
+                self.is_leader = True
+                self.stats.leader_since = time.time()
+                log.info("relay.leader", relay=self.config.name)
+                await self._lead(conn, stop)
+                backoff = 0.2
+            except (KafkaError, OSError, asyncpg.PostgresError,
+                    asyncpg.InterfaceError, TimeoutError) as exc:
+                self.stats.errors += 1
+                log.warning("relay.error", error=repr(exc), retry_in_s=backoff)
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, self.config.max_backoff_s)
+            finally:
+                self.is_leader = False
+                if not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
+                await self.store.pool.release(conn)
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def _lead(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
+        cfg = self.config
+        await conn.execute(
+            "INSERT INTO relay_positions (relay) VALUES ($1) ON CONFLICT DO NOTHING", cfg.name
+        )
+        admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers,
+                                    request_timeout_ms=cfg.request_timeout_ms)
+        await admin.start()
+        await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        try:
+            while not stop.is_set():
+                try:
+                    await self._check_broker(conn, admin)
+                    await self._publish_until_stopped(conn, admin, stop)
+                except BrokerLostLog as lost:
+                    await self._start_over(conn, admin, str(lost))
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+            await admin.close()
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _publish_until_stopped(
+        self, conn: asyncpg.Connection, admin: AIOKafkaAdminClient, stop: asyncio.Event
+    ) -> None:
+        cfg = self.config
+        producer = AIOKafkaProducer(
+            bootstrap_servers=cfg.bootstrap_servers, acks="all", linger_ms=2,
+            max_batch_size=256 * 1024, max_request_size=MAX_MESSAGE_BYTES,
+            request_timeout_ms=cfg.request_timeout_ms, enable_idempotence=False,
+        )
+        await producer.start()
+        try:
+            position = await conn.fetchval(
+                "SELECT position FROM relay_positions WHERE relay = $1", cfg.name)
+            offsets = await self._load_offsets(conn)
+            last_probe = time.monotonic()
+            while not stop.is_set():
+                self._wake.clear()
+                batch = await self.store.read_batch(position, cfg.batch_size)
+                if time.monotonic() - last_probe > cfg.probe_interval_s or batch:
+                    await self._check_broker(conn, admin)
+                    last_probe = time.monotonic()
+                if not batch:
+                    await _wait_any(self._wake, stop, cfg.poll_interval_s)
+                    continue
+                acks = await self._send(producer, batch)
+                _check_acks(acks, offsets)
+                position = batch[-1].position
+                await self._save(conn, position, batch, acks, offsets)
+        finally:
+            await producer.stop()
+
+    async def _send(
+        self, producer: AIOKafkaProducer, batch: Sequence[RecordedEvent]
+    ) -> list[RecordMetadata]:
+        futures = [
+            await producer.send(
+                self.config.topic, value=e.to_wire_json().encode(),
+                key=e.stream_id.encode(), headers=headers_for(e),
+            )
+            for e in batch
+        ]
+        return list(await asyncio.gather(*futures))
+
+    async def _save(
+        self, conn: asyncpg.Connection, position: int, batch: Sequence[RecordedEvent],
+        acks: list[RecordMetadata], offsets: dict[int, int],
+    ) -> None:
+        last: dict[int, tuple[int, int]] = {}
+        for event, ack in zip(batch, acks, strict=True):
+            last[ack.partition] = (ack.offset, event.position)
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE relay_positions SET position = $2, updated_at = now() WHERE relay = $1",
+                self.config.name, position,
+            )
+            await conn.executemany(
+                "INSERT INTO relay_partition_offsets (relay, topic, partition, last_offset,"
+                " position) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (relay, topic, partition)"
+                " DO UPDATE SET last_offset = EXCLUDED.last_offset, position = EXCLUDED.position",
+                [(self.config.name, self.config.topic, p, o, pos)
+                 for p, (o, pos) in last.items()],
+            )
+        for p, (o, _) in last.items():
+            offsets[p] = o
+        self.stats.published += len(batch)
+        self.stats.position = position
+
+    async def _load_offsets(self, conn: asyncpg.Connection) -> dict[int, int]:
+        rows = await conn.fetch(
+            "SELECT partition, last_offset FROM relay_partition_offsets"
+            " WHERE relay = $1 AND topic = $2", self.config.name, self.config.topic,
+        )
+        return {r[0]: r[1] for r in rows}
+
+    # -- detecting a broker that lost its log ------------------------------------------------
+
+    async def _check_broker(self, conn: asyncpg.Connection, admin: AIOKafkaAdminClient) -> None:
+        cfg = self.config
+        cluster_id, topics = await broker_state(admin)
+        row = await conn.fetchrow(
+            "SELECT position, cluster_id FROM relay_positions WHERE relay = $1", cfg.name)
+        known = row["cluster_id"]
+        if known is not None and known == cluster_id and topics.get(cfg.topic) == cfg.partitions:
+            return
+        if known is None:
+            await conn.execute("UPDATE relay_positions SET cluster_id = $2 WHERE relay = $1",
+                               cfg.name, cluster_id)
+        elif cluster_id != known:
+            raise BrokerLostLog(f"cluster id changed from {known} to {cluster_id}")
+        found = topics.get(cfg.topic)
+        if found is None and row["position"] == 0:
+            await recreate_topic(admin, cfg.topic, cfg.partitions)  # first start: create it
+        elif found is None:
+            raise BrokerLostLog(f"topic {cfg.topic} is gone from the broker")
+        elif found != cfg.partitions:
+            raise BrokerLostLog(f"topic {cfg.topic} has {found} partitions, not {cfg.partitions}")
+
+    async def _start_over(
+        self, conn: asyncpg.Connection, admin: AIOKafkaAdminClient, reason: str
+    ) -> None:
+        cfg = self.config
+        log.warning("relay.broker_lost_log", reason=reason, action="republish from position 0")
+        await recreate_topic(admin, cfg.topic, cfg.partitions)
+        cluster_id, _ = await broker_state(admin)
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE relay_positions SET position = 0, cluster_id = $2,"
+                " republished = republished + 1, updated_at = now() WHERE relay = $1",
+                cfg.name, cluster_id,
+            )
+            await conn.execute(
+                "DELETE FROM relay_partition_offsets WHERE relay = $1 AND topic = $2",
+                cfg.name, cfg.topic,
+            )
+        self.stats.republished_from_zero += 1
+
+
+def _check_acks(acks: list[RecordMetadata], offsets: dict[int, int]) -> None:
+    """Offsets on a partition only grow while the broker keeps its log."""
+    lowest: dict[int, int] = {}
+    for ack in acks:
+        lowest[ack.partition] = min(ack.offset, lowest.get(ack.partition, ack.offset))
+    for partition, offset in lowest.items():
+        previous = offsets.get(partition)
+        if previous is not None and offset <= previous:
+            raise BrokerLostLog(
+                f"partition {partition} acknowledged offset {offset} after {previous}"
+            )
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _wait_any(wake: asyncio.Event, stop: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
