@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import asyncpg
 
 from shared.contracts.envelope import RecordedEvent
+from shared.eventstore.postgres import Conn
 
-Apply = Callable[[asyncpg.Connection, list[RecordedEvent]], Awaitable[None]]
+Apply = Callable[[Conn, list[RecordedEvent]], Awaitable[None]]
 ALL = "all"
 
 

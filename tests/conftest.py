@@ -9,8 +9,8 @@ migrated template, so tests never see each other's events.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import concurrent.futures
+import contextlib
 import os
 import tempfile
 import uuid

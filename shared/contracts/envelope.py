@@ -24,14 +24,12 @@ class EventMetadata(dict[str, Any]):
     """Who did it and why: actor_id, role, unit, acting_for, correlation_id, causation_id,
     source_system. A plain dict subclass so unknown keys written by newer code survive."""
 
-    FIELDS = (
-        "actor_id", "role", "unit", "acting_for", "correlation_id", "causation_id",
-        "source_system",
-    )
+    FIELDS = ("actor_id", "role", "unit", "acting_for", "correlation_id", "causation_id",
+              "source_system")
 
 
 def utc(dt: datetime) -> datetime:
-    """Return ``dt`` in UTC, truncated to microseconds (PostgreSQL's precision); naive is refused."""
+    """Return ``dt`` in UTC (microseconds, as PostgreSQL keeps them); naive is refused."""
     if dt.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
     return dt.astimezone(UTC)

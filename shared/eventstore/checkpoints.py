@@ -4,8 +4,11 @@ verify from a checkpoint instead of from genesis."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,6 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from shared.contracts.envelope import iso
+from shared.logging import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,8 @@ class CheckpointSigner:
         self.key_id = public_key_id(self.public_key)
 
     def public_key_b64(self) -> str:
-        return base64.b64encode(self.public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+        raw = self.public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return base64.b64encode(raw).decode()
 
     def sign(self, position: int, hash_: str, signed_at: datetime) -> Checkpoint:
         signature = self._key.sign(checkpoint_message(position, hash_, signed_at))
@@ -98,3 +105,26 @@ async def read_checkpoints(pool: asyncpg.Pool) -> list[Checkpoint]:
         "ORDER BY position"
     )
     return [Checkpoint(*r) for r in rows]
+
+
+async def run_checkpointer(
+    pool: asyncpg.Pool, signer: CheckpointSigner, every_events: int, every_s: float,
+    stop: asyncio.Event,
+) -> None:
+    """Sign a checkpoint whenever ``every_events`` new events or ``every_s`` seconds have passed
+    (and there is something new); several processes may run this, positions are unique."""
+    last_time = time.monotonic()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), min(every_s, 1.0))
+        try:
+            head = await pool.fetchval("SELECT max(position) FROM events") or 0
+            signed = await pool.fetchval("SELECT max(position) FROM event_checkpoints") or 0
+            due = head - signed >= every_events or time.monotonic() - last_time >= every_s
+            if head > signed and (due or stop.is_set()):
+                checkpoint = await write_checkpoint(pool, signer)
+                last_time = time.monotonic()
+                if checkpoint is not None:
+                    log.info("checkpoint.signed", position=checkpoint.position)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("checkpoint.failed", error=repr(exc))

@@ -77,7 +77,10 @@ class InMemoryEventStore:
                 yield batch
                 continue
             async with self._changed:
-                await self._changed.wait_for(lambda: len(self.events) > after)
+                await self._changed.wait_for(self._longer_than(after))
+
+    def _longer_than(self, n: int) -> Callable[[], bool]:
+        return lambda: len(self.events) > n
 
     async def head(self) -> Head:
         last = self.events[-1] if self.events else None

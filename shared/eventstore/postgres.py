@@ -20,9 +20,10 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from shared.contracts.envelope import GENESIS_HASH, NewEvent, RecordedEvent
 from shared.eventstore.errors import AppendError
@@ -74,6 +75,10 @@ _READ_RANGE = (
     f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $3 "
     "ORDER BY position LIMIT $2"
 )
+
+
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+"""A connection, whether taken from a pool or opened alone."""
 
 
 def row_to_event(row: Any) -> RecordedEvent:
@@ -153,6 +158,7 @@ class PostgresEventStore:
             await conn.execute(_BEGIN_LOCKED)
             try:
                 state = await conn.fetchrow(_STATE, streams, ids)
+                assert state is not None
                 plan = plan_batch(
                     [p.appends for p in batch], head_position=state["position"] or 0,
                     head_hash=state["hash"] or GENESIS_HASH,

@@ -100,8 +100,8 @@ async def verify_log(
                     return report.fail(pos, stream, "the event's content no longer matches its "
                                        "hash (data, metadata or envelope was altered)")
                 prev = digest
-                cp = pending.pop(pos, None)
-                if cp is not None:
+                if pos in pending:
+                    cp = pending.pop(pos)
                     if cp.hash != digest:
                         return report.fail(pos, stream, f"the chain at position {pos} differs "
                                            "from the signed checkpoint there: history after "

@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import postgres_store
-
 from shared.contracts.envelope import GENESIS_HASH, NewEvent, chain_hash
 from shared.eventstore.errors import EventIdReused, WrongExpectedVersion
 from shared.eventstore.memory import InMemoryEventStore
 from shared.eventstore.port import ANY, NO_STREAM, EventStore, StreamAppend
+from tests.conftest import postgres_store
 
 
 @pytest.fixture(params=["memory", "postgres"])

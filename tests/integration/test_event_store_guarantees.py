@@ -21,7 +21,7 @@ from shared.eventstore.errors import WrongExpectedVersion
 from shared.eventstore.port import NO_STREAM
 from shared.eventstore.postgres import PostgresEventStore, create_pool
 from shared.settings import DEV_SIGNING_KEY
-from tests.conftest import PgCluster, Db, postgres_store
+from tests.conftest import Db, PgCluster, postgres_store
 from tests.strategies import json_objects
 
 

@@ -9,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 
 from shared.contracts.envelope import NewEvent
 from shared.eventstore.port import ANY
@@ -51,7 +50,8 @@ async def wait_for(condition: object, timeout: float = 30.0) -> None:
 
 
 def config(bootstrap: str, topic: str | None = None) -> RelayConfig:
-    return RelayConfig(bootstrap_servers=bootstrap, topic=topic or f"case.events.{uuid.uuid4().hex[:8]}",
+    topic = topic or f"case.events.{uuid.uuid4().hex[:8]}"
+    return RelayConfig(bootstrap_servers=bootstrap, topic=topic,
                        partitions=PARTITIONS, poll_interval_s=0.1, probe_interval_s=0.5,
                        standby_interval_s=0.2, request_timeout_ms=3000)
 

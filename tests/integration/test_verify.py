@@ -9,7 +9,6 @@ import pytest
 
 from shared.contracts.envelope import NewEvent
 from shared.eventstore.checkpoints import CheckpointSigner, write_checkpoint
-from shared.eventstore.port import NO_STREAM
 from shared.eventstore.postgres import PostgresEventStore
 from shared.eventstore.verify import verify_log
 from shared.settings import DEV_SIGNING_KEY

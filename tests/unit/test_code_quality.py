@@ -1,0 +1,27 @@
+"""The linters are part of the suite, so README's one test command also keeps the code clean."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
+                          text=True, check=False)
+
+
+def test_ruff_finds_nothing() -> None:
+    done = run("ruff", "check", "shared", "services", "tests", "bench")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_mypy_strict_on_shared() -> None:
+    done = run("mypy", "shared")
+    assert done.returncode == 0, done.stdout + done.stderr
