@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     relay_poll_interval_s: float = Field(default=0.5, gt=0)
     relay_probe_interval_s: float = Field(default=5.0, gt=0)
 
+    jwt_secret: str = Field(
+        default="yizhan-development-secret-change-me-32b",
+        min_length=32, description="HS256 secret for officers' bearer tokens.",
+    )
+    jwt_issuer: str = "yizhan"
+    jwt_ttl_s: int = Field(default=8 * 3600, ge=60)
+
     checkpoint_signing_key: str = Field(
         default=DEV_SIGNING_KEY, description="Base64 Ed25519 private seed (32 bytes)."
     )

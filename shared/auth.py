@@ -1,0 +1,74 @@
+"""Bearer tokens (JWT, HS256, PyJWT) carrying who acts: user id, role and unit.
+
+Authorisation itself is a domain rule (services/cases/domain); this module only proves identity
+and hands a ``Principal`` to the handlers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import jwt
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from shared.http import ProblemError
+from shared.settings import Settings, get_settings
+
+
+class Principal(BaseModel):
+    """The authenticated caller."""
+
+    model_config = ConfigDict(frozen=True)
+    user_id: str
+    role: str
+    unit: str
+    name: str | None = None
+
+
+def mint_token(principal: Principal, settings: Settings, *, ttl_s: int | None = None) -> str:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "sub": principal.user_id, "role": principal.role, "unit": principal.unit,
+        "iss": settings.jwt_issuer, "iat": now, "exp": now + (ttl_s or settings.jwt_ttl_s),
+    }
+    if principal.name:
+        claims["name"] = principal.name
+    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+
+
+def decode_token(token: str, settings: Settings) -> Principal:
+    """Verify signature, issuer and expiry; raise ``ProblemError`` (401) otherwise."""
+    try:
+        claims = jwt.decode(
+            token, settings.jwt_secret, algorithms=["HS256"], issuer=settings.jwt_issuer,
+            options={"require": ["sub", "role", "unit", "exp", "iss"]},
+        )
+        return Principal(user_id=claims["sub"], role=claims["role"], unit=claims["unit"],
+                         name=claims.get("name"))
+    except (jwt.PyJWTError, ValidationError) as exc:
+        raise ProblemError(401, "Not authenticated", f"bearer token refused: {exc}",
+                           headers={"WWW-Authenticate": "Bearer"}) from exc
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def settings_of(request: Request) -> Settings:
+    settings = getattr(request.app.state, "settings", None)
+    return settings if isinstance(settings, Settings) else get_settings()
+
+
+def require_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise ProblemError(401, "Not authenticated", "a bearer token is required",
+                           headers={"WWW-Authenticate": "Bearer"})
+    return decode_token(credentials.credentials, settings_of(request))
+
+
+CurrentPrincipal = Annotated[Principal, Depends(require_principal)]

@@ -1,0 +1,119 @@
+"""What every HTTP service shares: problem+json errors that name the field, correlation ids
+from the request through the logs and the event store, and the health endpoints."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.responses import Response
+from structlog.contextvars import bind_contextvars, reset_contextvars
+
+from shared.logging import CORRELATION_KEY, get_logger
+
+log = get_logger(__name__)
+PROBLEM = "application/problem+json"
+CORRELATION_HEADER = "X-Correlation-ID"
+
+
+class ProblemError(Exception):
+    """Raise anywhere in a request to answer with problem+json (RFC 9457)."""
+
+    def __init__(
+        self, status: int, title: str, detail: str, *, type_: str = "about:blank",
+        errors: Sequence[dict[str, Any]] = (), headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail, self.type = status, title, detail, type_
+        self.errors = list(errors)
+        self.headers = headers or {}
+        self.extra = extra
+
+
+def problem_response(
+    request: Request, status: int, title: str, detail: str, *, type_: str = "about:blank",
+    errors: Sequence[dict[str, Any]] = (), headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status, "detail": detail,
+                            "instance": request.url.path, **extra}
+    if errors:
+        body["errors"] = list(errors)
+    cid = getattr(request.state, "correlation_id", None)
+    if cid:
+        body["correlation_id"] = cid
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def field_name(loc: Sequence[Any]) -> str:
+    """``("body", "applicant", "id_number")`` → ``"applicant.id_number"``; list indexes as [i]."""
+    parts: list[str] = []
+    for item in loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(f".{item}" if parts else str(item))
+    where = "".join(parts) or str(loc[0] if loc else "body")
+    return f"{loc[0]}:{where}" if loc and loc[0] in ("query", "path", "header") else where
+
+
+async def _validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"field": field_name(e.get("loc", ())), "message": e.get("msg", ""),
+               "type": e.get("type", "")} for e in exc.errors()]
+    names = ", ".join(e["field"] for e in errors)
+    return problem_response(request, 422, "Invalid request", f"invalid fields: {names}",
+                            type_="/problems/validation", errors=errors)
+
+
+async def _problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProblemError)
+    return problem_response(request, exc.status, exc.title, exc.detail, type_=exc.type,
+                            errors=exc.errors, headers=exc.headers, **exc.extra)
+
+
+async def _http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return problem_response(request, exc.status_code, str(exc.detail), str(exc.detail),
+                            headers=getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("http.unhandled", path=request.url.path)
+    return problem_response(request, 500, "Internal error",
+                            "the server failed; the correlation id identifies the logs")
+
+
+class CorrelationMiddleware(BaseHTTPMiddleware):
+    """Take ``X-Correlation-ID`` from the request (or make one), bind it for the logs and the
+    event metadata, and echo it on the response."""
+
+    async def dispatch(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        given = request.headers.get(CORRELATION_HEADER, "")
+        cid = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        request.state.correlation_id = cid
+        tokens = bind_contextvars(**{CORRELATION_KEY: cid})
+        try:
+            response = await call_next(request)
+        finally:
+            reset_contextvars(**tokens)
+        response.headers[CORRELATION_HEADER] = cid
+        return response
+
+
+def install(app: FastAPI) -> None:
+    """Add the error handlers and the correlation middleware to ``app``."""
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(ProblemError, _problem)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(CorrelationMiddleware)
