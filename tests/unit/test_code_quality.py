@@ -17,7 +17,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_finds_nothing() -> None:
-    done = run("ruff", "check", "shared", "services", "tests", "bench")
+    folders = [f for f in ("shared", "services", "tests", "bench") if (ROOT / f).is_dir()]
+    done = run("ruff", "check", *folders)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -1,0 +1,289 @@
+"""HTTP entrypoint of the cases service: one endpoint per officer's command, and the case's
+current state. Routes only translate: payload → command → handler → response."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.cases.domain import commands as c
+from services.cases.domain.errors import Rejection
+from services.cases.handlers import CaseCommands, Handled, PreconditionFailed, StillConflicting
+from shared.auth import CurrentPrincipal, Principal
+from shared.contracts.cases import Actor, Outcome
+from shared.http import ProblemError
+from shared.reference import Role
+
+router = APIRouter(prefix="/v1/cases", tags=["cases"])
+_STATUS = {"forbidden": 403, "conflict": 409, "invalid": 422, "not_found": 404}
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    acting_for: str | None = Field(
+        default=None, description="The owner on whose behalf a designated backup acts (A/B).")
+
+
+class RequestDocumentsBody(Body):
+    documents: list[str] = Field(default_factory=list, description="Extra (inadequate) ones.")
+    note: str = ""
+    approved_by: str | None = Field(default=None,
+                                    description="Supervisor approving a second request.")
+
+
+class SupplyDocumentsBody(Body):
+    documents: list[str] = Field(min_length=1)
+
+
+class HandOffBody(Body):
+    note: str = ""
+
+
+class ReturnBody(Body):
+    reasons: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    documents: list[str] = Field(default_factory=list)
+
+
+class ReassignBody(Body):
+    to_owner: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+
+
+class DecideBody(Body):
+    outcome: Outcome
+    basis: str = Field(min_length=1, description="The legal or policy basis of the decision.")
+
+
+class ReasonBody(Body):
+    reason: str = Field(min_length=1)
+
+
+class NoteBody(Body):
+    text: str = Field(min_length=1, max_length=4000)
+
+
+class Accepted(BaseModel):
+    case_id: uuid.UUID
+    version: int = Field(description="The case's stream version after the command.")
+    position: int = Field(description="Global log position; pass as min_position to queries.")
+    events: list[str]
+    already_applied: bool = False
+
+
+class CaseView(BaseModel):
+    case_id: uuid.UUID
+    tracking_no: str
+    service_code: str
+    visit_id: uuid.UUID
+    status: str
+    unit: str
+    level: str
+    owner: str | None
+    documents_provided: list[str]
+    documents_outstanding: list[str]
+    document_requests: int
+    outcome: str | None
+    basis: str | None
+    submitted_at: datetime
+    last_at: datetime
+    version: int
+    position: int
+
+
+def commands_of(request: Request) -> CaseCommands:
+    handler = request.app.state.case_commands
+    assert isinstance(handler, CaseCommands)
+    return handler
+
+
+def clock_of(request: Request) -> Callable[[], datetime]:
+    clock: Callable[[], datetime] = request.app.state.clock
+    return clock
+
+
+Handler = Annotated[CaseCommands, Depends(commands_of)]
+Clock = Annotated[Callable[[], datetime], Depends(clock_of)]
+
+
+@dataclass(frozen=True)
+class Precondition:
+    expected_version: int | None
+    command_id: uuid.UUID
+
+
+def precondition(
+    if_match: Annotated[str | None, Header(description="Stream version seen, as an ETag")] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> Precondition:
+    try:
+        expected = None if if_match in (None, "*") else int(str(if_match).strip('"W/ '))
+    except ValueError as exc:
+        raise ProblemError(400, "Bad If-Match", "If-Match must be the case version, e.g. \"3\"",
+                           errors=[{"field": "header:If-Match", "message": "not a version"}]
+                           ) from exc
+    command_id = (uuid.uuid5(uuid.NAMESPACE_URL, f"yizhan:command:{idempotency_key}")
+                  if idempotency_key else uuid.uuid4())
+    return Precondition(expected, command_id)
+
+
+Pre = Annotated[Precondition, Depends(precondition)]
+
+
+def actor(principal: Principal, body: Body) -> Actor:
+    if principal.role == Role.SYSTEM:  # the domain trusts `system`: only internal callers
+        raise ProblemError(403, "Not a person", "system identities cannot act over HTTP",
+                           errors=[{"field": "token:role", "message": "role system refused"}])
+    return Actor(user_id=principal.user_id, role=Role(principal.role), unit=principal.unit,
+                 acting_for=body.acting_for)
+
+
+async def run(handler: CaseCommands, command: c.Command, pre: Precondition,
+              response: Response) -> Accepted:
+    try:
+        done: Handled = await handler.handle(command, command_id=pre.command_id,
+                                             expected_version=pre.expected_version)
+    except Rejection as refused:
+        field = refused.field or "command"
+        raise ProblemError(
+            _STATUS[refused.kind], type(refused).__name__, refused.reason,
+            type_=f"/problems/{type(refused).__name__}",
+            errors=[{"field": field, "message": refused.reason}],
+        ) from refused
+    except PreconditionFailed as stale:
+        raise ProblemError(412, "Precondition failed", str(stale),
+                           errors=[{"field": "header:If-Match", "message": str(stale)}],
+                           current_version=stale.actual) from stale
+    except StillConflicting as busy:
+        raise ProblemError(409, "Conflict", str(busy)) from busy
+    response.headers["ETag"] = f'"{done.version}"'
+    return Accepted(case_id=done.case_id, version=done.version, position=done.position,
+                    events=[e.event_type for e in done.events],
+                    already_applied=done.already_applied)
+
+
+def _route(path: str, summary: str) -> Any:
+    return router.post(f"/{{case_id}}/{path}", response_model=Accepted, summary=summary)
+
+
+@_route("accept", "Accept a case: the receiving officer becomes its owner (首问责任制)")
+async def accept(case_id: uuid.UUID, body: Body, who: CurrentPrincipal, handler: Handler,
+                 clock: Clock, pre: Pre, response: Response) -> Accepted:
+    cmd = c.AcceptCase(case_id=case_id, at=clock(), actor=actor(who, body))
+    return await run(handler, cmd, pre, response)
+
+
+@_route("request-documents", "Ask for every missing document at once (一次性告知)")
+async def request_documents(case_id: uuid.UUID, body: RequestDocumentsBody,
+                            who: CurrentPrincipal, handler: Handler, clock: Clock, pre: Pre,
+                            response: Response) -> Accepted:
+    cmd = c.RequestDocuments(case_id=case_id, at=clock(), actor=actor(who, body),
+                             documents=tuple(body.documents), note=body.note,
+                             approved_by=body.approved_by)
+    return await run(handler, cmd, pre, response)
+
+
+@_route("supply-documents", "Record documents the applicant supplied")
+async def supply_documents(case_id: uuid.UUID, body: SupplyDocumentsBody, who: CurrentPrincipal,
+                           handler: Handler, clock: Clock, pre: Pre,
+                           response: Response) -> Accepted:
+    cmd = c.SupplyDocuments(case_id=case_id, at=clock(), actor=actor(who, body),
+                            documents=tuple(body.documents))
+    return await run(handler, cmd, pre, response)
+
+
+@_route("hand-off", "Hand the case up to the next unit in the service's review chain")
+async def hand_off(case_id: uuid.UUID, body: HandOffBody, who: CurrentPrincipal,
+                   handler: Handler, clock: Clock, pre: Pre, response: Response) -> Accepted:
+    cmd = c.HandOffCase(case_id=case_id, at=clock(), actor=actor(who, body), note=body.note)
+    return await run(handler, cmd, pre, response)
+
+
+@_route("receive", "Receive a handed-off case: the receiving officer becomes its owner")
+async def receive(case_id: uuid.UUID, body: Body, who: CurrentPrincipal, handler: Handler,
+                  clock: Clock, pre: Pre, response: Response) -> Accepted:
+    cmd = c.ReceiveHandoff(case_id=case_id, at=clock(), actor=actor(who, body))
+    return await run(handler, cmd, pre, response)
+
+
+@_route("return", "Return the case one level down, with reasons")
+async def return_case(case_id: uuid.UUID, body: ReturnBody, who: CurrentPrincipal,
+                      handler: Handler, clock: Clock, pre: Pre, response: Response) -> Accepted:
+    cmd = c.ReturnCase(case_id=case_id, at=clock(), actor=actor(who, body),
+                       reasons=tuple(body.reasons), documents=tuple(body.documents))
+    return await run(handler, cmd, pre, response)
+
+
+@_route("reassign", "Give the case another owner in the holding unit")
+async def reassign(case_id: uuid.UUID, body: ReassignBody, who: CurrentPrincipal,
+                   handler: Handler, clock: Clock, pre: Pre, response: Response) -> Accepted:
+    cmd = c.ReassignOwner(case_id=case_id, at=clock(), actor=actor(who, body),
+                          to_owner=body.to_owner, reason=body.reason)
+    return await run(handler, cmd, pre, response)
+
+
+@_route("decide", "Approve or refuse, with the basis (deciding level only)")
+async def decide(case_id: uuid.UUID, body: DecideBody, who: CurrentPrincipal, handler: Handler,
+                 clock: Clock, pre: Pre, response: Response) -> Accepted:
+    cmd = c.DecideCase(case_id=case_id, at=clock(), actor=actor(who, body),
+                       outcome=body.outcome, basis=body.basis)
+    return await run(handler, cmd, pre, response)
+
+
+@_route("close", "Close a decided case")
+async def close(case_id: uuid.UUID, body: Body, who: CurrentPrincipal, handler: Handler,
+                clock: Clock, pre: Pre, response: Response) -> Accepted:
+    cmd = c.CloseCase(case_id=case_id, at=clock(), actor=actor(who, body))
+    return await run(handler, cmd, pre, response)
+
+
+@_route("withdraw", "Withdraw the case at the applicant's request")
+async def withdraw(case_id: uuid.UUID, body: ReasonBody, who: CurrentPrincipal,
+                   handler: Handler, clock: Clock, pre: Pre, response: Response) -> Accepted:
+    cmd = c.WithdrawCase(case_id=case_id, at=clock(), actor=actor(who, body), reason=body.reason)
+    return await run(handler, cmd, pre, response)
+
+
+@_route("reopen", "Reopen a closed case within the service's window")
+async def reopen(case_id: uuid.UUID, body: ReasonBody, who: CurrentPrincipal, handler: Handler,
+                 clock: Clock, pre: Pre, response: Response) -> Accepted:
+    cmd = c.ReopenCase(case_id=case_id, at=clock(), actor=actor(who, body), reason=body.reason)
+    return await run(handler, cmd, pre, response)
+
+
+@_route("notes", "Add a note to the case's record")
+async def add_note(case_id: uuid.UUID, body: NoteBody, who: CurrentPrincipal, handler: Handler,
+                   clock: Clock, pre: Pre, response: Response) -> Accepted:
+    cmd = c.AddNote(case_id=case_id, at=clock(), actor=actor(who, body), text=body.text)
+    return await run(handler, cmd, pre, response)
+
+
+@router.get("/{case_id}", response_model=CaseView, summary="A case's current state")
+async def get_case(case_id: uuid.UUID, who: CurrentPrincipal, handler: Handler,
+                   response: Response) -> CaseView:
+    state, version, position, _ = await handler.load(case_id)
+    if state is None:
+        raise ProblemError(404, "Not found", f"no case {case_id}")
+    org = handler.ref.org
+    if who.role != Role.AUDITOR and not (
+        org.is_within(state.unit, who.unit) or org.is_within(state.station, who.unit)
+    ):
+        raise ProblemError(403, "Outside your jurisdiction",
+                           f"case {case_id} is held by {state.unit}, outside {who.unit}")
+    response.headers["ETag"] = f'"{version}"'
+    return CaseView(
+        case_id=state.case_id, tracking_no=state.tracking_no, service_code=state.service_code,
+        visit_id=state.visit_id, status=str(state.status), unit=state.unit,
+        level=str(state.level), owner=state.owner,
+        documents_provided=sorted(state.documents_provided),
+        documents_outstanding=sorted(state.documents_outstanding),
+        document_requests=state.document_requests,
+        outcome=None if state.outcome is None else str(state.outcome), basis=state.basis,
+        submitted_at=state.submitted_at, last_at=state.last_at, version=version,
+        position=position,
+    )

@@ -1,0 +1,86 @@
+"""The state of one case: a frozen value rebuilt by folding its events (see ``evolve``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import TypeVar
+from uuid import UUID
+
+from shared.contracts.cases import CaseStatus, EncryptedApplicant, Outcome
+from shared.reference import Level
+
+WORKABLE = frozenset({
+    CaseStatus.ACCEPTED, CaseStatus.IN_REVIEW, CaseStatus.RETURNED, CaseStatus.REOPENED,
+})
+"""Statuses in which the holding unit works the case (and its SLA clock runs)."""
+
+TIMED = WORKABLE | {CaseStatus.HANDED_OFF}
+"""Statuses in which an SLA clock is running."""
+
+TERMINAL = frozenset({CaseStatus.CLOSED, CaseStatus.WITHDRAWN})
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def frozen_map(items: Mapping[K, V]) -> Mapping[K, V]:
+    """A read-only copy of ``items``."""
+    return MappingProxyType(dict(items))
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """The running SLA clock of the level that holds the case."""
+
+    timer_no: int
+    level: Level
+    unit: str
+    budget_days: int
+    used_before: int
+    starts_at: datetime
+    warn_at: datetime
+    due_at: datetime
+    warned: bool = False
+    breached: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One case. ``unit``/``level`` is where it is held; ``owner`` who answers for it."""
+
+    case_id: UUID
+    tracking_no: str
+    service_code: str
+    visit_id: UUID
+    station: str
+    applicant: EncryptedApplicant
+    status: CaseStatus
+    unit: str
+    level: Level
+    submitted_at: datetime
+    last_at: datetime
+    version: int = 1
+    owner: str | None = None
+    owners_by_unit: Mapping[str, str] = field(default_factory=lambda: frozen_map({}))
+    documents_provided: frozenset[str] = frozenset()
+    documents_outstanding: frozenset[str] = frozenset()
+    document_requests: int = 0
+    resume_status: CaseStatus | None = None
+    timer: Timer | None = None
+    timers_scheduled: int = 0
+    used_seconds: Mapping[Level, int] = field(default_factory=lambda: frozen_map({}))
+    warned_levels: frozenset[Level] = frozenset()
+    breached_levels: frozenset[Level] = frozenset()
+    outcome: Outcome | None = None
+    basis: str | None = None
+    closed_at: datetime | None = None
+    notes: int = 0
+    external_results: int = 0
+
+    @property
+    def accepted(self) -> bool:
+        """True once a clerk has accepted the case (from then on it always has an owner)."""
+        return self.owner is not None

@@ -1,0 +1,105 @@
+"""Application layer of the cases service: load a case, decide, append.
+
+Optimistic concurrency: the append expects the version the decision was made on. Without a
+caller's ``expected_version`` a conflict means "someone acted first": reload, decide again
+(the domain may now refuse). With one (HTTP ``If-Match``) a mismatch is the caller's to resolve.
+Event ids derive from the command id, so a retried command is recognised and not applied twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from services.cases.domain import Case, Command, decide, fold
+from shared.contracts import cases as _events  # noqa: F401  (registers the case events)
+from shared.contracts.registry import DomainEvent, registry, to_new_event
+from shared.eventstore.errors import WrongExpectedVersion
+from shared.eventstore.port import EventStore
+from shared.logging import current_correlation_id
+from shared.reference import Reference
+
+
+def stream_id(case_id: uuid.UUID) -> str:
+    return f"case-{case_id}"
+
+
+def event_id(command_id: uuid.UUID, index: int) -> uuid.UUID:
+    return uuid.uuid5(command_id, str(index))
+
+
+class PreconditionFailed(Exception):
+    """The case is not at the version the caller said it saw (HTTP 412)."""
+
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"case is at version {actual}, not {expected}")
+        self.expected, self.actual = expected, actual
+
+
+class StillConflicting(Exception):
+    """Others kept acting on the case while this command was retried (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class Handled:
+    case_id: uuid.UUID
+    version: int
+    position: int
+    events: list[DomainEvent]
+    already_applied: bool = False
+
+
+def metadata_for(command: Command, command_id: uuid.UUID, **extra: Any) -> dict[str, Any]:
+    actor = command.actor
+    meta: dict[str, Any] = {
+        "actor_id": actor.user_id, "role": str(actor.role), "unit": actor.unit,
+        "acting_for": actor.acting_for, "causation_id": str(command_id),
+        "correlation_id": current_correlation_id() or str(command_id),
+    }
+    meta.update({k: v for k, v in extra.items() if v is not None})
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+class CaseCommands:
+    def __init__(self, store: EventStore, ref: Reference, *, max_attempts: int = 8) -> None:
+        self.store = store
+        self.ref = ref
+        self.max_attempts = max_attempts
+
+    async def load(
+        self, case_id: uuid.UUID, *, to_position: int | None = None
+    ) -> tuple[Case | None, int, int, set[uuid.UUID]]:
+        """The case as of now (or a position): state, version, last position, event ids."""
+        recorded = await self.store.read_stream(stream_id(case_id), to_position=to_position)
+        state = fold(registry.decode(r) for r in recorded)
+        last = recorded[-1].position if recorded else 0
+        return state, len(recorded), last, {r.event_id for r in recorded}
+
+    async def handle(
+        self, command: Command, *, command_id: uuid.UUID, expected_version: int | None = None,
+        source_system: str | None = None,
+    ) -> Handled:
+        """Decide and append; raises the domain's ``Rejection``, ``PreconditionFailed`` or
+        ``StillConflicting``."""
+        for _ in range(self.max_attempts):
+            state, version, position, ids = await self.load(command.case_id)
+            if event_id(command_id, 0) in ids:
+                return Handled(command.case_id, version, position, [], already_applied=True)
+            if expected_version is not None and expected_version != version:
+                raise PreconditionFailed(expected_version, version)
+            events = decide(state, command, self.ref)
+            if not events:
+                return Handled(command.case_id, version, position, [])
+            meta = metadata_for(command, command_id, source_system=source_system)
+            new = [to_new_event(e, event_id=event_id(command_id, i), metadata=meta,
+                                occurred_at=command.at) for i, e in enumerate(events)]
+            try:
+                result = await self.store.append(stream_id(command.case_id), version, new)
+            except WrongExpectedVersion as conflict:
+                if expected_version is not None:
+                    raise PreconditionFailed(expected_version, conflict.actual) from conflict
+                continue
+            return Handled(command.case_id, result.version, result.position, list(events),
+                           already_applied=result.already_applied)
+        raise StillConflicting(f"case {command.case_id} kept changing; try again")

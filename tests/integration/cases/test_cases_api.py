@@ -1,0 +1,228 @@
+"""The cases service over HTTP on real PostgreSQL: the four-level journey, concurrency,
+jurisdiction and A/B backups."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from services.cases.bootstrap import CasesService, bootstrap, build_app
+from services.cases.domain import SubmitCase
+from shared.auth import Principal, mint_token
+from shared.contracts.cases import Actor, EncryptedApplicant
+from shared.eventstore.postgres import PostgresEventStore
+from shared.reference import CHINA_TZ, Reference, load_reference
+from shared.settings import Settings
+from tests.conftest import Db
+
+SETTINGS = Settings()
+STATION, TOWNSHIP, COUNTY, OTHER_TOWNSHIP = "530102001001", "530102001", "530102", "530102002"
+CLERK, CLERK_B = f"clerk.{STATION}.a", f"clerk.{STATION}.b"
+TOWN, OTHER_TOWN = f"officer.{TOWNSHIP}.a", f"officer.{OTHER_TOWNSHIP}.a"
+COUNTY_A, COUNTY_B = f"officer.{COUNTY}.a", f"officer.{COUNTY}.b"
+MLG_DOCUMENTS = ["id_card", "household_register", "application_form", "income_certificate",
+                 "property_declaration", "bank_account"]
+
+
+class Clock:
+    """A controlled clock: Monday 2 March 2026, 09:00 in Kunming, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 3, 2, 9, 0, tzinfo=CHINA_TZ)
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(minutes=1)
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def ref() -> Reference:
+    return load_reference()
+
+
+@pytest.fixture
+async def service(database: Db, ref: Reference) -> AsyncIterator[CasesService]:
+    svc = await bootstrap(SETTINGS, database.service_dsn, ref=ref, clock=Clock())
+    yield svc
+    await svc.close()
+
+
+@pytest.fixture
+async def http(service: CasesService) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=build_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://cases") as client:
+        yield client
+
+
+def as_(user_id: str, ref: Reference) -> dict[str, str]:
+    member = ref.staff.member(user_id)
+    token = mint_token(Principal(user_id=user_id, role=str(member.role), unit=member.unit),
+                       SETTINGS)
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def submitted_case(service: CasesService, documents: list[str]) -> uuid.UUID:
+    case_id = uuid.uuid4()
+    member = service.ref.staff.member(CLERK)
+    await service.commands.handle(SubmitCase(
+        case_id=case_id, at=service.clock(),
+        actor=Actor(user_id=CLERK, role=member.role, unit=STATION),
+        tracking_no=f"KM-2026-{case_id.hex[:6]}", service_code="minimum_living_guarantee",
+        visit_id=uuid.uuid4(), station=STATION,
+        applicant=EncryptedApplicant(subject_id="s-1", id_hash="hmac:00", encrypted={}),
+        documents=tuple(documents)), command_id=uuid.uuid4())
+    return case_id
+
+
+async def act(http: httpx.AsyncClient, ref: Reference, case_id: uuid.UUID, verb: str,
+              user: str, body: dict[str, Any] | None = None, status: int = 200,
+              **headers: str) -> dict[str, Any]:
+    response = await http.post(f"/v1/cases/{case_id}/{verb}", json=body or {},
+                               headers={**as_(user, ref), **headers})
+    assert response.status_code == status, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def test_minimum_living_guarantee_goes_up_comes_back_and_is_approved(
+    service: CasesService, http: httpx.AsyncClient, ref: Reference
+) -> None:
+    missing = "income_certificate"
+    case_id = await submitted_case(service, [d for d in MLG_DOCUMENTS if d != missing])
+    await act(http, ref, case_id, "accept", CLERK)
+    await act(http, ref, case_id, "hand-off", CLERK, {"note": "转乡镇审核"})
+    await act(http, ref, case_id, "receive", TOWN)
+    await act(http, ref, case_id, "return", TOWN,
+              {"reasons": ["缺少收入证明"], "documents": [missing]})
+    notified = await act(http, ref, case_id, "request-documents", CLERK)
+    assert notified["events"][0] == "DocumentsRequested"
+    await act(http, ref, case_id, "supply-documents", CLERK, {"documents": [missing]})
+    await act(http, ref, case_id, "hand-off", CLERK)
+    await act(http, ref, case_id, "receive", TOWN)
+    await act(http, ref, case_id, "hand-off", TOWN)
+    await act(http, ref, case_id, "receive", COUNTY_A)
+    await act(http, ref, case_id, "decide", COUNTY_A,
+              {"outcome": "approved", "basis": "《最低生活保障审核确认办法》第十条"})
+    closed = await act(http, ref, case_id, "close", COUNTY_A)
+
+    view = (await http.get(f"/v1/cases/{case_id}", headers=as_(COUNTY_A, ref))).json()
+    assert (view["status"], view["outcome"], view["unit"]) == ("closed", "approved", COUNTY)
+    assert view["version"] == closed["version"]
+
+    assert isinstance(service.store, PostgresEventStore)
+    recorded = await service.store.read_stream(f"case-{case_id}")
+    moves = [(e.type, e.data.get("from_unit"), e.data.get("to_unit"), e.data["actor"]["user_id"],
+              e.data["actor"]["role"]) for e in recorded
+             if e.type in ("CaseHandedOff", "CaseReturned")]
+    assert moves == [
+        ("CaseHandedOff", STATION, TOWNSHIP, CLERK, "station_clerk"),
+        ("CaseReturned", TOWNSHIP, STATION, TOWN, "township_officer"),
+        ("CaseHandedOff", STATION, TOWNSHIP, CLERK, "station_clerk"),
+        ("CaseHandedOff", TOWNSHIP, COUNTY, TOWN, "township_officer"),
+    ]
+    assert all(e.metadata["actor_id"] == e.data["actor"]["user_id"] for e in recorded)
+    assert [e.position for e in recorded] == sorted(e.position for e in recorded)
+
+
+async def at_county(service: CasesService, http: httpx.AsyncClient, ref: Reference) -> uuid.UUID:
+    case_id = await submitted_case(service, MLG_DOCUMENTS)
+    await act(http, ref, case_id, "accept", CLERK)
+    await act(http, ref, case_id, "hand-off", CLERK)
+    await act(http, ref, case_id, "receive", TOWN)
+    await act(http, ref, case_id, "hand-off", TOWN)
+    await act(http, ref, case_id, "receive", COUNTY_A)
+    return case_id
+
+
+async def test_two_deciders_at_once_with_if_match_one_wins_the_other_gets_412(
+    service: CasesService, http: httpx.AsyncClient, ref: Reference
+) -> None:
+    case_id = await at_county(service, http, ref)
+    version = (await http.get(f"/v1/cases/{case_id}", headers=as_(COUNTY_A, ref))).json()[
+        "version"]
+    decisions = [
+        http.post(f"/v1/cases/{case_id}/decide", headers={**as_(COUNTY_A, ref),
+                  "If-Match": f'"{version}"'}, json={"outcome": "approved", "basis": "符合条件"}),
+        http.post(f"/v1/cases/{case_id}/decide", headers={**as_(COUNTY_B, ref),
+                  "If-Match": f'"{version}"'},
+                  json={"outcome": "refused", "basis": "不符合条件", "acting_for": COUNTY_A}),
+    ]
+    responses = await asyncio.gather(*decisions)
+    assert sorted(r.status_code for r in responses) == [200, 412]
+    loser = next(r for r in responses if r.status_code == 412)
+    assert loser.headers["content-type"] == "application/problem+json"
+    winner = next(r for r in responses if r.status_code == 200)
+    assert loser.json()["current_version"] == winner.json()["version"] > version
+    events = await service.store.read_stream(f"case-{case_id}")
+    assert [e.type for e in events].count("CaseDecided") == 1
+
+
+async def test_two_deciders_without_if_match_the_loser_is_refused_409(
+    service: CasesService, http: httpx.AsyncClient, ref: Reference
+) -> None:
+    case_id = await at_county(service, http, ref)
+    responses = await asyncio.gather(
+        http.post(f"/v1/cases/{case_id}/decide", headers=as_(COUNTY_A, ref),
+                  json={"outcome": "approved", "basis": "符合条件"}),
+        http.post(f"/v1/cases/{case_id}/decide", headers=as_(COUNTY_B, ref),
+                  json={"outcome": "refused", "basis": "不符合", "acting_for": COUNTY_A}),
+    )
+    assert sorted(r.status_code for r in responses) == [200, 409]
+    assert next(r for r in responses if r.status_code == 409).json()["title"] == \
+        "CaseIsAlreadyDecided"
+    events = await service.store.read_stream(f"case-{case_id}")
+    assert [e.type for e in events].count("CaseDecided") == 1
+
+
+async def test_an_officer_of_another_township_is_forbidden(
+    service: CasesService, http: httpx.AsyncClient, ref: Reference
+) -> None:
+    case_id = await submitted_case(service, MLG_DOCUMENTS)
+    await act(http, ref, case_id, "accept", CLERK)
+    await act(http, ref, case_id, "hand-off", CLERK)
+    refused = await act(http, ref, case_id, "receive", OTHER_TOWN, status=403)
+    assert refused["type"].startswith("/problems/") and refused["errors"][0]["field"]
+    response = await http.get(f"/v1/cases/{case_id}", headers=as_(OTHER_TOWN, ref))
+    assert response.status_code == 403
+
+
+async def test_a_backup_acting_for_the_absent_owner_is_recorded_as_acting_for(
+    service: CasesService, http: httpx.AsyncClient, ref: Reference
+) -> None:
+    case_id = await submitted_case(service, MLG_DOCUMENTS)
+    await act(http, ref, case_id, "accept", CLERK)
+    await act(http, ref, case_id, "notes", CLERK_B, {"text": "申请人来电询问进度",
+                                                     "acting_for": CLERK})
+    await act(http, ref, case_id, "hand-off", CLERK_B, {"acting_for": CLERK})
+    events = await service.store.read_stream(f"case-{case_id}")
+    handed = next(e for e in events if e.type == "CaseHandedOff")
+    assert handed.data["actor"] == {"user_id": CLERK_B, "role": "station_clerk",
+                                    "unit": STATION, "acting_for": CLERK}
+    assert (handed.metadata["actor_id"], handed.metadata["acting_for"]) == (CLERK_B, CLERK)
+    assert handed.data["owner"] == CLERK  # ownership stays with the owner
+
+
+async def test_bad_input_is_a_problem_naming_the_field(
+    service: CasesService, http: httpx.AsyncClient, ref: Reference
+) -> None:
+    case_id = await at_county(service, http, ref)
+    bad = await act(http, ref, case_id, "decide", COUNTY_A, {"outcome": "maybe"}, status=422)
+    assert {e["field"] for e in bad["errors"]} == {"outcome", "basis"}
+    stale = await act(http, ref, case_id, "notes", COUNTY_A, {"text": "x"}, status=400,
+                      **{"If-Match": "abc"})
+    assert stale["errors"][0]["field"] == "header:If-Match"
+
+
+async def test_a_retried_command_with_the_same_idempotency_key_applies_once(
+    service: CasesService, http: httpx.AsyncClient, ref: Reference
+) -> None:
+    case_id = await submitted_case(service, MLG_DOCUMENTS)
+    first = await act(http, ref, case_id, "accept", CLERK, **{"Idempotency-Key": "k-1"})
+    again = await act(http, ref, case_id, "accept", CLERK, **{"Idempotency-Key": "k-1"})
+    assert (again["already_applied"], again["version"]) == (True, first["version"])
