@@ -38,7 +38,7 @@ def load_migrations(component: str, package: str) -> list[Migration]:
     """Read ``NNNN_name.sql`` files from the ``migrations`` folder of ``package``."""
     folder: Traversable = resources.files(package) / "migrations"
     found = []
-    for entry in folder.iterdir():
+    for entry in folder.iterdir() if folder.is_dir() else ():
         match = _NAME.match(entry.name)
         if match:
             found.append(Migration(component, int(match[1]), match[2], entry.read_text("utf-8")))
@@ -46,11 +46,18 @@ def load_migrations(component: str, package: str) -> list[Migration]:
 
 
 EVENT_STORE = ("eventstore", "shared.eventstore")
+# Every component with migrations, in the order they apply (the event store first).
+ALL_COMPONENTS = [
+    EVENT_STORE,
+    ("cases", "services.cases"),
+    ("intake", "services.intake"),
+    ("projections", "services.projections"),
+]
 
 
 async def migrate(dsn: str, components: list[tuple[str, str]] | None = None) -> list[str]:
     """Apply pending migrations of ``components`` [(name, package)]; return what was applied."""
-    components = components or [EVENT_STORE]
+    components = components or ALL_COMPONENTS
     applied_now: list[str] = []
     conn = await asyncpg.connect(dsn)
     try:
