@@ -43,6 +43,9 @@ class StillConflicting(Exception):
 
 @dataclass(frozen=True)
 class Handled:
+    """The outcome of a command: ``events`` are those this call recorded (none when the same
+    command had already been applied)."""
+
     case_id: uuid.UUID
     version: int
     position: int
@@ -100,6 +103,7 @@ class CaseCommands:
                 if expected_version is not None:
                     raise PreconditionFailed(expected_version, conflict.actual) from conflict
                 continue
-            return Handled(command.case_id, result.version, result.position, list(events),
+            recorded = [] if result.already_applied else list(events)
+            return Handled(command.case_id, result.version, result.position, recorded,
                            already_applied=result.already_applied)
         raise StillConflicting(f"case {command.case_id} kept changing; try again")

@@ -1,0 +1,135 @@
+"""The SLA clock's two halves, both idempotent.
+
+- ``apply_sla_events``: keeps the ``sla_due`` table from timer events on the log (consumed from
+  ``case.events`` by an idempotent agent: positions, not Faust tables, make it exactly-once).
+- ``fire_due``: finds timers whose warning or due time has passed and sends the domain's timer
+  commands through the same handler as people's commands. Firing twice records once: the
+  domain ignores a timer that already fired, and the command ids are derived from the timer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from services.cases.domain import (
+    Command,
+    sla_clock_actor,
+    timer_commands_due,
+    when_sla_breached_escalate,
+)
+from services.cases.domain.errors import Rejection
+from services.cases.handlers import CaseCommands
+from shared.contracts.cases import SlaBreached
+from shared.contracts.envelope import RecordedEvent
+from shared.eventstore.postgres import Conn
+from shared.logging import get_logger
+from shared.reference import Reference
+
+log = get_logger(__name__)
+TIMER_EVENTS = frozenset({"SlaTimerScheduled", "SlaClockPaused", "SlaClockStopped",
+                          "SlaWarningRaised", "SlaBreached"})
+
+
+@dataclass(frozen=True)
+class RowChange:
+    """One change to ``sla_due``: an SQL statement and its arguments."""
+
+    sql: str
+    args: tuple[object, ...]
+
+
+def sla_change(event: RecordedEvent) -> RowChange | None:
+    """The change a timer event makes to ``sla_due`` (pure)."""
+    d = event.data
+    case_id = uuid.UUID(d["case_id"]) if event.type in TIMER_EVENTS else None
+    match event.type:
+        case "SlaTimerScheduled":
+            return RowChange(
+                "INSERT INTO sla_due (case_id, timer_no, level, unit, warn_at, due_at, position)"
+                " VALUES ($1, $2, $3, $4, $5::text::timestamptz, $6::text::timestamptz, $7)"
+                " ON CONFLICT (case_id) DO UPDATE SET timer_no = EXCLUDED.timer_no,"
+                " level = EXCLUDED.level, unit = EXCLUDED.unit, warn_at = EXCLUDED.warn_at,"
+                " due_at = EXCLUDED.due_at, warned = false, breached = false,"
+                " position = EXCLUDED.position WHERE sla_due.position < EXCLUDED.position",
+                (case_id, d["timer_no"], d["level"], d["unit"], d["warn_at"], d["due_at"],
+                 event.position))
+        case "SlaClockPaused" | "SlaClockStopped":
+            return RowChange("DELETE FROM sla_due WHERE case_id = $1 AND timer_no = $2",
+                             (case_id, d["timer_no"]))
+        case "SlaWarningRaised":
+            return RowChange("UPDATE sla_due SET warned = true WHERE case_id = $1"
+                             " AND timer_no = $2", (case_id, d["timer_no"]))
+        case "SlaBreached":
+            return RowChange("UPDATE sla_due SET warned = true, breached = true"
+                             " WHERE case_id = $1 AND timer_no = $2", (case_id, d["timer_no"]))
+    return None
+
+
+async def apply_sla_events(conn: Conn, events: Sequence[RecordedEvent]) -> None:
+    """Apply a batch of events (in position order) to ``sla_due``."""
+    for event in events:
+        change = sla_change(event)
+        if change is not None:
+            await conn.execute(change.sql, *change.args)
+
+
+def timer_command_id(command: Command, timer_no: int) -> uuid.UUID:
+    return uuid.uuid5(command.case_id, f"sla:{timer_no}:{type(command).__name__}")
+
+
+@dataclass
+class FireReport:
+    checked: int = 0
+    warnings: int = 0
+    breaches: int = 0
+    escalations: int = 0
+
+
+async def fire_due(
+    commands: CaseCommands, conn: Conn, now: datetime, *, limit: int = 500
+) -> FireReport:
+    """Send every timer command due at ``now``; return what was recorded."""
+    rows = await conn.fetch(
+        "SELECT case_id FROM sla_due WHERE (NOT warned AND warn_at <= $1)"
+        " OR (NOT breached AND due_at <= $1) ORDER BY due_at LIMIT $2", now, limit)
+    report = FireReport(checked=len(rows))
+    ref: Reference = commands.ref
+    actor = sla_clock_actor(ref)
+    for row in rows:
+        case, *_ = await commands.load(row["case_id"])
+        if case is None:
+            continue
+        for command in timer_commands_due(case, now, actor):
+            timer_no = getattr(command, "timer_no", 0)
+            try:
+                done = await commands.handle(command, command_id=timer_command_id(command,
+                                                                                  timer_no))
+            except Rejection as refused:  # the case moved on meanwhile: nothing to fire
+                log.info("sla.fire_refused", case_id=str(case.case_id), reason=refused.reason)
+                continue
+            for event in done.events:
+                if event.event_type == "SlaWarningRaised":
+                    report.warnings += 1
+                elif isinstance(event, SlaBreached):
+                    report.breaches += 1
+                    report.escalations += await _escalate(commands, event, ref)
+    return report
+
+
+async def _escalate(commands: CaseCommands, breach: SlaBreached, ref: Reference) -> int:
+    case, *_ = await commands.load(breach.case_id)
+    if case is None:
+        return 0
+    escalated = 0
+    for command in when_sla_breached_escalate(case, breach, ref):
+        try:
+            done = await commands.handle(
+                command, command_id=timer_command_id(command, breach.timer_no))
+        except Rejection as refused:
+            log.info("sla.escalation_refused", case_id=str(case.case_id), reason=refused.reason)
+            continue
+        escalated += bool(done.events)
+    return escalated

@@ -1,0 +1,126 @@
+"""The SLA clock on real PostgreSQL: due times kept idempotently, a breach recorded once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from services.cases.bootstrap import CasesService, bootstrap
+from services.cases.domain import AcceptCase, SubmitCase
+from services.cases.sla_clock import apply_sla_events, fire_due
+from shared.consumer import ALL, IdempotentConsumer
+from shared.contracts.cases import Actor, EncryptedApplicant
+from shared.reference import Reference, Role, load_reference
+from shared.settings import Settings
+from tests.conftest import Db
+from tests.integration.cases.test_cases_api import CLERK, MLG_DOCUMENTS, STATION, Clock
+
+
+@pytest.fixture(scope="module")
+def ref() -> Reference:
+    return load_reference()
+
+
+@pytest.fixture
+async def service(database: Db, ref: Reference) -> AsyncIterator[CasesService]:
+    svc = await bootstrap(Settings(), database.service_dsn, ref=ref, clock=Clock())
+    yield svc
+    await svc.close()
+
+
+async def accepted_case(svc: CasesService) -> uuid.UUID:
+    case_id = uuid.uuid4()
+    clerk = Actor(user_id=CLERK, role=Role.STATION_CLERK, unit=STATION)
+    await svc.commands.handle(SubmitCase(
+        case_id=case_id, at=svc.clock(), actor=clerk, tracking_no="KM-1",
+        service_code="minimum_living_guarantee", visit_id=uuid.uuid4(), station=STATION,
+        applicant=EncryptedApplicant(subject_id="s", id_hash="h", encrypted={}),
+        documents=tuple(MLG_DOCUMENTS)), command_id=uuid.uuid4())
+    await svc.commands.handle(AcceptCase(case_id=case_id, at=svc.clock(), actor=clerk),
+                              command_id=uuid.uuid4())
+    return case_id
+
+
+async def catch_up(svc: CasesService) -> int:
+    """Apply the log to sla_due the way the agent does (idempotent by position)."""
+    assert svc.pool is not None
+    consumer = IdempotentConsumer(svc.pool, "sla-clock")
+    applied = 0
+    async for batch in svc.store.read_all(await consumer.position(ALL)):
+        applied += len(await consumer.apply(ALL, batch, apply_sla_events))
+    return applied
+
+
+async def events_of(svc: CasesService, case_id: uuid.UUID) -> list[str]:
+    return [e.type for e in await svc.store.read_stream(f"case-{case_id}")]
+
+
+async def test_due_times_follow_the_log_and_redelivery_changes_nothing(
+    service: CasesService,
+) -> None:
+    case_id = await accepted_case(service)
+    assert await catch_up(service) > 0
+    assert service.pool is not None
+    row = await service.pool.fetchrow("SELECT * FROM sla_due WHERE case_id = $1", case_id)
+    assert row is not None and (row["level"], row["unit"]) == ("community", STATION)
+    assert row["warn_at"] < row["due_at"]
+    before = [dict(r) for r in await service.pool.fetch("SELECT * FROM sla_due")]
+    consumer = IdempotentConsumer(service.pool, "sla-clock")
+    everything = [e async for batch in service.store.read_all() for e in batch]
+    assert await consumer.apply(ALL, everything, apply_sla_events) == []  # redelivered
+    assert [dict(r) for r in await service.pool.fetch("SELECT * FROM sla_due")] == before
+
+
+async def test_a_breach_fires_exactly_once_on_a_controlled_clock(
+    service: CasesService,
+) -> None:
+    case_id = await accepted_case(service)
+    await catch_up(service)
+    assert service.pool is not None
+    due = await service.pool.fetchval("SELECT due_at FROM sla_due WHERE case_id = $1", case_id)
+
+    async def fire(at_offset: timedelta) -> object:
+        async with service.pool.acquire() as conn:  # type: ignore[union-attr]
+            return await fire_due(service.commands, conn, due + at_offset)
+
+    early = await fire(-timedelta(seconds=1))  # before due: only the warning is owed
+    assert (early.warnings, early.breaches) == (1, 0)  # type: ignore[attr-defined]
+    reports = await asyncio.gather(*(fire(timedelta(minutes=1)) for _ in range(4)))
+    await catch_up(service)
+    again = await fire(timedelta(hours=1))  # the clock comes round once more
+    types = await events_of(service, case_id)
+    assert types.count("SlaWarningRaised") == 1
+    assert types.count("SlaBreached") == 1
+    assert sum(r.breaches for r in reports) == 1  # type: ignore[attr-defined]
+    assert again.checked == 0  # type: ignore[attr-defined]
+    breach = next(e for e in await service.store.read_stream(f"case-{case_id}")
+                  if e.type == "SlaBreached")
+    assert (breach.data["level"], breach.data["unit"]) == ("community", STATION)
+    assert breach.metadata["actor_id"] == "system.sla-clock"
+
+
+async def test_paused_clock_is_not_fired(service: CasesService, admin_pool: asyncpg.Pool) -> None:
+    from services.cases.domain import RequestDocuments
+
+    case_id = uuid.uuid4()
+    clerk = Actor(user_id=CLERK, role=Role.STATION_CLERK, unit=STATION)
+    await service.commands.handle(SubmitCase(
+        case_id=case_id, at=service.clock(), actor=clerk, tracking_no="KM-2",
+        service_code="minimum_living_guarantee", visit_id=uuid.uuid4(), station=STATION,
+        applicant=EncryptedApplicant(subject_id="s", id_hash="h", encrypted={}),
+        documents=("id_card",)), command_id=uuid.uuid4())
+    await service.commands.handle(AcceptCase(case_id=case_id, at=service.clock(), actor=clerk),
+                                  command_id=uuid.uuid4())
+    await service.commands.handle(RequestDocuments(case_id=case_id, at=service.clock(),
+                                                   actor=clerk), command_id=uuid.uuid4())
+    await catch_up(service)
+    assert await admin_pool.fetchval("SELECT count(*) FROM sla_due") == 0
+    async with service.pool.acquire() as conn:  # type: ignore[union-attr]
+        report = await fire_due(service.commands, conn, service.clock() + timedelta(days=90))
+    assert report.checked == 0
+    assert "SlaBreached" not in await events_of(service, case_id)
