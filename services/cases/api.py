@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -167,8 +167,13 @@ async def run(handler: CaseCommands, command: c.Command, pre: Precondition,
                     already_applied=done.already_applied)
 
 
-def _route(path: str, summary: str) -> Any:
-    return router.post(f"/{{case_id}}/{path}", response_model=Accepted, summary=summary)
+RouteFn = TypeVar("RouteFn", bound=Callable[..., Any])
+
+
+def _route(path: str, summary: str) -> Callable[[RouteFn], RouteFn]:
+    decorate: Callable[[RouteFn], RouteFn] = router.post(
+        f"/{{case_id}}/{path}", response_model=Accepted, summary=summary)
+    return decorate
 
 
 @_route("accept", "Accept a case: the receiving officer becomes its owner (首问责任制)")

@@ -103,7 +103,7 @@ class CaseCommands:
                 if expected_version is not None:
                     raise PreconditionFailed(expected_version, conflict.actual) from conflict
                 continue
-            recorded = [] if result.already_applied else list(events)
+            recorded: list[DomainEvent] = [] if result.already_applied else list(events)
             return Handled(command.case_id, result.version, result.position, recorded,
                            already_applied=result.already_applied)
         raise StillConflicting(f"case {command.case_id} kept changing; try again")
