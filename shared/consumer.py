@@ -62,7 +62,9 @@ class IdempotentConsumer:
                 "SELECT position FROM consumer_positions WHERE consumer = $1 AND scope = $2"
                 " FOR UPDATE", self.name, scope,
             )
-            fresh = sorted((e for e in events if e.position > current), key=lambda e: e.position)
+            # by position: a republished log can hold one position twice in a batch
+            unique = {e.position: e for e in events if e.position > current}
+            fresh = [unique[p] for p in sorted(unique)]
             if fresh:
                 await apply(conn, fresh)
                 await conn.execute(

@@ -31,7 +31,8 @@ def configure_logging(
     renderer: Any = (
         structlog.processors.JSONRenderer(ensure_ascii=False)
         if use_json
-        else structlog.dev.ConsoleRenderer()
+        # plain tracebacks: rich ones print frame locals (slow, and may hold personal data)
+        else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     )
     if use_json:
         shared.append(structlog.processors.format_exc_info)

@@ -95,28 +95,39 @@ class Relay:
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.2
         while not stop.is_set():
-            conn = await self.store.pool.acquire()
             try:
-                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
-                    await _sleep_or_stop(stop, self.config.standby_interval_s)
-                    continue
-                self.is_leader = True
-                self.stats.leader_since = time.time()
-                log.info("relay.leader", relay=self.config.name)
-                await self._lead(conn, stop)
+                led = await self._term(stop)
                 backoff = 0.2
+                if not led:
+                    await _sleep_or_stop(stop, self.config.standby_interval_s)
             except (KafkaError, OSError, asyncpg.PostgresError,
                     asyncpg.InterfaceError, TimeoutError) as exc:
                 self.stats.errors += 1
                 log.warning("relay.error", error=repr(exc), retry_in_s=backoff)
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, self.config.max_backoff_s)
-            finally:
-                self.is_leader = False
-                if not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await conn.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
-                await self.store.pool.release(conn)
+
+    async def _term(self, stop: asyncio.Event) -> bool:
+        """One attempt at leading, until ``stop``; False when another relay leads."""
+        conn = await self.store.pool.acquire()
+        held = clean = False
+        try:
+            held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK))
+            if held:
+                self.is_leader = True
+                self.stats.leader_since = time.time()
+                log.info("relay.leader", relay=self.config.name)
+                await self._lead(conn, stop)
+            clean = True
+            return held
+        finally:
+            self.is_leader = False
+            if not clean:  # failed or cancelled, maybe mid-query: end the session and its lock
+                conn.terminate()
+            elif held:
+                with contextlib.suppress(Exception):
+                    await conn.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
+            await self.store.pool.release(conn)
 
     # -- publishing --------------------------------------------------------------------------
 

@@ -45,6 +45,15 @@ async def test_redelivered_and_overlapping_batches_apply_once(
     assert await consumer.position("p0") == 10
 
 
+async def test_a_position_twice_in_one_batch_is_applied_once(
+    pool: asyncpg.Pool, events: list[RecordedEvent]
+) -> None:
+    consumer = IdempotentConsumer(pool, "test")
+    applied_now = await consumer.apply("p0", [*events[:4], *events[:4]], write_rows)
+    assert [e.position for e in applied_now] == [1, 2, 3, 4]
+    assert await applied(pool) == [1, 2, 3, 4]
+
+
 async def test_scopes_are_independent(pool: asyncpg.Pool, events: list[RecordedEvent]) -> None:
     consumer = IdempotentConsumer(pool, "test")
     await consumer.apply("p1", [e for e in events if e.position % 2 == 0], write_rows)

@@ -1,0 +1,398 @@
+"""The thin Faust boundary every service uses to consume the log.
+
+Faust is an entrypoint only: the domain, projectors and the event store never import it. This
+module builds an app configured for our stack, declares idempotent batch agents on
+``case.events``, and runs an app inside an existing asyncio program::
+
+    app = make_app("projections", settings=settings)
+    agent = idempotent_agent(app, topic=settings.topic_case_events,
+                             consumer=IdempotentConsumer(pool, "projections"),
+                             apply=project_batch, batch_size=500, max_wait_s=0.2)
+    async with running_app(app):
+        ...                      # serve HTTP, wait for a stop signal, read agent.stats
+
+Correctness comes from PostgreSQL, never from Kafka (see DESIGN, "Known pitfalls"):
+
+- Every message is taken without auto-ack (``Stream.noack_take``), decoded, grouped by
+  partition and applied through ``IdempotentConsumer.apply`` with scope = topic/partition: one
+  transaction checks and advances the stored position and applies the writes. Only then are
+  the batch's messages acked, so Faust never commits an offset past an unapplied event.
+- A failing ``apply`` is retried in place with backoff, holding the batch: later messages of
+  the partition are not applied before it (which would advance the stored position past it and
+  lose it on redelivery). If the app stops meanwhile, nothing of that batch was acked and the
+  next worker gets it again.
+- A message that is not a valid envelope is parked (logged, counted, acked) and never crashes
+  the worker. Whether an event *type* is known is for ``apply`` to decide.
+- Faust's ``take()``/``take_events()`` ack the whole buffer in a ``finally`` block, also when the
+  body raised: they are not used here.
+- ``stream_wait_empty`` is off: Faust's default makes stop and every rebalance wait, forever and
+  deaf to cancellation, for unacked messages, which a held batch never acks.
+- ``running_app`` checks the agents' topics exist first: ``topic_allow_declare=False`` stops
+  Faust's own topic creation, but the consumer's subscription still names the topic in a
+  metadata request, and the embedded broker creates a missing one with 4 partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import tempfile
+import traceback
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import asyncpg
+import faust
+from aiokafka.admin import AIOKafkaAdminClient
+from faust.contrib.asgi import faust_app_running
+from faust.streams import Stream
+from faust.types import TP, EventT, StreamT
+
+from shared.consumer import Apply, IdempotentConsumer, scope_for
+from shared.contracts.envelope import RecordedEvent, chain_hash
+from shared.kafka import TopicMisconfigured, broker_state
+from shared.logging import get_logger
+from shared.settings import Settings
+
+log = get_logger(__name__)
+
+PARKED_KEPT = 100
+
+#: messages to ack and events to apply (by position), per topic-partition
+Groups = dict[TP, tuple[list[EventT[bytes]], dict[int, RecordedEvent]]]
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+
+def broker_urls(bootstrap_servers: str) -> list[str]:
+    """``host:port,host:port`` → Faust broker URLs."""
+    return [f"kafka://{s.strip()}" for s in bootstrap_servers.split(",") if s.strip()]
+
+
+def make_app(
+    app_id: str,
+    *,
+    settings: Settings | None = None,
+    bootstrap_servers: str | None = None,
+    partitions: int | None = None,
+    replication_factor: int | None = None,
+    session_timeout_ms: int | None = None,
+    heartbeat_interval_ms: int | None = None,
+    web_port: int | None = None,
+    datadir: Path | None = None,
+    **overrides: Any,
+) -> faust.App:
+    """A Faust app configured for our stack. ``app_id`` is also the Kafka consumer group.
+
+    Explicit arguments win over ``settings``. Topics are never created or declared by Faust
+    (create them with ``shared.kafka.ensure_topics`` first), no leader topic, memory store,
+    offsets reset to earliest (consumers skip by stored position), no ``exactly_once``, short
+    session timeout and heartbeat. The web server is off unless ``web_port`` is given.
+    Build the app inside a function: nothing here touches an event loop.
+    """
+    settings = settings or Settings()
+    servers = bootstrap_servers or settings.kafka_bootstrap_servers
+    if not servers:
+        raise ValueError("no Kafka bootstrap servers: pass bootstrap_servers or set them")
+    session_ms = session_timeout_ms or settings.kafka_session_timeout_ms
+    heartbeat_ms = heartbeat_interval_ms or settings.kafka_heartbeat_interval_ms
+    if datadir is None:
+        # Faust creates (empty, with the memory store) folders here on start; its default is
+        # "<app id>-data" in the current directory.
+        datadir = Path(tempfile.gettempdir()) / "yizhan-faust"
+    datadir.mkdir(parents=True, exist_ok=True)
+    conf: dict[str, Any] = {
+        "broker": broker_urls(servers),
+        "store": "memory://",
+        "datadir": str(datadir),
+        "autodiscover": False,
+        "processing_guarantee": "at_least_once",
+        "consumer_auto_offset_reset": "earliest",
+        "broker_session_timeout": session_ms / 1000,
+        "broker_heartbeat_interval": heartbeat_ms / 1000,
+        "broker_rebalance_timeout": session_ms / 1000,
+        "broker_commit_interval": 1.0,
+        # True (Faust's default) makes stop and every rebalance wait until all messages taken
+        # are acked, swallowing cancellation: a batch held by a failing apply hangs the worker
+        # forever. Unacked messages are simply delivered again; positions make that harmless.
+        "stream_wait_empty": False,
+        "topic_allow_declare": False,  # never create or declare topics ...
+        "topic_disable_leader": True,  # ... including the "<id>-__assignor-__leader" topic
+        "topic_partitions": partitions or settings.topic_partitions,
+        "topic_replication_factor": replication_factor or settings.topic_replication_factor,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "web_enabled": web_port is not None,
+        "web_port": web_port or 6066,
+        "web_bind": "127.0.0.1",
+    }
+    conf.update(overrides)
+    return faust.App(app_id, **conf)
+
+
+@contextlib.asynccontextmanager
+async def running_app(
+    app: faust.App, *, stop_timeout: float = 30.0, check_topics: bool = True
+) -> AsyncIterator[faust.App]:
+    """Start ``app`` on the running loop and stop it on exit (``app.start()``/``app.stop()``
+    through ``faust.contrib.asgi.faust_app_running``). A stopped app cannot be started again:
+    build a new one with ``make_app``. For FastAPI, ``faust.contrib.asgi.faust_lifespan(app)``
+    does the same from the ASGI lifespan (call ``await check_agent_topics(app)`` first).
+
+    With ``check_topics``, refuses to start (``TopicMisconfigured``) when a topic an agent reads
+    is missing or has another partition count: the consumer's subscription would otherwise name
+    it in a metadata request, and the embedded broker would create it with 4 partitions."""
+    if check_topics:
+        await check_agent_topics(app)
+    async with faust_app_running(app, stop_timeout=stop_timeout):
+        yield app
+
+
+def bootstrap_of(app: faust.App) -> str:
+    return ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
+
+
+async def check_agent_topics(app: faust.App) -> dict[str, int]:
+    """Every topic the app's agents read, with its partition count, as the broker has it (one
+    all-topics metadata request, which creates nothing). Raises ``TopicMisconfigured``."""
+    wanted: dict[str, int] = {}
+    for agent in app.agents.values():
+        channel = agent.channel
+        if isinstance(channel, faust.TopicT):
+            for name in channel.topics:
+                wanted[name] = channel.partitions or app.conf.topic_partitions
+    if not wanted:
+        return {}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_of(app), request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        _, topics = await broker_state(admin)
+    finally:
+        await admin.close()
+    for name, partitions in wanted.items():
+        if topics.get(name) != partitions:
+            raise TopicMisconfigured(
+                f"topic {name} has {topics.get(name)} partitions, expected {partitions}:"
+                " create it first (shared.kafka.ensure_topics)"
+            )
+    return {name: topics[name] for name in wanted}
+
+
+# -- the idempotent agent --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParkedMessage:
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+
+
+@dataclass
+class StreamStats:
+    """Counters for metrics. ``positions`` is the last position applied per scope."""
+
+    received: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    parked: int = 0
+    batches: int = 0
+    apply_errors: int = 0
+    last_position: int = 0
+    retrying: bool = False
+    positions: dict[str, int] = field(default_factory=dict)
+    last_parked: deque[ParkedMessage] = field(default_factory=lambda: deque(maxlen=PARKED_KEPT))
+
+
+class NotAnEnvelope(ValueError):
+    """A message whose value is not an event envelope (or whose hash does not match)."""
+
+
+def decode_envelope(value: bytes | None, *, verify_hash: bool = True) -> RecordedEvent:
+    """The event in a message value, or ``NotAnEnvelope``."""
+    if value is None:
+        raise NotAnEnvelope("empty message")
+    try:
+        wire = json.loads(value)
+        event = RecordedEvent.from_wire(wire)
+    except Exception as exc:  # whatever the bytes are, they are parked, never fatal
+        raise NotAnEnvelope(f"{type(exc).__name__}: {exc}") from exc
+    if event.position < 1:
+        raise NotAnEnvelope(f"position {event.position}")
+    if verify_hash and chain_hash(event.prev_hash, event.canonical_bytes()) != event.hash:
+        raise NotAnEnvelope(f"hash mismatch at position {event.position}")
+    return event
+
+
+class EventAgent:
+    """One Faust agent applying a topic's events through an ``IdempotentConsumer``.
+
+    Made by ``idempotent_agent``; ``stats`` is live, ``agent`` is the Faust agent."""
+
+    def __init__(
+        self, app: faust.App, *, topic: str, consumer: IdempotentConsumer, apply: Apply,
+        batch_size: int, max_wait_s: float, name: str, verify_hash: bool,
+        retry_initial_s: float, retry_max_s: float,
+    ) -> None:
+        if batch_size < 1 or max_wait_s <= 0:
+            raise ValueError("batch_size must be >= 1 and max_wait_s > 0")
+        self.app = app
+        self.topic_name = topic
+        self.consumer = consumer
+        self.apply = apply
+        self.batch_size = batch_size
+        self.max_wait_s = max_wait_s
+        self.name = name
+        self.verify_hash = verify_hash
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.stats = StreamStats()
+        self.topic = app.topic(
+            topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+            value_serializer="raw", partitions=app.conf.topic_partitions, internal=False,
+        )
+        self.agent = app.agent(self.topic, name=name, concurrency=1)(self._run)
+
+    async def _run(self, stream: StreamT[bytes]) -> None:
+        # noack_take (not on StreamT, hence Stream) yields the buffered *events* and, unlike
+        # take()/take_events(), does not ack them in a finally block when this body raises:
+        # acking is ours alone.
+        concrete = cast(Stream[bytes], stream)
+        async for batch in concrete.noack_take(self.batch_size, within=self.max_wait_s):
+            await self._handle_until_done(stream, cast(Sequence[EventT[bytes]], batch))
+
+    async def _handle_until_done(
+        self, stream: StreamT[bytes], batch: Sequence[EventT[bytes]]
+    ) -> None:
+        # An exception escaping the agent would make Faust's supervisor restart it on the
+        # *next* messages, leaving this batch unapplied while later positions advance the
+        # stored position: the batch would be skipped on redelivery. So hold it and retry
+        # (apply is idempotent by position, acks by message).
+        groups = await self.decode(stream, batch)
+        delay = self.retry_initial_s
+        while True:
+            try:
+                await self.apply_groups(stream, groups)
+                return
+            except Exception as exc:
+                self.stats.apply_errors += 1
+                log.critical("streaming.batch_failed", agent=self.name, error=repr(exc),
+                             traceback=_plain_traceback(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+
+    async def decode(self, stream: StreamT[bytes], batch: Sequence[EventT[bytes]]) -> Groups:
+        """Decode a batch, grouped by partition; park (and ack) what is not an envelope."""
+        self.stats.batches += 1
+        self.stats.received += len(batch)
+        groups: Groups = {}
+        for event in batch:
+            message = event.message
+            try:
+                recorded = decode_envelope(message.value, verify_hash=self.verify_hash)
+            except NotAnEnvelope as exc:
+                self._park(message.topic, message.partition, message.offset, str(exc))
+                await stream.ack(event)
+                continue
+            acks, by_position = groups.setdefault(message.tp, ([], {}))
+            acks.append(event)
+            # a republish may put one position twice into a batch: apply it once
+            by_position.setdefault(recorded.position, recorded)
+        return groups
+
+    async def apply_groups(self, stream: StreamT[bytes], groups: Groups) -> None:
+        """Apply each partition's events in one transaction (in position order), then ack."""
+        for tp, (acks, by_position) in groups.items():
+            scope = scope_for(tp.topic, tp.partition)
+            events = [by_position[p] for p in sorted(by_position)]
+            fresh = await self._apply_until_done(tp, scope, events)
+            if fresh is None:
+                continue  # the partition went to another worker: it applies these
+            self.stats.applied += len(fresh)
+            self.stats.duplicates += len(acks) - len(fresh)
+            if fresh:
+                last = fresh[-1].position
+                self.stats.positions[scope] = last
+                self.stats.last_position = max(self.stats.last_position, last)
+            for event in acks:
+                await stream.ack(event)
+
+    async def _apply_until_done(
+        self, tp: TP, scope: str, events: list[RecordedEvent]
+    ) -> list[RecordedEvent] | None:
+        """Apply, retrying with backoff until it succeeds (the fresh events) or the partition
+        is no longer assigned to this worker (None: nothing acked, redelivered elsewhere)."""
+        delay = self.retry_initial_s
+        attempt = 0
+        while True:
+            try:
+                fresh = await self.consumer.apply(scope, events, self.apply)
+            except Exception as exc:  # retried: the batch is held, never skipped
+                attempt += 1
+                self.stats.apply_errors += 1
+                self.stats.retrying = True
+                log.error("streaming.apply_failed", agent=self.name, scope=scope,
+                          first=events[0].position, last=events[-1].position,
+                          attempt=attempt, error=repr(exc), retry_in_s=delay,
+                          # one plain traceback per held batch: no frame locals (events,
+                          # personal data) in the log, and cheap in any renderer
+                          traceback=_plain_traceback(exc) if attempt == 1 else None)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+                if tp not in self.app.consumer.assignment():
+                    self.stats.retrying = False
+                    log.warning("streaming.batch_released", agent=self.name, scope=scope,
+                                reason="partition revoked while retrying")
+                    return None
+            else:
+                self.stats.retrying = False
+                return fresh
+
+    def _park(self, topic: str, partition: int, offset: int, reason: str) -> None:
+        self.stats.parked += 1
+        self.stats.last_parked.append(ParkedMessage(topic, partition, offset, reason))
+        log.error("streaming.message_parked", agent=self.name, topic=topic,
+                  partition=partition, offset=offset, reason=reason)
+
+
+def _plain_traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
+
+
+def idempotent_agent(
+    app: faust.App,
+    *,
+    topic: str,
+    consumer: IdempotentConsumer | None = None,
+    pool: asyncpg.Pool | None = None,
+    consumer_name: str | None = None,
+    apply: Apply,
+    batch_size: int = 500,
+    max_wait_s: float = 0.2,
+    name: str | None = None,
+    verify_hash: bool = True,
+    retry_initial_s: float = 0.2,
+    retry_max_s: float = 5.0,
+) -> EventAgent:
+    """Declare an agent on ``topic`` (pre-created, key = stream id, value = JSON envelope) that
+    applies events exactly once through ``consumer`` (or ``IdempotentConsumer(pool,
+    consumer_name)``) with ``apply(conn, events)`` — events in position order, one call per
+    partition and batch, inside the transaction that advances the stored position.
+
+    Batches hold up to ``batch_size`` messages or what arrived within ``max_wait_s``. Call
+    before the app starts. ``name`` (default: the consumer name) must be unique in the app."""
+    if consumer is None:
+        if pool is None or consumer_name is None:
+            raise ValueError("pass consumer, or pool and consumer_name")
+        consumer = IdempotentConsumer(pool, consumer_name)
+    return EventAgent(
+        app, topic=topic, consumer=consumer, apply=apply, batch_size=batch_size,
+        max_wait_s=max_wait_s, name=name or f"{consumer.name}.{topic}",
+        verify_hash=verify_hash, retry_initial_s=retry_initial_s, retry_max_s=retry_max_s,
+    )
