@@ -54,6 +54,8 @@ def decode_token(token: str, settings: Settings) -> Principal:
 
 
 _bearer = HTTPBearer(auto_error=False)
+# Dependencies are coroutines on purpose: FastAPI runs plain functions in a thread pool, a
+# thread hop per dependency per request.
 
 
 def settings_of(request: Request) -> Settings:
@@ -61,7 +63,7 @@ def settings_of(request: Request) -> Settings:
     return settings if isinstance(settings, Settings) else get_settings()
 
 
-def require_principal(
+async def require_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:

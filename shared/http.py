@@ -4,15 +4,16 @@ from the request through the logs and the event store, and the health endpoints.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from shared.logging import CORRELATION_KEY, get_logger
@@ -91,23 +92,33 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
                             "the server failed; the correlation id identifies the logs")
 
 
-class CorrelationMiddleware(BaseHTTPMiddleware):
+class CorrelationMiddleware:
     """Take ``X-Correlation-ID`` from the request (or make one), bind it for the logs and the
-    event metadata, and echo it on the response."""
+    event metadata, and echo it on the response. Plain ASGI (Starlette's BaseHTTPMiddleware
+    costs a task and a stream per request)."""
 
-    async def dispatch(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        given = request.headers.get(CORRELATION_HEADER, "")
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get(CORRELATION_HEADER, "")
         cid = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
-        request.state.correlation_id = cid
+        scope.setdefault("state", {})["correlation_id"] = cid
+        header = (CORRELATION_HEADER.lower().encode(), cid.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
         tokens = bind_contextvars(**{CORRELATION_KEY: cid})
         try:
-            response = await call_next(request)
+            await self.app(scope, receive, send_with_id)
         finally:
             reset_contextvars(**tokens)
-        response.headers[CORRELATION_HEADER] = cid
-        return response
 
 
 def install(app: FastAPI) -> None:

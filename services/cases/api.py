@@ -96,13 +96,13 @@ class CaseView(BaseModel):
     position: int
 
 
-def commands_of(request: Request) -> CaseCommands:
+async def commands_of(request: Request) -> CaseCommands:
     handler = request.app.state.case_commands
     assert isinstance(handler, CaseCommands)
     return handler
 
 
-def clock_of(request: Request) -> Callable[[], datetime]:
+async def clock_of(request: Request) -> Callable[[], datetime]:
     clock: Callable[[], datetime] = request.app.state.clock
     return clock
 
@@ -117,7 +117,7 @@ class Precondition:
     command_id: uuid.UUID
 
 
-def precondition(
+async def precondition(
     if_match: Annotated[str | None, Header(description="Stream version seen, as an ETag")] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Precondition:

@@ -9,11 +9,13 @@ Event ids derive from the command id, so a retried command is recognised and not
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from services.cases.domain import Case, Command, decide, fold
 from shared.contracts import cases as _events  # noqa: F401  (registers the case events)
+from shared.contracts.envelope import RecordedEvent
 from shared.contracts.registry import DomainEvent, registry, to_new_event
 from shared.eventstore.errors import WrongExpectedVersion
 from shared.eventstore.port import EventStore
@@ -64,20 +66,55 @@ def metadata_for(command: Command, command_id: uuid.UUID, **extra: Any) -> dict[
     return {k: v for k, v in meta.items() if v is not None}
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """A case folded from its events: state, stream version, last position, event ids."""
+
+    state: Case | None
+    version: int
+    position: int
+    event_ids: frozenset[uuid.UUID]
+
+    def then(self, recorded: list[RecordedEvent]) -> Loaded:
+        if not recorded:
+            return self
+        return Loaded(fold((registry.decode(r) for r in recorded), self.state),
+                      recorded[-1].version, recorded[-1].position,
+                      self.event_ids | {r.event_id for r in recorded})
+
+
+EMPTY = Loaded(None, 0, 0, frozenset())
+
+
 class CaseCommands:
-    def __init__(self, store: EventStore, ref: Reference, *, max_attempts: int = 8) -> None:
+    """Loads cases (keeping recently used ones folded, reading only their newer events),
+    decides and appends."""
+
+    def __init__(self, store: EventStore, ref: Reference, *, max_attempts: int = 8,
+                 cache_size: int = 10_000) -> None:
         self.store = store
         self.ref = ref
         self.max_attempts = max_attempts
+        self._cache: OrderedDict[uuid.UUID, Loaded] = OrderedDict()
+        self._cache_size = cache_size
 
     async def load(
         self, case_id: uuid.UUID, *, to_position: int | None = None
-    ) -> tuple[Case | None, int, int, set[uuid.UUID]]:
+    ) -> tuple[Case | None, int, int, frozenset[uuid.UUID]]:
         """The case as of now (or a position): state, version, last position, event ids."""
-        recorded = await self.store.read_stream(stream_id(case_id), to_position=to_position)
-        state = fold(registry.decode(r) for r in recorded)
-        last = recorded[-1].position if recorded else 0
-        return state, len(recorded), last, {r.event_id for r in recorded}
+        if to_position is not None:  # as-of reads fold from the start, outside the cache
+            past = EMPTY.then(await self.store.read_stream(stream_id(case_id),
+                                                           to_position=to_position))
+            return past.state, past.version, past.position, past.event_ids
+        known = self._cache.get(case_id, EMPTY)
+        newer = await self.store.read_stream(stream_id(case_id), from_version=known.version + 1)
+        current = known.then(newer)
+        if current.state is not None:
+            self._cache[case_id] = current
+            self._cache.move_to_end(case_id)
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return current.state, current.version, current.position, current.event_ids
 
     async def handle(
         self, command: Command, *, command_id: uuid.UUID, expected_version: int | None = None,

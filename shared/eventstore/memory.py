@@ -51,9 +51,9 @@ class InMemoryEventStore:
         return outcome
 
     async def read_stream(
-        self, stream_id: str, *, to_position: int | None = None
+        self, stream_id: str, *, from_version: int = 1, to_position: int | None = None
     ) -> list[RecordedEvent]:
-        return [e for e in self._streams.get(stream_id, [])
+        return [e for e in self._streams.get(stream_id, [])[from_version - 1:]
                 if to_position is None or e.position <= to_position]
 
     async def read_all(

@@ -72,9 +72,10 @@ class EventStore(Protocol):
         ...
 
     async def read_stream(
-        self, stream_id: str, *, to_position: int | None = None
+        self, stream_id: str, *, from_version: int = 1, to_position: int | None = None
     ) -> list[RecordedEvent]:
-        """A stream's events in version order (up to a global position, for as-of reads)."""
+        """A stream's events in version order, from a version (for callers that hold the
+        state up to it) and up to a global position (for as-of reads)."""
         ...
 
     def read_all(

@@ -190,13 +190,13 @@ class PostgresEventStore:
     # -- reading -----------------------------------------------------------------------------
 
     async def read_stream(
-        self, stream_id: str, *, to_position: int | None = None
+        self, stream_id: str, *, from_version: int = 1, to_position: int | None = None
     ) -> list[RecordedEvent]:
-        """A stream's events in version order, optionally only those at or before a position."""
+        """A stream's events in version order, from a version, up to a position (see port)."""
         rows = await self.pool.fetch(
-            f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 "
+            f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 AND version >= $3 "
             "AND ($2::bigint IS NULL OR position <= $2) ORDER BY version",
-            stream_id, to_position,
+            stream_id, to_position, from_version,
         )
         return [row_to_event(r) for r in rows]
 

@@ -51,15 +51,22 @@ class WorkingCalendar:
     (``working_calendar_year_unknown``).
     """
 
-    __slots__ = ("_override_years", "_overrides", "_warned")
+    __slots__ = ("_answers", "_override_years", "_overrides", "_warned")
 
     def __init__(self, overrides: Iterable[DayOverride] = ()) -> None:
         by_day = {o.date: o for o in overrides}
         self._overrides: Mapping[date, DayOverride] = MappingProxyType(by_day)
         self._override_years = frozenset(day.year for day in by_day)
         self._warned: set[int] = set()
+        self._answers: dict[date, bool] = {}  # the SLA maths asks about the same days often
 
     def is_working_day(self, day: date) -> bool:
+        answer = self._answers.get(day)
+        if answer is None:
+            answer = self._answers[day] = self._is_working_day(day)
+        return answer
+
+    def _is_working_day(self, day: date) -> bool:
         override = self._overrides.get(day)
         if override is not None:
             return override.working

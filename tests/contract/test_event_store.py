@@ -132,6 +132,8 @@ async def test_read_stream_as_of_a_position(store: EventStore) -> None:
     await store.append("case-b", NO_STREAM, [ev(2)])
     await store.append("case-a", 1, [ev(3)])
     assert [e.data["n"] for e in await store.read_stream("case-a", to_position=2)] == [1]
+    assert [e.data["n"] for e in await store.read_stream("case-a", from_version=2)] == [3]
+    assert await store.read_stream("case-a", from_version=3) == []
 
 
 async def test_subscribe_delivers_existing_then_new_events(store: EventStore) -> None:
