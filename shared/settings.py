@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(default=6000, ge=1000)
     kafka_heartbeat_interval_ms: int = Field(default=1000, ge=100)
 
+    http_host: str = "127.0.0.1"
+    cases_port: int = Field(default=8001, ge=1, le=65535)
+    projections_port: int = Field(default=8003, ge=1, le=65535)
+    # intake's port is YIZHAN_INTAKE_HTTP_PORT (services/intake/settings.py, default 8002)
+    sla_tick_s: float = Field(default=5.0, gt=0, description="How often due SLA timers fire.")
+
     db_pool_min: int = Field(default=2, ge=1)
     db_pool_max: int = Field(default=10, ge=1)
     append_max_batch: int = Field(default=500, ge=1, le=10_000)

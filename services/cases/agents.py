@@ -1,0 +1,40 @@
+"""Faust entrypoints of the cases service: the agent that keeps SLA due times from the log,
+and the timer that fires them. Both only translate; the work is in ``sla_clock``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+import faust
+
+from services.cases.bootstrap import CasesService
+from services.cases.sla_clock import apply_sla_events, fire_due
+from shared.logging import get_logger
+from shared.streaming import EventAgent, idempotent_agent, make_app
+
+log = get_logger(__name__)
+SLA_CONSUMER = "cases.sla-due"
+
+
+def build_faust(
+    service: CasesService, bootstrap_servers: str, *, clock: Callable[[], datetime] | None = None,
+    app_id: str = "yizhan-cases",
+) -> tuple[faust.App, EventAgent]:
+    settings = service.settings
+    app = make_app(app_id, settings=settings, bootstrap_servers=bootstrap_servers)
+    assert service.pool is not None
+    agent = idempotent_agent(app, topic=settings.topic_case_events, pool=service.pool,
+                             consumer_name=SLA_CONSUMER, apply=apply_sla_events)
+    now = clock or service.clock
+
+    async def fire_sla_timers() -> None:
+        assert service.pool is not None
+        async with service.pool.acquire() as conn:
+            report = await fire_due(service.commands, conn, now())
+        if report.warnings or report.breaches:
+            log.info("sla.fired", warnings=report.warnings, breaches=report.breaches,
+                     escalations=report.escalations)
+
+    app.timer(interval=settings.sla_tick_s)(fire_sla_timers)
+    return app, agent

@@ -1,0 +1,38 @@
+"""The cases process: HTTP API, the SLA agent and the SLA timer in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+
+from services.cases.agents import build_faust
+from services.cases.bootstrap import bootstrap, build_app
+from shared.kafka import ensure_topics, topic_specs
+from shared.logging import get_logger
+from shared.settings import Settings
+from shared.stack import Endpoints
+from shared.streaming import running_app
+
+log = get_logger(__name__)
+
+
+async def serve(settings: Settings, ep: Endpoints, stop: asyncio.Event) -> None:
+    assert ep.kafka_bootstrap is not None
+    await ensure_topics(ep.kafka_bootstrap, topic_specs(settings),
+                        replication_factor=settings.topic_replication_factor)
+    service = await bootstrap(settings, ep.service_url)
+    faust_app, _ = build_faust(service, ep.kafka_bootstrap)
+    server = uvicorn.Server(uvicorn.Config(
+        build_app(service), host=settings.http_host, port=settings.cases_port,
+        log_config=None, lifespan="on", access_log=False))
+    try:
+        async with running_app(faust_app):
+            http = asyncio.create_task(server.serve())
+            log.info("cases.serving", url=f"http://{settings.http_host}:{settings.cases_port}",
+                     docs=f"http://{settings.http_host}:{settings.cases_port}/docs")
+            await stop.wait()
+            server.should_exit = True
+            await http
+    finally:
+        await service.close()
