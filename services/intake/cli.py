@@ -1,0 +1,67 @@
+"""What ``yizhan serve intake`` and ``yizhan privacy erase SUBJECT`` run (wired in
+services/cli.py). No output here: the caller prints."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+import uvicorn
+
+from services.intake.bootstrap import bootstrap, build_app, running_worker
+from services.intake.privacy import KeyVault, Sealer
+from services.intake.settings import IntakeSettings
+from shared.eventstore.postgres import create_pool
+from shared.kafka import ensure_topics, topic_specs
+from shared.logging import get_logger
+from shared.settings import Settings
+from shared.stack import Endpoints
+
+log = get_logger(__name__)
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the caller's ``stop`` event rules."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(settings: Settings, endpoints: Endpoints, stop: asyncio.Event, *,
+                intake: IntakeSettings | None = None) -> None:
+    """Run the intake API and its Kafka agent until ``stop`` is set."""
+    intake = intake or IntakeSettings()
+    if endpoints.kafka_bootstrap is None:
+        raise ValueError("intake needs Kafka: endpoints(settings, kafka=True)")
+    await ensure_topics(endpoints.kafka_bootstrap, topic_specs(settings),
+                        replication_factor=settings.topic_replication_factor)
+    service = await bootstrap(settings, endpoints.service_url, intake=intake)
+    server = _EmbeddedServer(uvicorn.Config(build_app(service), host=intake.http_host,
+                                            port=intake.http_port, log_config=None,
+                                            lifespan="on"))
+    try:
+        async with running_worker(service, endpoints.kafka_bootstrap):
+            http = asyncio.create_task(server.serve(), name="intake-http")
+            log.info("intake.serving", host=intake.http_host, port=intake.http_port)
+            await asyncio.wait([http, asyncio.create_task(stop.wait())],
+                               return_when=asyncio.FIRST_COMPLETED)
+            server.should_exit = True
+            await http
+    finally:
+        await service.close()
+
+
+async def erase_subject(settings: Settings, endpoints: Endpoints, subject_id: str, *,
+                        erased_by: str, reason: str,
+                        intake: IntakeSettings | None = None) -> bool:
+    """Crypto-shred a data subject: delete their key. ``False`` when no key exists (unknown or
+    already erased). The log is untouched, so ``yizhan audit verify`` still passes."""
+    intake = intake or IntakeSettings()
+    pool = await create_pool(endpoints.service_url, min_size=1, max_size=2)
+    try:
+        vault = KeyVault(pool, Sealer.from_settings(intake))
+        return await vault.erase(subject_id, erased_by=erased_by, reason=reason)
+    finally:
+        await pool.close()

@@ -1,0 +1,211 @@
+"""Application layer of intake: route a visit, protect the applicant, decide the opening of
+every case with the case domain, and append them all in one multi-stream append.
+
+Ids derive from the idempotency key (``domain/ids.py``): a retried visit re-appends the same
+event ids, which the store recognises (``already_applied``), so nothing is applied twice; the
+receipt is then rebuilt from the stored events. ``IdempotencyLog`` keeps the receipt given for
+each (scope, key) with the payload's fingerprint: same key and payload → the same receipt;
+same key, other payload → ``KeyReused``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.cases.domain import Rejection, decide_all
+from services.cases.handlers import stream_id
+from services.intake.domain import Refused, Route, Visit, route
+from services.intake.domain.ids import event_id, visit_id
+from services.intake.domain.opening import Reception, visit_commands
+from services.intake.domain.reasons import Reason
+from services.intake.domain.receipts import VisitReceipt, visit_receipt
+from services.intake.privacy import Privacy
+from shared.contracts import cases as _events  # noqa: F401  (registers the case events)
+from shared.contracts.cases import Actor, CaseEvent, EncryptedApplicant
+from shared.contracts.registry import DomainEvent, registry, to_new_event
+from shared.eventstore.errors import EventIdReused, WrongExpectedVersion
+from shared.eventstore.port import NO_STREAM, EventStore, StreamAppend
+from shared.logging import correlation, get_logger
+from shared.reference import Reference, Role
+
+log = get_logger(__name__)
+Clock = Callable[[], datetime]
+
+
+class KeyReused(Exception):
+    """The idempotency key was used before with another payload (HTTP 409)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VisitRequest:
+    """A visit to open. ``receiver`` None = the station's duty clerk receives it (Kafka)."""
+
+    visit: Visit
+    scope: str
+    key: str
+    submitter: Actor
+    receiver: Actor | None
+    correlation_id: str
+    source_system: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    fingerprint: str
+    receipt: dict[str, Any]
+
+
+class IdempotencyLog:
+    """Receipts by (scope, idempotency key) in ``intake_requests``."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def recall(self, scope_keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str],
+                                                                          Remembered]:
+        if not scope_keys:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT r.scope, r.key, r.fingerprint, r.receipt::text FROM intake_requests r"
+            " JOIN unnest($1::text[], $2::text[]) AS w(scope, key)"
+            " ON r.scope = w.scope AND r.key = w.key",
+            [s for s, _ in scope_keys], [k for _, k in scope_keys])
+        return {(r["scope"], r["key"]): Remembered(r["fingerprint"], _loads(r["receipt"]))
+                for r in rows}
+
+    async def remember(self, scope: str, key: str, fingerprint: str,
+                       receipt: VisitReceipt) -> Remembered:
+        """Keep the receipt unless one is already kept; return the one kept (first wins)."""
+        await self.pool.execute(
+            "INSERT INTO intake_requests (scope, key, fingerprint, receipt)"
+            " VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT DO NOTHING",
+            scope, key, fingerprint, receipt.model_dump_json())
+        kept = await self.recall([(scope, key)])
+        return kept[(scope, key)]
+
+
+def _loads(text: str) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(text)
+    return value
+
+
+class IntakeHandler:
+    def __init__(self, store: EventStore, ref: Reference, privacy: Privacy,
+                 idempotency: IdempotencyLog, clock: Clock) -> None:
+        self.store = store
+        self.ref = ref
+        self.privacy = privacy
+        self.idempotency = idempotency
+        self.clock = clock
+
+    async def submit_visit(self, request: VisitRequest,
+                           fingerprint: str) -> tuple[VisitReceipt, bool]:
+        """Open the visit once per key: ``(receipt, replayed)``; raises ``Refused`` or
+        ``KeyReused``."""
+        prior = (await self.idempotency.recall([(request.scope, request.key)])).get(
+            (request.scope, request.key))
+        if prior is not None:
+            return _replay(prior, fingerprint), True
+        (outcome,) = await self.open_visits([request])
+        if isinstance(outcome, Refused):
+            raise outcome
+        kept = await self.idempotency.remember(request.scope, request.key, fingerprint, outcome)
+        return _replay(kept, fingerprint), False
+
+    async def open_visits(self, requests: Sequence[VisitRequest]) -> list[VisitReceipt | Refused]:
+        """Open many visits at once (their appends are group-committed by the store); each
+        gets its receipt or the reasons it was refused."""
+        outcomes: list[VisitReceipt | Refused | None] = [None] * len(requests)
+        routable: list[tuple[int, Route]] = []
+        for index, request in enumerate(requests):
+            try:
+                routable.append((index, route(request.visit, self.ref)))
+            except Refused as refused:
+                outcomes[index] = refused
+        applicants = await self.privacy.protect([requests[i].visit.applicant for i, _ in routable])
+        opened = await asyncio.gather(*(
+            self._open(requests[i], found, applicant)
+            for (i, found), applicant in zip(routable, applicants, strict=True)))
+        for (index, _), outcome in zip(routable, opened, strict=True):
+            outcomes[index] = outcome
+        return [o for o in outcomes if o is not None]
+
+    async def _open(self, request: VisitRequest, found: Route,
+                    applicant: EncryptedApplicant) -> VisitReceipt | Refused:
+        with correlation(request.correlation_id):
+            visit = visit_id(request.scope, request.key)
+            try:
+                reception = self._reception(request, found)
+                decided = {cid: decide_all(None, commands, self.ref) for cid, commands in
+                           visit_commands(found, visit=visit, applicant=applicant,
+                                          reception=reception).items()}
+            except Rejection as rejection:
+                return refused_by_domain(rejection)
+            except Refused as refused:
+                return refused
+            try:
+                results = await self.store.append_streams(
+                    [self._append(cid, events, visit, request) for cid, events in decided.items()])
+            except (WrongExpectedVersion, EventIdReused):
+                return Refused([Reason("idempotency_key_reused", "idempotency_key",
+                                       "this key already opened other cases")], "conflict")
+            events_by_case: dict[uuid.UUID, Sequence[DomainEvent]] = dict(decided)
+            if any(r.already_applied for r in results):
+                events_by_case = await self._stored(list(decided))
+            position = max(r.position for r in results)
+            log.info("intake.visit_opened", visit_id=str(visit), cases=len(decided),
+                     position=position, replayed=results[0].already_applied,
+                     source_system=request.source_system)
+            return visit_receipt(visit, events_by_case, self.ref.catalogue, position)
+
+    def _reception(self, request: VisitRequest, found: Route) -> Reception:
+        receiver = request.receiver or self._duty_clerk(found.station.code)
+        return Reception(submitter=request.submitter, receiver=receiver, at=self.clock(),
+                         source_system=request.source_system)
+
+    def _duty_clerk(self, station: str) -> Actor:
+        try:
+            clerk = self.ref.staff.duty_clerk(station)
+        except LookupError as exc:
+            raise Refused([Reason("no_duty_clerk", "station",
+                                  "the station has no clerk to receive the case")]) from exc
+        return Actor(user_id=clerk.user_id, role=Role.STATION_CLERK, unit=clerk.unit)
+
+    def _append(self, case: uuid.UUID, events: Sequence[CaseEvent], visit: uuid.UUID,
+                request: VisitRequest) -> StreamAppend:
+        return StreamAppend(stream_id(case), NO_STREAM, [
+            to_new_event(event, event_id=event_id(case, index), occurred_at=event.at,
+                         metadata=_metadata(event.actor, visit, request))
+            for index, event in enumerate(events)])
+
+    async def _stored(self, cases: list[uuid.UUID]) -> dict[uuid.UUID, Sequence[DomainEvent]]:
+        streams = await asyncio.gather(*(self.store.read_stream(stream_id(c)) for c in cases))
+        return {case: [registry.decode(r) for r in recorded]
+                for case, recorded in zip(cases, streams, strict=True)}
+
+
+def _metadata(actor: Actor, visit: uuid.UUID, request: VisitRequest) -> dict[str, Any]:
+    meta = {"actor_id": actor.user_id, "role": str(actor.role), "unit": actor.unit,
+            "acting_for": actor.acting_for, "correlation_id": request.correlation_id,
+            "causation_id": str(visit), "source_system": request.source_system}
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def refused_by_domain(rejection: Rejection) -> Refused:
+    reason = Reason(type(rejection).__name__, rejection.field or "command", rejection.reason)
+    kind = "invalid" if rejection.kind == "not_found" else rejection.kind
+    return Refused([reason], kind)
+
+
+def _replay(kept: Remembered, fingerprint: str) -> VisitReceipt:
+    if kept.fingerprint != fingerprint:
+        raise KeyReused("this Idempotency-Key was used before with another payload")
+    return VisitReceipt.model_validate(kept.receipt)

@@ -1,0 +1,310 @@
+"""Kafka ingress, without Faust: what to do with a batch of messages read from
+``intake.submissions``. The agent (``agents.py``) only feeds batches in and acks them after.
+
+For each message, once: read it (size, source, signature, JSON, schema), open its visit or
+attach its result, and record the outcome in ``intake_messages`` keyed by (topic, partition,
+offset) — accepted, duplicate or rejected with reasons. Rejections are then published to
+``intake.rejected`` (original bytes sealed, reasons, source, offset) and marked published. A
+redelivered message finds its outcome and is not applied or published again; a crash between
+the record and the publication publishes it on redelivery (at least once, never silently lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import asyncpg
+
+from services.cases.domain import RecordExternalResult, Rejection
+from services.cases.handlers import CaseCommands
+from services.intake.domain.ids import command_id, visit_id
+from services.intake.domain.reasons import Reason, Refused
+from services.intake.domain.receipts import VisitReceipt
+from services.intake.domain.submission import ResultSubmission, VisitSubmission
+from services.intake.handlers import (
+    Clock,
+    IntakeHandler,
+    Remembered,
+    VisitRequest,
+    refused_by_domain,
+)
+from services.intake.messages import (
+    CORRELATION_HEADER,
+    RawMessage,
+    Readable,
+    Unreadable,
+    read_message,
+)
+from services.intake.quarantine import Quarantine
+from services.intake.sources import SourceRegistry
+from shared.contracts.cases import Actor
+from shared.contracts.envelope import iso
+from shared.logging import correlation, get_logger
+from shared.reference import Role
+
+log = get_logger(__name__)
+Where = tuple[str, int, int]
+OutcomeKind = Literal["accepted", "duplicate", "rejected"]
+
+
+class RejectionPublisher(Protocol):
+    async def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
+        """Send (key, value) pairs to ``intake.rejected`` and wait for every acknowledgement."""
+        ...
+
+
+@dataclass
+class Outcome:
+    where: Where
+    kind: OutcomeKind
+    source: str | None = None
+    key: str | None = None
+    case_ids: list[uuid.UUID] = field(default_factory=list)
+    reasons: tuple[Reason, ...] = ()
+    rejection: dict[str, Any] | None = None
+    remember: tuple[str, str, str, VisitReceipt] | None = None  # scope, key, fingerprint
+
+
+@dataclass
+class IngressStats:
+    received: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    redelivered: int = 0
+    published: int = 0
+    batches: int = 0
+
+
+class OutcomeLog:
+    """``intake_messages``: the durable outcome of every message handled."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def known(self, wheres: Sequence[Where]) -> dict[Where, dict[str, Any] | None]:
+        """Messages already handled: their unpublished rejection (else None)."""
+        rows = await self.pool.fetch(
+            'SELECT m.topic, m.partition, m."offset", m.rejection::text AS rejection,'
+            " m.published_at IS NULL AND m.outcome = 'rejected' AS unpublished"
+            ' FROM intake_messages m JOIN unnest($1::text[], $2::int[], $3::bigint[])'
+            ' AS w(topic, partition, "offset") ON (m.topic, m.partition, m."offset")'
+            ' = (w.topic, w.partition, w."offset")',
+            [w[0] for w in wheres], [w[1] for w in wheres], [w[2] for w in wheres])
+        return {(r["topic"], r["partition"], r["offset"]):
+                json.loads(r["rejection"]) if r["unpublished"] else None for r in rows}
+
+    async def record(self, outcomes: Sequence[Outcome]) -> None:
+        """Every outcome and every receipt to remember, in one transaction."""
+        remembered = [o.remember for o in outcomes if o.remember is not None]
+        async with self.pool.acquire() as conn, conn.transaction():
+            if remembered:
+                await conn.executemany(
+                    "INSERT INTO intake_requests (scope, key, fingerprint, receipt)"
+                    " VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT DO NOTHING",
+                    [(s, k, f, r.model_dump_json()) for s, k, f, r in remembered])
+            await conn.execute(
+                'INSERT INTO intake_messages (topic, partition, "offset", source,'
+                " idempotency_key, outcome, case_ids, reasons, rejection)"
+                " SELECT t, p, o, s, k, c, ARRAY(SELECT jsonb_array_elements_text(ids))::uuid[],"
+                " r, j FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::text[],"
+                " $6::text[], $7::jsonb[], $8::jsonb[], $9::jsonb[])"
+                " AS x(t, p, o, s, k, c, ids, r, j) ON CONFLICT DO NOTHING",
+                *_columns(outcomes))
+
+    async def mark_published(self, wheres: Sequence[Where]) -> None:
+        await self.pool.execute(
+            'UPDATE intake_messages m SET published_at = now() FROM unnest($1::text[],'
+            ' $2::int[], $3::bigint[]) AS w(topic, partition, "offset") WHERE (m.topic,'
+            ' m.partition, m."offset") = (w.topic, w.partition, w."offset")',
+            [w[0] for w in wheres], [w[1] for w in wheres], [w[2] for w in wheres])
+
+
+def _columns(outcomes: Sequence[Outcome]) -> list[list[Any]]:
+    return [
+        [o.where[0] for o in outcomes], [o.where[1] for o in outcomes],
+        [o.where[2] for o in outcomes], [o.source for o in outcomes],
+        [o.key for o in outcomes], [o.kind for o in outcomes],
+        [json.dumps([str(c) for c in o.case_ids]) for o in outcomes],
+        [json.dumps([r.as_dict() for r in o.reasons]) for o in outcomes],
+        [None if o.rejection is None else json.dumps(o.rejection) for o in outcomes],
+    ]
+
+
+class KafkaIngress:
+    def __init__(self, handler: IntakeHandler, commands: CaseCommands, outcomes: OutcomeLog,
+                 sources: SourceRegistry, quarantine: Quarantine, publisher: RejectionPublisher,
+                 *, max_bytes: int, clock: Clock) -> None:
+        self.handler = handler
+        self.commands = commands
+        self.outcomes = outcomes
+        self.sources = sources
+        self.quarantine = quarantine
+        self.publisher = publisher
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.stats = IngressStats()
+
+    async def handle(self, messages: Sequence[RawMessage]) -> None:
+        """Handle a batch; when this returns, every message's outcome is durable and every
+        rejection published: the batch may be acked. Raises (nothing acked) on a fault."""
+        self.stats.batches += 1
+        self.stats.received += len(messages)
+        unique = list({m.where: m for m in messages}.values())
+        known = await self.outcomes.known([m.where for m in unique])
+        self.stats.redelivered += len(known)
+        fresh = [m for m in unique if m.where not in known]
+        decided = await self._decide([read_message(m, self.sources, self.max_bytes)
+                                      for m in fresh])
+        await self.outcomes.record(decided)
+        pending = [o.rejection for o in decided if o.rejection is not None]
+        pending += [r for r in known.values() if r is not None]
+        await self._publish(pending)
+        self._count(decided)
+
+    async def _decide(self, readings: Sequence[Readable | Unreadable]) -> list[Outcome]:
+        readable = [r for r in readings if isinstance(r, Readable)]
+        recalled = await self.handler.idempotency.recall(
+            [(r.scope, r.submission.idempotency_key) for r in readable])
+        outcomes: dict[Where, Outcome] = {}
+        first_of: dict[tuple[str, str], Readable] = {}
+        repeats: dict[Where, Where] = {}
+        visits: list[Readable] = []
+        results: list[Readable] = []
+        for reading in readings:
+            if isinstance(reading, Unreadable):
+                outcomes[reading.raw.where] = self._rejected(reading.raw, reading.source_id,
+                                                             reading.reasons)
+                continue
+            scope_key = (reading.scope, reading.submission.idempotency_key)
+            seen = recalled.get(scope_key) or _remembered(first_of.get(scope_key))
+            if seen is not None:
+                outcomes[reading.raw.where] = self._repeated(reading, seen)
+                if scope_key in first_of:
+                    repeats[reading.raw.where] = first_of[scope_key].raw.where
+                continue
+            first_of[scope_key] = reading
+            (visits if isinstance(reading.submission, VisitSubmission) else results).append(
+                reading)
+        for reading, done in zip(visits, await self._open_visits(visits), strict=True):
+            outcomes[reading.raw.where] = self._visit_outcome(reading, done)
+        for reading, attached in zip(results, await self._attach_results(results), strict=True):
+            outcomes[reading.raw.where] = self._result_outcome(reading, attached)
+        for repeat, first in repeats.items():
+            if outcomes[repeat].kind == "duplicate":
+                outcomes[repeat].case_ids = list(outcomes[first].case_ids)
+        return [outcomes[r.raw.where] for r in readings]
+
+    async def _open_visits(self, visits: Sequence[Readable]) -> list[VisitReceipt | Refused]:
+        requests = []
+        for reading in visits:
+            submission = reading.submission
+            assert isinstance(submission, VisitSubmission)
+            requests.append(VisitRequest(
+                visit=submission, scope=reading.scope, key=submission.idempotency_key,
+                submitter=_system_actor(reading), receiver=None,
+                correlation_id=_correlation_id(reading), source_system=reading.source.id))
+        return await self.handler.open_visits(requests)
+
+    async def _attach_results(self, results: Sequence[Readable]) -> list[Refused | None]:
+        return list(await asyncio.gather(*(self._attach(r) for r in results)))
+
+    async def _attach(self, reading: Readable) -> Refused | None:
+        result = reading.submission
+        assert isinstance(result, ResultSubmission)
+        command = RecordExternalResult(
+            case_id=result.case_id, at=self.clock(), actor=_system_actor(reading),
+            source_system=reading.source.id, result_type=result.result_type,
+            reference=result.reference, summary=result.summary, details=dict(result.details))
+        with correlation(_correlation_id(reading)):
+            try:
+                await self.commands.handle(
+                    command, command_id=command_id(reading.scope, result.idempotency_key),
+                    source_system=reading.source.id)
+            except Rejection as rejection:
+                return refused_by_domain(rejection)
+        return None
+
+    def _visit_outcome(self, reading: Readable, done: VisitReceipt | Refused) -> Outcome:
+        if isinstance(done, Refused):
+            return self._rejected(reading.raw, reading.source.id, done.reasons)
+        key = reading.submission.idempotency_key
+        return Outcome(reading.raw.where, "accepted", reading.source.id, key,
+                       [c.case_id for c in done.cases],
+                       remember=(reading.scope, key, reading.fingerprint, done))
+
+    def _result_outcome(self, reading: Readable, refused: Refused | None) -> Outcome:
+        if refused is not None:
+            return self._rejected(reading.raw, reading.source.id, refused.reasons)
+        submission = reading.submission
+        assert isinstance(submission, ResultSubmission)
+        return Outcome(reading.raw.where, "accepted", reading.source.id,
+                       submission.idempotency_key, [submission.case_id])
+
+    def _repeated(self, reading: Readable, seen: Remembered) -> Outcome:
+        if seen.fingerprint != reading.fingerprint:
+            return self._rejected(reading.raw, reading.source.id, (Reason(
+                "idempotency_key_reused", "idempotency_key",
+                "this key was used before with another payload"),))
+        cases = [uuid.UUID(c["case_id"]) for c in seen.receipt.get("cases", [])]
+        return Outcome(reading.raw.where, "duplicate", reading.source.id,
+                       reading.submission.idempotency_key, cases)
+
+    def _rejected(self, raw: RawMessage, source: str | None,
+                  reasons: Sequence[Reason]) -> Outcome:
+        log.warning("intake.submission_rejected", topic=raw.topic, partition=raw.partition,
+                    offset=raw.offset, source=source, reasons=[r.code for r in reasons])
+        rejection = {
+            "topic": raw.topic, "partition": raw.partition, "offset": raw.offset,
+            "source": source, "reasons": [r.as_dict() for r in reasons],
+            "rejected_at": iso(self.clock()),
+            "original": self.quarantine.seal(raw.value or b"", raw.where),
+        }
+        return Outcome(raw.where, "rejected", source, None, reasons=tuple(reasons),
+                       rejection=rejection)
+
+    async def _publish(self, rejections: Sequence[dict[str, Any]]) -> None:
+        if not rejections:
+            return
+        await self.publisher.publish([
+            (f"{r['topic']}/{r['partition']}/{r['offset']}".encode(),
+             json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode())
+            for r in rejections])
+        await self.outcomes.mark_published(
+            [(r["topic"], r["partition"], r["offset"]) for r in rejections])
+        self.stats.published += len(rejections)
+
+    def _count(self, outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            if outcome.kind == "accepted":
+                self.stats.accepted += 1
+            elif outcome.kind == "duplicate":
+                self.stats.duplicates += 1
+            else:
+                self.stats.rejected += 1
+
+
+def _remembered(reading: Readable | None) -> Remembered | None:
+    """A message repeated within one batch counts as seen with the first one's payload."""
+    if reading is None:
+        return None
+    visit = visit_id(reading.scope, reading.submission.idempotency_key)
+    return Remembered(reading.fingerprint, {"visit_id": str(visit), "cases": []})
+
+
+def _system_actor(reading: Readable) -> Actor:
+    return Actor(user_id=f"system:{reading.source.id}", role=Role.SYSTEM,
+                 unit=reading.source.unit)
+
+
+def _correlation_id(reading: Readable) -> str:
+    given = reading.raw.header(CORRELATION_HEADER)
+    if given and 0 < len(given) <= 128 and given.isprintable():
+        return given
+    return uuid.uuid5(visit_id(reading.scope, reading.submission.idempotency_key),
+                      "correlation").hex

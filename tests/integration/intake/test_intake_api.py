@@ -1,0 +1,165 @@
+"""Intake over HTTP on real PostgreSQL: one-stop visits, idempotency, validation naming the
+field, duplicate applicants by keyed hash, and crypto-shredding that leaves the chain intact."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from services.intake.bootstrap import IntakeService, bootstrap, build_app
+from services.intake.privacy import SubjectErased
+from shared.contracts.cases import CaseSubmitted
+from shared.contracts.registry import registry
+from shared.eventstore.verify import verify_log
+from shared.reference import Reference, load_reference
+from tests.conftest import Db
+from tests.integration.intake.support import SETTINGS, Clock, bearer, leaked
+from tests.unit.intake.people import Person, synthetic_person, with_bad_check_character
+
+STATION = "530102001001"
+CLERK, BACKUP, OTHER_CLERK = (f"clerk.{STATION}.a", f"clerk.{STATION}.b",
+                              "clerk.530102001002.a")
+
+
+@pytest.fixture(scope="module")
+def ref() -> Reference:
+    return load_reference()
+
+
+@pytest.fixture
+async def service(database: Db, ref: Reference) -> AsyncIterator[IntakeService]:
+    svc = await bootstrap(SETTINGS, database.service_dsn, ref=ref, clock=Clock())
+    yield svc
+    await svc.close()
+
+
+@pytest.fixture
+async def http(service: IntakeService) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=build_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+        yield client
+
+
+def a_visit(person: Person, *services: tuple[str, list[str]]) -> dict[str, Any]:
+    return {"station": STATION, "applicant": person.as_applicant(),
+            "services": [{"service_code": code, "documents": docs} for code, docs in services]}
+
+
+async def submitted(pool: asyncpg.Pool) -> list[CaseSubmitted]:
+    rows = await pool.fetch("SELECT * FROM events WHERE type = 'CaseSubmitted' ORDER BY position")
+    return [registry.decode(_recorded(r)) for r in rows]  # type: ignore[misc]
+
+
+def _recorded(row: asyncpg.Record) -> Any:
+    from shared.eventstore.postgres import row_to_event
+
+    return row_to_event([row["position"], row["stream_id"], row["version"], row["event_id"],
+                         row["type"], row["schema_version"], str(row["data"]),
+                         str(row["metadata"]), row["occurred_at"], row["recorded_at"],
+                         row["prev_hash"], row["hash"]])
+
+
+async def test_one_visit_opens_linked_cases_once_per_key(
+    http: httpx.AsyncClient, ref: Reference, pool: asyncpg.Pool,
+) -> None:
+    person = synthetic_person(random.Random(11))
+    body = a_visit(person, ("minimum_living_guarantee", ["id_card", "household_register"]),
+                   ("job_referral", ["id_card", "application_form"]))
+    headers = {**bearer(CLERK, ref), "Idempotency-Key": "visit-0001"}
+    first = await http.post("/v1/visits", json=body, headers=headers)
+    again = await http.post("/v1/visits", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201, first.text
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    receipt = first.json()
+    mlg, referral = receipt["cases"]
+    assert mlg["owner"] == CLERK and mlg["sla"]["clock_paused"] is True
+    assert [d["code"] for d in mlg["missing_documents"]] == [
+        "application_form", "income_certificate", "property_declaration", "bank_account"]
+    assert referral["missing_documents"] == [] and referral["sla"]["clock_paused"] is False
+    assert referral["sla"]["due_at"] == "2026-03-04T01:00:01Z"  # 2 working days from 09:00:01
+    cases = await submitted(pool)
+    assert len(cases) == 2
+    assert {str(c.visit_id) for c in cases} == {receipt["visit_id"]}  # linked by the visit
+
+    changed = {**body, "services": body["services"][:1]}
+    refused = await http.post("/v1/visits", json=changed, headers=headers)
+    assert refused.status_code == 409 and refused.json()["errors"][0]["field"] == (
+        "header:Idempotency-Key")
+    assert len(await submitted(pool)) == 2
+
+
+async def test_single_service_intake_by_a_backup_clerk(
+    http: httpx.AsyncClient, ref: Reference,
+) -> None:
+    person = synthetic_person(random.Random(12))
+    body = {"station": STATION, "applicant": person.as_applicant(),
+            "service_code": "legal_information", "documents": [], "acting_for": CLERK}
+    done = await http.post("/v1/intake", json=body, headers=bearer(BACKUP, ref))
+    assert done.status_code == 201, done.text
+    (case,) = done.json()["cases"]
+    assert case["owner"] == CLERK and case["tracking_no"].startswith("530102-20260302-")
+
+
+@pytest.mark.parametrize(("change", "status", "field"), [
+    ("bad_id", 422, "applicant.id_number"),
+    ("bad_phone", 422, "applicant.phone"),
+    ("unknown_service", 422, "services[0].service_code"),
+    ("unknown_station", 422, "station"),
+    ("other_station", 403, "actor.unit"),
+])
+async def test_refusals_name_the_field_and_never_the_data(
+    http: httpx.AsyncClient, ref: Reference, change: str, status: int, field: str,
+) -> None:
+    person = synthetic_person(random.Random(13))
+    body = a_visit(person, ("job_referral", []))
+    user = CLERK
+    if change == "bad_id":
+        body["applicant"]["id_number"] = with_bad_check_character(person.id_number)
+    elif change == "bad_phone":
+        body["applicant"]["phone"] = "12345"
+    elif change == "unknown_service":
+        body["services"][0]["service_code"] = "space_travel"
+    elif change == "unknown_station":
+        body["station"] = "530102999001"
+    else:
+        user = OTHER_CLERK
+    answer = await http.post("/v1/visits", json=body, headers=bearer(user, ref))
+    assert answer.status_code == status, answer.text
+    assert field in [e["field"] for e in answer.json()["errors"]]
+    assert not leaked([answer.text], [person])
+
+
+async def test_officers_do_not_receive_residents(http: httpx.AsyncClient, ref: Reference) -> None:
+    body = a_visit(synthetic_person(random.Random(14)), ("job_referral", []))
+    answer = await http.post("/v1/visits", json=body, headers=bearer("officer.530102001.a", ref))
+    assert answer.status_code == 403
+
+
+async def test_same_person_same_subject_then_erased_and_the_chain_still_verifies(
+    http: httpx.AsyncClient, ref: Reference, service: IntakeService, pool: asyncpg.Pool,
+) -> None:
+    person = synthetic_person(random.Random(15))
+    receipts = [
+        (await http.post("/v1/visits", json=a_visit(person, (code, [])),
+                         headers=bearer(CLERK, ref))).json()
+        for code in ("job_referral", "legal_information")]
+    assert receipts[0]["subject_id"] == receipts[1]["subject_id"]  # found by keyed hash
+    subject = receipts[0]["subject_id"]
+    (first, second) = await submitted(pool)
+    assert first.applicant.id_hash == second.applicant.id_hash
+    assert (await service.privacy.reveal(first.applicant))["id_number"] == person.id_number
+
+    texts = [r["t"] for r in await pool.fetch("SELECT data::text || metadata::text AS t"
+                                              " FROM events")]
+    assert not leaked(texts, [person])
+    assert await service.privacy.erase(subject, erased_by="auditor.530100.a", reason="test")
+    with pytest.raises(SubjectErased):
+        await service.privacy.reveal(first.applicant)
+    assert not await service.privacy.erase(subject, erased_by="auditor.530100.a", reason="again")
+    report = await verify_log(pool, None)
+    assert report.ok and report.events_checked == await pool.fetchval("SELECT count(*) FROM events")
