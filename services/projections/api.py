@@ -1,0 +1,291 @@
+"""HTTP entrypoint of the projections service: the read models for supervisors, officers and
+auditors (scoped to the caller's unit and everything under it; auditors read all), the public
+status of a case by tracking number (no login, nothing personal), and the metrics.
+
+Every answer states the projection's position and lag (body ``projection`` and the
+``X-Projection-Position`` / ``X-Projection-Lag`` headers). ``min_position`` asks to wait
+(bounded) until the projection has applied that position: read-your-writes after a command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+
+from services.projections import queries as q
+from services.projections.live import LiveStats
+from services.projections.metrics import render
+from services.projections.progress import Progress, advance_watermark, read_progress
+from services.projections.schema import active_schema
+from shared.auth import CurrentPrincipal, Principal
+from shared.eventstore.postgres import Conn
+from shared.http import ProblemError
+from shared.reference.org import OrgTree
+from shared.reference.staff import Role
+
+router = APIRouter(prefix="/v1/projections", tags=["read models"])
+public = APIRouter(prefix="/v1/public", tags=["public"])
+operations = APIRouter(tags=["operations"])
+
+
+@dataclass
+class Reader:
+    """What the routes need: the pool, the org tree, and the live path's counters."""
+
+    pool: asyncpg.Pool
+    org: OrgTree
+    max_wait_s: float = 5.0
+    live: LiveStats | None = None
+    envelopes_parked: Callable[[], int] = field(default=lambda: 0)
+
+    def scope(self, who: Principal, unit: str | None) -> q.Scope:
+        """The jurisdiction to read: ``unit`` (default: the caller's own), which must lie
+        within the caller's unit unless the caller is an auditor."""
+        if who.role == Role.SYSTEM:
+            raise ProblemError(403, "Not a person", "system identities do not read here")
+        target = unit or (self.org.root.code if who.role == Role.AUDITOR else who.unit)
+        if target not in self.org:
+            raise ProblemError(404, "Unknown unit", f"no unit {target}",
+                               errors=[{"field": "unit", "message": "unknown unit"}])
+        if who.role != Role.AUDITOR and not self.org.is_within(target, who.unit):
+            raise ProblemError(403, "Outside your jurisdiction",
+                               f"{target} is not {who.unit} or under it",
+                               errors=[{"field": "unit", "message": "outside jurisdiction"}])
+        return q.Scope.of(self.org, target)
+
+    def may_see(self, who: Principal, *units: str | None) -> bool:
+        if who.role == Role.AUDITOR:
+            return True
+        return any(u is not None and self.org.is_within(u, who.unit) for u in units)
+
+    @contextlib.asynccontextmanager
+    async def reading(self, min_position: int | None) -> AsyncIterator[tuple[Conn, str,
+                                                                             Progress]]:
+        """A consistent read-only snapshot of the active set, once it has reached
+        ``min_position`` (or 504 after ``max_wait_s``)."""
+        async with self.pool.acquire() as conn:
+            progress = await self._wait(conn, min_position)
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                yield conn, await active_schema(conn), progress
+
+    async def _wait(self, conn: Conn, min_position: int | None) -> Progress:
+        progress = await read_progress(conn)
+        if min_position is None or progress.position >= min_position:
+            return progress
+        deadline = time.monotonic() + self.max_wait_s
+        while progress.position < min_position:
+            if time.monotonic() > deadline:
+                raise ProblemError(
+                    504, "Projection behind", f"the read models have reached position "
+                    f"{progress.position}, not {min_position}, within {self.max_wait_s} s",
+                    errors=[{"field": "query:min_position", "message": "not reached yet"}],
+                    projection=progress.as_dict())
+            await asyncio.sleep(0.05)
+            await advance_watermark(conn)
+            progress = await read_progress(conn)
+        return progress
+
+
+def reader_of(request: Request) -> Reader:
+    reader = request.app.state.projections
+    assert isinstance(reader, Reader)
+    return reader
+
+
+Read = Annotated[Reader, Depends(reader_of)]
+MinPosition = Annotated[int | None, Query(
+    ge=0, description="Wait (bounded) until the projection has applied this global position "
+                      "(the `position` a command returned): read-your-writes.")]
+Limit = Annotated[int, Query(ge=1, le=500)]
+Offset = Annotated[int, Query(ge=0)]
+
+
+def answer(response: Response, progress: Progress, body: dict[str, Any]) -> dict[str, Any]:
+    response.headers["X-Projection-Position"] = str(progress.position)
+    response.headers["X-Projection-Lag"] = str(progress.lag_events)
+    return {**body, "projection": progress.as_dict()}
+
+
+def _filter(status: list[str] | None, service_code: str | None, level: str | None,
+            overdue: bool | None, tracking_no: str | None, submitted_from: datetime | None,
+            submitted_to: datetime | None, sort: str, order: str, limit: int, offset: int,
+            **extra: Any) -> q.CaseFilter:
+    if sort not in q.SORTS:
+        raise ProblemError(422, "Invalid request", f"sort must be one of {sorted(q.SORTS)}",
+                           errors=[{"field": "query:sort", "message": "unknown sort key"}])
+    return q.CaseFilter(status=status or (), service_code=service_code, level=level,
+                        overdue=overdue, tracking_no=tracking_no, submitted_from=submitted_from,
+                        submitted_to=submitted_to, sort=sort, descending=order == "desc",
+                        limit=limit, offset=offset, **extra)
+
+
+Order = Annotated[str, Query(pattern="^(asc|desc)$")]
+
+
+@router.get("/cases", summary="Case summaries in your jurisdiction, filtered and paginated")
+async def list_cases(
+    who: CurrentPrincipal, reader: Read, response: Response, unit: str | None = None,
+    status: Annotated[list[str] | None, Query()] = None, service_code: str | None = None,
+    level: str | None = None, overdue: bool | None = None, tracking_no: str | None = None,
+    submitted_from: datetime | None = None, submitted_to: datetime | None = None,
+    sort: str = "last_change_at", order: Order = "desc", limit: Limit = 50,
+    offset: Offset = 0, min_position: MinPosition = None,
+) -> dict[str, Any]:
+    """Cases held by ``unit`` (default: yours) or any unit under it: status, service, holding
+    unit and level, owner, acting person, due date, overdue flag, last change."""
+    scope = reader.scope(who, unit)
+    f = _filter(status, service_code, level, overdue, tracking_no, submitted_from,
+                submitted_to, sort, order, limit, offset)
+    async with reader.reading(min_position) as (conn, schema, progress):
+        body = await q.list_cases(conn, schema, scope, f)
+    return answer(response, progress, body)
+
+
+@router.get("/overdue", summary="Overdue cases in your jurisdiction, most overdue first")
+async def overdue(who: CurrentPrincipal, reader: Read, response: Response,
+                  unit: str | None = None, service_code: str | None = None,
+                  limit: Limit = 50, offset: Offset = 0,
+                  min_position: MinPosition = None) -> dict[str, Any]:
+    """Open cases whose running SLA clock is past its due time."""
+    scope = reader.scope(who, unit)
+    f = q.CaseFilter(service_code=service_code, overdue=True, sort="due_at", descending=False,
+                     limit=limit, offset=offset)
+    async with reader.reading(min_position) as (conn, schema, progress):
+        body = await q.list_cases(conn, schema, scope, f)
+    return answer(response, progress, body)
+
+
+@router.get("/units/{unit}/queue", summary="The queue of one unit: open cases it holds")
+async def queue(unit: str, who: CurrentPrincipal, reader: Read, response: Response,
+                status: Annotated[list[str] | None, Query()] = None,
+                service_code: str | None = None, sort: str = "last_change_at",
+                order: Order = "asc", limit: Limit = 50, offset: Offset = 0,
+                min_position: MinPosition = None) -> dict[str, Any]:
+    """Open cases held by exactly this unit (not the units under it)."""
+    scope = reader.scope(who, unit)
+    f = _filter(status, service_code, None, None, None, None, None, sort, order, limit,
+                offset, unit=unit, open_only=not status)
+    async with reader.reading(min_position) as (conn, schema, progress):
+        body = await q.list_cases(conn, schema, scope, f)
+    return answer(response, progress, {"unit": unit, **body})
+
+
+@router.get("/units/{unit}/counts", summary="Counts by status and service, own and subtree")
+async def counts(unit: str, who: CurrentPrincipal, reader: Read, response: Response,
+                 min_position: MinPosition = None) -> dict[str, Any]:
+    """Cases held by the unit itself and by the unit with everything under it, by status and
+    service, and each child unit's subtree totals."""
+    reader.scope(who, unit)
+    async with reader.reading(min_position) as (conn, schema, progress):
+        body = await q.counts(conn, schema, reader.org, unit)
+    return answer(response, progress, body)
+
+
+@router.get("/sla", summary="On-time rate, median and p90 handling time, breaches")
+async def sla(who: CurrentPrincipal, reader: Read, response: Response,
+              unit: str | None = None,
+              group_by: Annotated[list[str] | None, Query()] = None,
+              service_code: str | None = None, level: str | None = None,
+              month_from: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$")] = None,
+              month_to: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$")] = None,
+              min_position: MinPosition = None) -> dict[str, Any]:
+    """Per group (any of service_code, unit, level, month): cases handled, on-time rate,
+    median and p90 working seconds used, and breaches charged to the level that used the
+    time."""
+    scope = reader.scope(who, unit)
+    groups = group_by or ["level"]
+    try:
+        async with reader.reading(min_position) as (conn, schema, progress):
+            rows = await q.sla_stats(conn, schema, scope, groups, service_code=service_code,
+                                     level=level, month_from=month_from, month_to=month_to)
+    except ValueError as exc:
+        raise ProblemError(422, "Invalid request", str(exc),
+                           errors=[{"field": "query:group_by", "message": str(exc)}]) from exc
+    return answer(response, progress, {"group_by": groups, "items": rows})
+
+
+@router.get("/handoffs", summary="Delays of hand-offs between levels")
+async def handoffs(who: CurrentPrincipal, reader: Read, response: Response,
+                   unit: str | None = None,
+                   group_by: Annotated[list[str] | None, Query()] = None,
+                   since: datetime | None = None,
+                   min_position: MinPosition = None) -> dict[str, Any]:
+    """Per from-level → to-level: moves, still waiting, mean / median / p90 seconds until
+    the upper unit received the case."""
+    scope = reader.scope(who, unit)
+    try:
+        async with reader.reading(min_position) as (conn, schema, progress):
+            rows = await q.handoff_delays(conn, schema, scope, group_by or (), since=since)
+    except ValueError as exc:
+        raise ProblemError(422, "Invalid request", str(exc),
+                           errors=[{"field": "query:group_by", "message": str(exc)}]) from exc
+    return answer(response, progress, {"items": rows})
+
+
+async def _visible_case(reader: Reader, conn: Conn, schema: str, who: Principal,
+                        case_id: uuid.UUID) -> dict[str, Any]:
+    case = await q.get_case(conn, schema, case_id)
+    if case is None:
+        raise ProblemError(404, "Not found", f"no case {case_id} in the read models")
+    if not reader.may_see(who, case["unit"], case["station"]):
+        raise ProblemError(403, "Outside your jurisdiction",
+                           f"case {case_id} is held by {case['unit']}, outside {who.unit}")
+    return case
+
+
+@router.get("/cases/{case_id}", summary="One case's summary")
+async def case_summary(case_id: uuid.UUID, who: CurrentPrincipal, reader: Read,
+                       response: Response, min_position: MinPosition = None) -> dict[str, Any]:
+    async with reader.reading(min_position) as (conn, schema, progress):
+        case = await _visible_case(reader, conn, schema, who, case_id)
+    return answer(response, progress, {"case": case})
+
+
+@router.get("/cases/{case_id}/timeline", summary="Where has the case been: every step")
+async def case_timeline(case_id: uuid.UUID, who: CurrentPrincipal, reader: Read,
+                        response: Response, min_position: MinPosition = None) -> dict[str, Any]:
+    """Each step with when, who (and on whose behalf), which unit and level, and the moves'
+    from-unit and to-unit."""
+    async with reader.reading(min_position) as (conn, schema, progress):
+        case = await _visible_case(reader, conn, schema, who, case_id)
+        steps = await q.timeline(conn, schema, case_id)
+    return answer(response, progress, {"case_id": case_id, "tracking_no": case["tracking_no"],
+                                       "steps": steps})
+
+
+@router.get("/status", summary="The projection's position, head and lag")
+async def status(who: CurrentPrincipal, reader: Read, response: Response) -> dict[str, Any]:
+    async with reader.reading(None) as (_, _schema, progress):
+        return answer(response, progress, {"parked": progress.parked})
+
+
+@public.get("/status/{tracking_no}", summary="A case's status by tracking number (no login)")
+async def public_status(tracking_no: str, reader: Read, response: Response,
+                        min_position: MinPosition = None) -> dict[str, Any]:
+    """Status, service, the level and office holding the case, and the dated steps. No name,
+    no ID number, no officer, no free text."""
+    async with reader.reading(min_position) as (conn, schema, progress):
+        found = await q.public_status(conn, schema, tracking_no)
+    if found is None:
+        raise ProblemError(404, "Not found", "no case has this tracking number")
+    unit = reader.org.get(found.pop("unit"))
+    found["office"] = unit.name if unit is not None else None
+    return answer(response, progress, {"case": found})
+
+
+@operations.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+async def metrics(reader: Read) -> PlainTextResponse:
+    async with reader.pool.acquire() as conn:
+        progress = await read_progress(conn)
+    return PlainTextResponse(render(progress, reader.live, reader.envelopes_parked()),
+                             media_type="text/plain; version=0.0.4")

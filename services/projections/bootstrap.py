@@ -1,0 +1,60 @@
+"""Composition root of the projections service: pool, org tree, table sets, reader, app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from fastapi import FastAPI
+
+from services.projections.api import Reader, operations, public, router
+from services.projections.live import LiveStats
+from services.projections.projectors import UnitPaths
+from services.projections.schema import active_schema, ensure_tables
+from shared.eventstore.postgres import create_pool
+from shared.reference import Reference, load_reference
+from shared.service import create_app, database_ready
+from shared.settings import Settings
+
+
+@dataclass
+class ProjectionsService:
+    settings: Settings
+    pool: asyncpg.Pool
+    ref: Reference
+    paths: UnitPaths
+    reader: Reader
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+async def prepare_tables(pool: asyncpg.Pool) -> str:
+    """Make sure the active table set exists (first start after the migration)."""
+    async with pool.acquire() as conn:
+        schema = await active_schema(conn)
+        await ensure_tables(conn, schema)
+    return schema
+
+
+async def bootstrap(settings: Settings, service_url: str, *, ref: Reference | None = None,
+                    max_wait_s: float = 5.0, live: LiveStats | None = None,
+                    ) -> ProjectionsService:
+    pool = await create_pool(service_url, min_size=settings.db_pool_min,
+                             max_size=settings.db_pool_max)
+    reference = ref or load_reference()
+    await prepare_tables(pool)
+    reader = Reader(pool, reference.org, max_wait_s=max_wait_s, live=live)
+    return ProjectionsService(settings, pool, reference, UnitPaths(reference.org), reader)
+
+
+def build_app(service: ProjectionsService) -> FastAPI:
+    return create_app(
+        "Yizhan projections", [router, public, operations],
+        state={"settings": service.settings, "projections": service.reader},
+        readiness=[database_ready(service.pool)],
+        description="Read models for every level: queues, counts by status and service for "
+                    "each unit and its subtree, overdue cases, SLA statistics, hand-off "
+                    "delays, timelines, and the public status by tracking number. Every answer "
+                    "states the projection's position and lag; `min_position` waits for it.",
+    )

@@ -1,0 +1,78 @@
+"""The two table sets (blue/green) and which one is active.
+
+The DDL is one file per kind (``sql/tables.sql``, ``sql/indexes.sql``) with ``{schema}`` in
+place of the schema name; the service applies it as a member of ``yizhan_app`` (granted CREATE
+on both schemas by the migration), setting the role first so the tables belong to the group
+role and any service login may drop them in a later rebuild.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from shared.eventstore.postgres import Conn
+
+SCHEMAS = ("projections_blue", "projections_green")
+STATE = "projections.state"
+APP_ROLE = "yizhan_app"
+TABLES = ("case_summary", "timeline", "unit_counts", "subtree_counts", "sla_facts",
+          "sla_breaches", "moves")
+"""The read-model tables of a set (``progress`` is bookkeeping, not a read model)."""
+
+
+def ddl(name: str, schema: str) -> str:
+    if schema not in SCHEMAS:
+        raise ValueError(f"unknown table set {schema!r}")
+    text = (resources.files("services.projections") / "sql" / name).read_text("utf-8")
+    return text.replace("{schema}", schema)
+
+
+def other(schema: str) -> str:
+    return SCHEMAS[1 - SCHEMAS.index(schema)]
+
+
+async def as_app_role(conn: Conn) -> None:
+    """Within a transaction: act as the group role, if this login may (else stay itself)."""
+    may = await conn.fetchval(
+        "SELECT pg_has_role(current_user, $1, 'SET') AND current_user <> $1", APP_ROLE)
+    if may:
+        await conn.execute(f"SET LOCAL ROLE {APP_ROLE}")
+
+
+async def ensure_tables(conn: Conn, schema: str) -> None:
+    """Create the set's tables and indexes where missing (idempotent)."""
+    async with conn.transaction():
+        await as_app_role(conn)
+        await conn.execute(ddl("tables.sql", schema))
+        await conn.execute(ddl("indexes.sql", schema))
+
+
+async def recreate_tables(conn: Conn, schema: str) -> None:
+    """Drop the set's tables and create them empty, without indexes (a rebuild's start)."""
+    async with conn.transaction():
+        await as_app_role(conn)
+        for table in (*TABLES, "progress"):
+            await conn.execute(f"DROP TABLE IF EXISTS {schema}.{table}")
+        await conn.execute(ddl("tables.sql", schema))
+
+
+async def active_schema(conn: Conn, *, lock: bool = False) -> str:
+    """The active set. With ``lock`` (inside a transaction) hold it against a swap until the
+    transaction ends: a swap waits for every writer of the old set to finish."""
+    name = await conn.fetchval(
+        f"SELECT active_schema FROM {STATE} WHERE name = 'main'"
+        + (" FOR SHARE" if lock else ""))
+    if name not in SCHEMAS:
+        raise RuntimeError("projections.state has no active table set: run the migrations")
+    return str(name)
+
+
+async def digest(conn: Conn, schema: str) -> dict[str, str]:
+    """An md5 of each read-model table's rows (order-independent): two sets with the same
+    digests hold the same rows."""
+    found = {}
+    for table in TABLES:
+        found[table] = str(await conn.fetchval(
+            f"SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) "
+            f"FROM {schema}.{table} t"))
+    return found

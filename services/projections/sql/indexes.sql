@@ -1,0 +1,23 @@
+-- Indexes of one table set (see tables.sql); created after a rebuild's COPY. The unique
+-- ones are the keys the live path's upserts name (ON CONFLICT infers them).
+CREATE UNIQUE INDEX IF NOT EXISTS case_summary_pk ON {schema}.case_summary (case_id);
+CREATE UNIQUE INDEX IF NOT EXISTS timeline_pk ON {schema}.timeline (case_id, version);
+CREATE UNIQUE INDEX IF NOT EXISTS unit_counts_pk ON {schema}.unit_counts (unit, status, service_code);
+CREATE UNIQUE INDEX IF NOT EXISTS subtree_counts_pk ON {schema}.subtree_counts (unit, status, service_code);
+CREATE UNIQUE INDEX IF NOT EXISTS sla_facts_pk ON {schema}.sla_facts (case_id, level, unit);
+CREATE UNIQUE INDEX IF NOT EXISTS sla_breaches_pk ON {schema}.sla_breaches (case_id, timer_no);
+CREATE UNIQUE INDEX IF NOT EXISTS moves_pk ON {schema}.moves (case_id, version);
+CREATE INDEX IF NOT EXISTS case_summary_tracking ON {schema}.case_summary (tracking_no);
+CREATE INDEX IF NOT EXISTS case_summary_unit ON {schema}.case_summary (unit, last_change_at);
+CREATE INDEX IF NOT EXISTS case_summary_county ON {schema}.case_summary (county, last_change_at);
+CREATE INDEX IF NOT EXISTS case_summary_township
+    ON {schema}.case_summary (township, last_change_at);
+CREATE INDEX IF NOT EXISTS case_summary_community
+    ON {schema}.case_summary (community, last_change_at);
+CREATE INDEX IF NOT EXISTS case_summary_due ON {schema}.case_summary (due_at)
+    WHERE due_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sla_facts_county ON {schema}.sla_facts (county, month);
+CREATE INDEX IF NOT EXISTS sla_facts_township ON {schema}.sla_facts (township, month);
+CREATE INDEX IF NOT EXISTS sla_breaches_county ON {schema}.sla_breaches (county, month);
+CREATE INDEX IF NOT EXISTS moves_county ON {schema}.moves (county, sent_at);
+CREATE INDEX IF NOT EXISTS moves_township ON {schema}.moves (township, sent_at);

@@ -1,0 +1,164 @@
+"""Rebuild (blue/green) and the live path's robustness on real PostgreSQL: redelivery and
+out-of-order delivery change nothing, a worker SIGKILLed mid-batch and restarted ends with
+tables identical to a clean rebuild, an unknown event is parked live and refused by a rebuild.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+
+import asyncpg
+import pytest
+
+from services.projections.agents import build_worker, running
+from services.projections.bootstrap import prepare_tables
+from services.projections.live import LiveProjection
+from services.projections.projectors import UnitPaths, Unprojectable
+from services.projections.rebuild import rebuild
+from services.projections.schema import active_schema, other
+from shared.consumer import IdempotentConsumer
+from shared.contracts.envelope import NewEvent
+from shared.eventstore.postgres import PostgresEventStore
+from shared.kafka import ensure_topics
+from shared.reference import Reference, load_reference
+from shared.relay import Relay, RelayConfig
+from tests.conftest import Db
+from tests.integration.projections.helpers import (
+    PARTITIONS,
+    SETTINGS,
+    digests,
+    load_simulated,
+    wait_caught_up,
+)
+
+
+@pytest.fixture(scope="module")
+def ref() -> Reference:
+    return load_reference()
+
+
+@pytest.fixture
+async def prepared(pool: asyncpg.Pool) -> str:
+    return await prepare_tables(pool)
+
+
+async def apply_live(pool: asyncpg.Pool, live: LiveProjection, events: list) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await live.apply(conn, events)
+
+
+async def test_redelivered_and_reordered_batches_change_nothing(
+    pool: asyncpg.Pool, admin_pool: asyncpg.Pool, pg_store: PostgresEventStore,
+    prepared: str, ref: Reference,
+) -> None:
+    head = await load_simulated(admin_pool, 80)
+    events = await pg_store.read_batch(0, head)
+    live = LiveProjection(UnitPaths(ref.org))
+    for start in range(0, head, 97):
+        await apply_live(pool, live, events[start:start + 97])
+    await wait_caught_up(pool)
+    before = await digests(pool, prepared)
+    assert live.stats.applied == head
+
+    await apply_live(pool, live, events[100:400])  # the same batch again
+    await apply_live(pool, live, list(reversed(events)))  # and everything, backwards
+    assert await digests(pool, prepared) == before
+    assert live.stats.applied == head and live.stats.duplicates == 300 + head
+
+    report = await rebuild(pool, UnitPaths(ref.org), batch_size=500, swap=False)
+    assert report.position == head
+    assert await digests(pool, other(prepared)) == before  # live == rebuild
+
+
+async def test_gaps_are_filled_from_the_store(
+    pool: asyncpg.Pool, admin_pool: asyncpg.Pool, pg_store: PostgresEventStore,
+    prepared: str, ref: Reference,
+) -> None:
+    head = await load_simulated(admin_pool, 30)
+    events = await pg_store.read_batch(0, head)
+    live = LiveProjection(UnitPaths(ref.org))
+    # a consumer that saw only every third event (a "ghost" topic lost the rest)
+    await apply_live(pool, live, events[2::3])
+    await apply_live(pool, live, events)
+    assert live.stats.gaps_filled > 0
+    await wait_caught_up(pool)
+    await rebuild(pool, UnitPaths(ref.org), batch_size=200, swap=False)
+    assert await digests(pool, prepared) == await digests(pool, other(prepared))
+
+
+async def test_rebuild_swaps_while_queries_keep_working_and_refuses_unknown_events(
+    pool: asyncpg.Pool, admin_pool: asyncpg.Pool, pg_store: PostgresEventStore,
+    prepared: str, ref: Reference,
+) -> None:
+    head = await load_simulated(admin_pool, 60)
+    seen = []
+    report = await rebuild(pool, UnitPaths(ref.org), batch_size=150, progress=seen.append)
+    assert (report.schema, report.position, report.generation) == (other(prepared), head, 2)
+    assert seen and seen[-1].done == head and seen[-1].eta_s == 0
+    async with pool.acquire() as conn:
+        assert await active_schema(conn) == other(prepared)
+    await wait_caught_up(pool)
+
+    stream = next(iter({e.stream_id for e in await pg_store.read_batch(0, 5)}))
+    version = await pg_store.stream_version(stream)
+    await pg_store.append(stream, version, [NewEvent("CaseTeleported", {"to": "moon"})])
+    live = LiveProjection(UnitPaths(ref.org))
+    await apply_live(pool, live, await pg_store.read_batch(head, 10))
+    assert live.stats.parked == 1
+    assert await pool.fetchval("SELECT type FROM projections.parked") == "CaseTeleported"
+    await wait_caught_up(pool)  # a parked event does not hold the watermark
+
+    before = await digests(pool, other(prepared))
+    with pytest.raises(Unprojectable, match="CaseTeleported"):
+        await rebuild(pool, UnitPaths(ref.org), batch_size=150)
+    async with pool.acquire() as conn:
+        assert await active_schema(conn) == other(prepared)  # nothing swapped
+    assert await digests(pool, other(prepared)) == before
+
+
+async def test_a_worker_killed_mid_batch_resumes_to_the_same_tables_as_a_rebuild(
+    database: Db, pool: asyncpg.Pool, admin_pool: asyncpg.Pool, pg_store: PostgresEventStore,
+    prepared: str, ref: Reference, kafka_bootstrap: str,
+) -> None:
+    head = await load_simulated(admin_pool, 300, seed=9)
+    topic = f"case.events.{uuid.uuid4().hex[:8]}"
+    group = f"proj-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(kafka_bootstrap, {topic: PARTITIONS})
+    relay = Relay(pg_store, RelayConfig(bootstrap_servers=kafka_bootstrap, topic=topic,
+                                        partitions=PARTITIONS, poll_interval_s=0.05,
+                                        probe_interval_s=1.0, request_timeout_ms=3000))
+    stop = asyncio.Event()
+    relaying = asyncio.create_task(relay.run(stop))
+    try:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.integration.projections.worker_main",
+            database.service_dsn, kafka_bootstrap, topic, group, "7",
+            cwd=os.getcwd(), stdout=asyncio.subprocess.DEVNULL)
+        try:
+            for _ in range(600):  # until it is well into the log, then SIGKILL it
+                done = await pool.fetchval(f"SELECT count(*) FROM {prepared}.timeline")
+                if done > 200:
+                    break
+                await asyncio.sleep(0.05)
+            child.send_signal(signal.SIGKILL)
+        finally:
+            await child.wait()
+        applied = await pool.fetchval(f"SELECT count(*) FROM {prepared}.case_summary")
+        assert applied > 0, "the worker applied nothing before it was killed"
+        assert await pool.fetchval(f"SELECT count(*) FROM {prepared}.timeline") < head
+
+        worker = build_worker(SETTINGS, pool, UnitPaths(ref.org), bootstrap_servers=kafka_bootstrap,
+                              topic=topic, group=group, batch_size=100, max_wait_s=0.05,
+                              partitions=PARTITIONS)
+        async with running(worker, pool):
+            assert await wait_caught_up(pool, timeout=40) == head
+    finally:
+        stop.set()
+        await asyncio.wait_for(relaying, 20)
+    assert await IdempotentConsumer(pool, "projections").positions()
+    await rebuild(pool, UnitPaths(ref.org), batch_size=500, swap=False)
+    assert await digests(pool, prepared) == await digests(pool, other(prepared))

@@ -1,0 +1,147 @@
+"""The projectors over events made by the real domain, and the version-continuity fold."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from bench.projections import Simulator
+from services.projections.projectors import (
+    APPLIED,
+    DUPLICATE,
+    PARKED,
+    CaseFolder,
+    Gap,
+    RawEvent,
+    ReadModel,
+    UnitPaths,
+    Unprojectable,
+)
+from shared.contracts.canonical import canonical_json
+from shared.reference import Reference, load_reference
+
+STATION = "530102001001"
+AT = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def ref() -> Reference:
+    return load_reference()
+
+
+def events_of(ref: Reference, cases: int, seed: int = 7) -> list[RawEvent]:
+    """Events of simulated cases, interleaved by time, with positions."""
+    sim = Simulator(ref, seed)
+    per_case = []
+    for n in range(cases):
+        events = [e for _, evs in sim.case(n, AT, STATION if n == 0 else None) for e in evs]
+        per_case.append(events)
+    flat = [(e.at, f"case-{e.case_id}", v + 1, e) for evs in per_case
+            for v, e in enumerate(evs)]
+    flat.sort(key=lambda t: (t[0], t[1], t[2]))
+    return [RawEvent(i + 1, stream, version, e.event_type, e.schema_version,
+                     canonical_json(e.model_dump(mode="json")), AT)
+            for i, (_, stream, version, e) in enumerate(flat)]
+
+
+def fold_all(ref: Reference, events: list[RawEvent]) -> tuple[CaseFolder, ReadModel]:
+    folder = CaseFolder(UnitPaths(ref.org), strict=True)
+    model = ReadModel()
+    for event in events:
+        assert folder.offer(event) == APPLIED
+    for change in folder.changes:
+        model.apply(change)
+    return folder, model
+
+
+def test_a_simulated_case_is_summarised_and_counted_once(ref: Reference) -> None:
+    sim = Simulator(ref, 3)
+    sim.rng.seed(11)
+    run = [e for _, evs in sim.case(1, AT, STATION) for e in evs]
+    stream = f"case-{run[0].case_id}"
+    events = [RawEvent(i + 1, stream, i + 1, e.event_type, 1,
+                       canonical_json(e.model_dump(mode="json")), AT)
+              for i, e in enumerate(run)]
+    folder, model = fold_all(ref, events)
+    (row,) = folder.rows.values()
+    assert row.version == len(events) and row.position == len(events)
+    assert row.tracking_no == "KM20260300000001"
+    moves = [m for m in model.moves.values()]
+    assert all(m.received_at is not None and m.received_at >= m.sent_at for m in moves)
+    assert next(t.type for t in model.timeline) == "CaseSubmitted"
+    assert not any(t.type.startswith("SlaTimer") for t in model.timeline)
+    assert model.own_counts() == {(row.unit, row.status, row.service_code): 1}
+
+
+def test_many_cases_count_once_each_wherever_they_are(ref: Reference) -> None:
+    events = events_of(ref, 60)
+    folder, model = fold_all(ref, events)
+    assert sum(model.own_counts().values()) == len(folder.rows) == 60
+    paths = UnitPaths(ref.org)
+    subtree = model.subtree_counts(paths)
+    assert sum(n for k, n in subtree.items() if k.unit == ref.org.root.code) == 60
+    for case in folder.rows.values():
+        assert (case.county, case.township) == paths.path(case.unit)[:2]
+
+
+def test_duplicates_are_skipped_and_gaps_reported(ref: Reference) -> None:
+    events = events_of(ref, 1)
+    folder = CaseFolder(UnitPaths(ref.org))
+    assert folder.offer(events[0]) == APPLIED
+    assert folder.offer(events[0]) == DUPLICATE
+    gap = folder.offer(events[3])
+    assert gap == Gap(events[0].stream_id, 1, 4)
+    assert [folder.offer(e) for e in events[1:4]] == [APPLIED] * 3
+    assert folder.duplicates == 1 and len(folder.changes) == 4
+
+
+def test_an_unknown_event_is_parked_and_the_case_goes_on(ref: Reference) -> None:
+    events = events_of(ref, 1)
+    odd = events[1]._replace(type="CaseTeleported")
+    folder = CaseFolder(UnitPaths(ref.org))
+    assert folder.offer(events[0]) == APPLIED
+    assert folder.offer(odd) == PARKED
+    assert folder.offer(events[2]) == APPLIED
+    assert [why.type for _, why in folder.parked] == ["CaseTeleported"]
+    strict = CaseFolder(UnitPaths(ref.org), strict=True)
+    strict.offer(events[0])
+    with pytest.raises(Unprojectable, match="CaseTeleported"):
+        strict.offer(odd)
+
+
+def test_a_newer_schema_version_and_a_foreign_stream_are_parked(ref: Reference) -> None:
+    events = events_of(ref, 1)
+    folder = CaseFolder(UnitPaths(ref.org))
+    folder.offer(events[0])
+    assert folder.offer(events[1]._replace(schema_version=9)) == PARKED
+    assert folder.offer(events[0]._replace(stream_id="visit-1", position=99)) == PARKED
+    assert folder.offer(events[0]._replace(stream_id=f"case-{uuid.uuid4()}",
+                                           data="{}", position=100)) == PARKED
+
+
+def test_any_split_into_batches_and_any_redelivery_gives_the_same_model(
+    ref: Reference,
+) -> None:
+    events = events_of(ref, 25)
+    _, expected = fold_all(ref, events)
+    folder = CaseFolder(UnitPaths(ref.org))
+    by_stream = {s: list(g) for s, g in itertools.groupby(
+        sorted(events, key=lambda e: (e.stream_id, e.version)), key=lambda e: e.stream_id)}
+    # deliver in reverse, twice: every gap is filled from "the store" (by_stream)
+    for event in [*reversed(events), *events]:
+        outcome = folder.offer(event)
+        if isinstance(outcome, Gap):
+            for earlier in by_stream[outcome.stream_id][outcome.after:outcome.before - 1]:
+                assert folder.offer(earlier) == APPLIED
+            assert folder.offer(event) == APPLIED
+    model = ReadModel()
+    for change in folder.changes:
+        model.apply(change)
+    assert model.cases == expected.cases
+    assert sorted(model.timeline) == sorted(expected.timeline)
+    assert model.own_counts() == expected.own_counts()
+    assert (model.sla, model.moves, model.breaches) == (expected.sla, expected.moves,
+                                                        expected.breaches)
