@@ -1,8 +1,12 @@
 """`yizhan`: run, operate and audit the system.
 
-    yizhan up                      embedded PostgreSQL + broker, migrations, relay, checkpoints
+    yizhan up                      everything on the embedded default (or the configured servers)
     yizhan db migrate              apply pending migrations
     yizhan relay                   run the Kafka relay (one leader among many) and checkpoints
+    yizhan serve cases|intake|projections   one service: its API and its agents
+    yizhan projections rebuild     rebuild the read models from the log, swap them in
+    yizhan privacy erase SUBJECT --by USER --reason TEXT
+    yizhan token USER              a bearer token for a user of the staff directory
     yizhan audit checkpoint        sign a checkpoint at the log's head now
     yizhan audit verify [--from-checkpoint] [--public-key B64]
 """
@@ -58,7 +62,10 @@ def warn_on_dev_key(settings: Settings, ep: Endpoints) -> None:
                     "development key is public, its signatures prove nothing")
 
 
-async def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+Runner = Callable[[asyncio.Event], Awaitable[None]]
+
+
+async def run_until_signal(main: Runner) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -102,13 +109,85 @@ def cmd_relay(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
+    from services.intake.settings import IntakeSettings
+
     with endpoints(settings, kafka=True, start_kafka=True) as ep:
         asyncio.run(prepare_database(ep))
-        print(f"PostgreSQL  {ep.service_url}  (admin: {ep.admin_url})")
-        print(f"Kafka       {ep.kafka_bootstrap}")
-        print("relay and checkpoints running; Ctrl-C stops everything")
-        asyncio.run(run_until_signal(lambda stop: serve_relay(settings, ep, stop)))
+        runners = service_runners(settings, ep)
+        host = settings.http_host
+        print(f"PostgreSQL   {ep.service_url}  (admin: {ep.admin_url})")
+        print(f"Kafka        {ep.kafka_bootstrap}")
+        print(f"intake       http://{host}:{IntakeSettings().http_port}/docs")
+        print(f"cases        http://{host}:{settings.cases_port}/docs")
+        print(f"projections  http://{host}:{settings.projections_port}/docs")
+        print("relay and checkpoint signer running; Ctrl-C stops everything", flush=True)
+
+        async def everything(stop: asyncio.Event) -> None:
+            await asyncio.gather(serve_relay(settings, ep, stop),
+                                 *(run(stop) for run in runners.values()))
+
+        asyncio.run(run_until_signal(everything))
     print("stopped")
+    return 0
+
+
+def service_runners(settings: Settings, ep: Endpoints) -> dict[str, Runner]:
+    """Each service's process body, by name (imported lazily: each pulls in its own stack)."""
+    from services.cases import serve as cases
+    from services.intake import cli as intake
+    from services.projections import cli as projections
+
+    assert ep.kafka_bootstrap is not None
+    bootstrap = ep.kafka_bootstrap
+    return {
+        "cases": lambda stop: cases.serve(settings, ep, stop),
+        "intake": lambda stop: intake.serve(settings, ep, stop),
+        "projections": lambda stop: projections.serve(
+            settings, ep.service_url, bootstrap, stop, host=settings.http_host,
+            port=settings.projections_port),
+    }
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    with endpoints(settings, kafka=True) as ep:
+        asyncio.run(prepare_database(ep))
+        runner = service_runners(settings, ep)[args.service]
+        asyncio.run(run_until_signal(runner))
+    return 0
+
+
+def cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
+    from services.intake import cli as intake
+
+    with endpoints(settings, kafka=False) as ep:
+        erased = asyncio.run(intake.erase_subject(settings, ep, args.subject, erased_by=args.by,
+                                                  reason=args.reason))
+    print(f"erased subject {args.subject}: their personal fields are now unreadable"
+          if erased else f"no key for subject {args.subject} (unknown or already erased)")
+    return 0 if erased else 1
+
+
+def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
+    from services.projections import cli as projections
+
+    with endpoints(settings, kafka=False) as ep:
+        asyncio.run(prepare_database(ep))
+        report = asyncio.run(projections.rebuild(settings, ep.service_url))
+    print(f"rebuilt read models: {report}")
+    return 0
+
+
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    from shared.auth import Principal, mint_token
+    from shared.reference import load_reference
+
+    staff = load_reference().staff
+    member = staff.get(args.user)
+    if member is None:
+        print(f"no such user in the staff directory: {args.user}", file=sys.stderr)
+        return 2
+    print(mint_token(Principal(user_id=member.user_id, role=str(member.role), unit=member.unit,
+                               name=member.name), settings))
     return 0
 
 
@@ -166,6 +245,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="run everything on the embedded default").set_defaults(fn=cmd_up)
     sub.add_parser("relay", help="run the Kafka relay").set_defaults(fn=cmd_relay)
+    serve = sub.add_parser("serve", help="run one service (API and its agents)")
+    serve.add_argument("service", choices=["cases", "intake", "projections"])
+    serve.set_defaults(fn=cmd_serve)
+    privacy = sub.add_parser("privacy", help="personal data").add_subparsers(dest="privacy",
+                                                                            required=True)
+    erase = privacy.add_parser("erase", help="crypto-shred a data subject's personal fields")
+    erase.add_argument("subject", help="the subject id (as in CaseSubmitted.applicant)")
+    erase.add_argument("--by", required=True, help="who orders the erasure (user id)")
+    erase.add_argument("--reason", required=True, help="the legal ground")
+    erase.set_defaults(fn=cmd_erase)
+    proj = sub.add_parser("projections", help="read models").add_subparsers(dest="projections",
+                                                                           required=True)
+    proj.add_parser("rebuild", help="rebuild every read model from the log (blue/green)"
+                    ).set_defaults(fn=cmd_rebuild)
+    token = sub.add_parser("token", help="mint a bearer token for a user of the staff directory")
+    token.add_argument("user", help="user id, e.g. clerk.530102001001.a")
+    token.set_defaults(fn=cmd_token)
     db = sub.add_parser("db", help="database").add_subparsers(dest="db", required=True)
     db.add_parser("migrate", help="apply pending migrations").set_defaults(fn=cmd_migrate)
     audit = sub.add_parser("audit", help="audit the log").add_subparsers(dest="audit",

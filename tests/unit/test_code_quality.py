@@ -23,6 +23,6 @@ def test_ruff_finds_nothing() -> None:
 
 
 @pytest.mark.slow
-def test_mypy_strict_on_shared() -> None:
-    done = run("mypy", "shared")
+def test_mypy_strict_on_shared_and_clean_on_services() -> None:
+    done = run("mypy", "shared", "services")
     assert done.returncode == 0, done.stdout + done.stderr

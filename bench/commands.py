@@ -1,0 +1,276 @@
+#!/usr/bin/env python
+"""Officers' commands over HTTP on the embedded stack, against the `eventsourcing` library
+running the same command sequence in-process (no HTTP) as a reference.
+
+    python bench/commands.py            # 2,000 cases x 6 commands
+    python bench/commands.py --quick    # 400 cases, under a minute
+
+The stack is the real one: embedded PostgreSQL (fsync on) and broker, the cases service as its
+own process (`yizhan serve cases`: API, SLA agent and timer) and the relay (`yizhan relay`).
+32 concurrent clients each drive their own cases through accept → hand-off → receive →
+hand-off → receive → decide, one HTTP request per command, and time each request.
+Last line: ``RESULT {"commands_per_s", "p50_ms", "p99_ms", "peer_commands_per_s"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from services.cases.bootstrap import bootstrap
+from services.cases.domain import SubmitCase
+from shared.auth import Principal, mint_token
+from shared.contracts.cases import Actor, EncryptedApplicant
+from shared.eventstore.migrate import ensure_service_role, migrate
+from shared.logging import configure_logging, get_logger
+from shared.reference import Reference, Role, load_reference
+from shared.runtime import SERVICE_ROLE, EmbeddedKafka, EmbeddedPostgres, free_port
+from shared.settings import Settings
+
+log = get_logger("bench.commands")
+CLIENTS = 32
+MLG = "minimum_living_guarantee"
+DOCS = ("id_card", "household_register", "application_form", "income_certificate",
+        "property_declaration", "bank_account")
+# (verb, whose turn: "clerk" | "town" | "county", body)
+SEQUENCE: list[tuple[str, str, dict[str, Any]]] = [
+    ("accept", "clerk", {}), ("hand-off", "clerk", {}), ("receive", "town", {}),
+    ("hand-off", "town", {}), ("receive", "county", {}),
+    ("decide", "county", {"outcome": "approved", "basis": "符合最低生活保障条件"}),
+]
+
+
+def people(ref: Reference, n_cases: int) -> list[tuple[str, str, str, str]]:
+    """(station, clerk, township officer, county officer) for each case, spread over the city."""
+    out = []
+    stations = [u for u in ref.org if str(u.level) == "community"]
+    for i in range(n_cases):
+        station = stations[i % len(stations)].code
+        clerk = ref.staff.duty_clerk(station).user_id
+        town = next(m.user_id for m in ref.staff.at_unit(station[:9], Role.TOWNSHIP_OFFICER))
+        county = next(m.user_id for m in ref.staff.at_unit(station[:6], Role.COUNTY_OFFICER))
+        out.append((station, clerk, town, county))
+    return out
+
+
+async def submit_cases(settings: Settings, dsn: str, ref: Reference,
+                       cast: list[tuple[str, str, str, str]]) -> list[uuid.UUID]:
+    svc = await bootstrap(settings, dsn, ref=ref)
+    ids = [uuid.uuid4() for _ in cast]
+
+    async def submit(case_id: uuid.UUID, station: str, clerk: str) -> None:
+        await svc.commands.handle(SubmitCase(
+            case_id=case_id, at=datetime.now(UTC),
+            actor=Actor(user_id=clerk, role=Role.STATION_CLERK, unit=station),
+            tracking_no=f"KM-{case_id.hex[:10]}", service_code=MLG, visit_id=uuid.uuid4(),
+            station=station,
+            applicant=EncryptedApplicant(subject_id=str(case_id), id_hash="bench", encrypted={}),
+            documents=DOCS), command_id=uuid.uuid4())
+
+    sem = asyncio.Semaphore(32)
+
+    async def bounded(*args: Any) -> None:
+        async with sem:
+            await submit(*args)
+
+    await asyncio.gather(*(bounded(i, c[0], c[1]) for i, c in zip(ids, cast, strict=True)))
+    await svc.close()
+    return ids
+
+
+async def drive(base: str, settings: Settings, ref: Reference, ids: list[uuid.UUID],
+                cast: list[tuple[str, str, str, str]]) -> tuple[list[float], int, float]:
+    tokens: dict[str, str] = {}
+
+    def token(user: str) -> str:
+        if user not in tokens:
+            m = ref.staff.member(user)
+            tokens[user] = mint_token(Principal(user_id=user, role=str(m.role), unit=m.unit),
+                                      settings)
+        return tokens[user]
+
+    latencies: list[float] = []
+    failures = 0
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(ids)):
+        queue.put_nowait(i)
+    connector = aiohttp.TCPConnector(limit=CLIENTS)
+    async with aiohttp.ClientSession(base, connector=connector) as http:
+
+        async def client() -> None:
+            nonlocal failures
+            while not queue.empty():
+                i = queue.get_nowait()
+                _, clerk, town, county = cast[i]
+                who = {"clerk": clerk, "town": town, "county": county}
+                for verb, role, body in SEQUENCE:
+                    started = time.perf_counter()
+                    async with http.post(f"/v1/cases/{ids[i]}/{verb}", json=body, headers={
+                            "Authorization": f"Bearer {token(who[role])}"}) as response:
+                        await response.read()
+                        ok = response.status == 200
+                    latencies.append(time.perf_counter() - started)
+                    if not ok:
+                        failures += 1
+                        log.warning("bench.command_failed", verb=verb, status=response.status)
+                        break
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(CLIENTS)))
+        elapsed = time.perf_counter() - started
+    return latencies, failures, elapsed
+
+
+def peer(dsn_parts: dict[str, str], n_cases: int) -> float:
+    """The same six commands per case through the eventsourcing library's PostgreSQL recorder,
+    in-process: repository.get → aggregate method → save, 32 threads."""
+    from eventsourcing.application import Application
+    from eventsourcing.domain import Aggregate, event
+
+    class PeerCase(Aggregate):
+        @event("Submitted")
+        def __init__(self, station: str, service: str) -> None:
+            self.station, self.service, self.status, self.unit = station, service, "new", station
+            self.owner: str | None = None
+
+        @event("Accepted")
+        def accept(self, owner: str) -> None:
+            self.status, self.owner = "accepted", owner
+
+        @event("HandedOff")
+        def hand_off(self, to_unit: str) -> None:
+            self.status, self.unit = "handed_off", to_unit
+
+        @event("Received")
+        def receive(self, owner: str) -> None:
+            self.status, self.owner = "in_review", owner
+
+        @event("Decided")
+        def decide(self, outcome: str, basis: str) -> None:
+            self.status = outcome
+
+    env = {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": dsn_parts["db"],
+           "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": dsn_parts["port"],
+           "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "x",
+           "POSTGRES_POOL_SIZE": "40", "POSTGRES_MAX_OVERFLOW": "10",
+           "CREATE_TABLE": "y"}
+    app = Application(env=env)
+    ids = []
+    for i in range(n_cases):
+        case = PeerCase(station=f"5301020010{i % 100:02d}", service=MLG)
+        app.save(case)
+        ids.append(case.id)
+
+    def one_case(case_id: uuid.UUID) -> int:
+        steps: list[tuple[str, tuple[Any, ...]]] = [
+            ("accept", ("clerk",)), ("hand_off", ("town",)), ("receive", ("officer",)),
+            ("hand_off", ("county",)), ("receive", ("county-officer",)),
+            ("decide", ("approved", "符合条件")),
+        ]
+        for method, args in steps:
+            case = app.repository.get(case_id)
+            getattr(case, method)(*args)
+            app.save(case)
+        return len(steps)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        done = sum(pool.map(one_case, ids))
+    elapsed = time.perf_counter() - started
+    app.close()
+    return done / elapsed
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"cases service exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("cases service did not become ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cases", type=int, default=None)
+    parser.add_argument("--no-relay", action="store_true", help="leave the relay out")
+    args = parser.parse_args()
+    configure_logging("console" if sys.stderr.isatty() else "json", "warning")
+    n_cases = args.cases or (400 if args.quick else 2000)
+    ref = load_reference()
+    cast = people(ref, n_cases)
+    with tempfile.TemporaryDirectory(prefix="yizhan-bench-cmd-") as tmp:
+        pg = EmbeddedPostgres(Path(tmp) / "pg", durable=True).start()
+        kafka = EmbeddedKafka(Path(tmp) / "kafka").start()
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            asyncio.run(migrate(pg.admin_url))
+            asyncio.run(ensure_service_role(pg.admin_url, SERVICE_ROLE))
+            service_dsn = pg.url(user=SERVICE_ROLE)
+            port = free_port()
+            env = {**os.environ, "DATABASE_URL": service_dsn, "DATABASE_ADMIN_URL": pg.admin_url,
+                   "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+                   "YIZHAN_CASES_PORT": str(port), "YIZHAN_LOG_LEVEL": "warning",
+                   "YIZHAN_DB_POOL_MAX": "20"}
+            yizhan = str(Path(sys.executable).with_name("yizhan"))
+            profile = os.environ.get("BENCH_PROFILE_SERVER")  # a path: cProfile the server
+            prefix = [sys.executable, "-m", "cProfile", "-o", profile] if profile else []
+            procs.append(subprocess.Popen([*prefix, yizhan, "serve", "cases"], env=env))
+            if not args.no_relay:
+                procs.append(subprocess.Popen([yizhan, "relay"], env=env))
+            settings = Settings()
+            ids = asyncio.run(submit_cases(settings, service_dsn, ref, cast))
+            base = f"http://127.0.0.1:{port}"
+            wait_http(base, procs[0])
+            log.warning("bench.driving", cases=n_cases, clients=CLIENTS)
+            latencies, failures, elapsed = asyncio.run(drive(base, settings, ref, ids, cast))
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(30)
+        log.warning("bench.peer", cases=n_cases)
+        peer_cps = peer({"db": pg.database, "port": str(pg.port)}, n_cases)
+        kafka.stop()
+        pg.stop()
+    cps = len(latencies) / elapsed
+    ordered = sorted(latencies)
+    p50 = statistics.median(ordered) * 1000
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    print(f"commands over HTTP   {len(latencies):>8,} in {elapsed:6.2f} s  "
+          f"{cps:9,.0f}/s  (target ≥ 1,000/s: {'met' if cps >= 1000 else 'not met'})")
+    print(f"latency              p50 {p50:6.1f} ms   p99 {p99:6.1f} ms  "
+          f"(target p99 ≤ 50 ms: {'met' if p99 <= 50 else 'not met'})")
+    print(f"peer (eventsourcing, in-process, no HTTP)  {peer_cps:9,.0f}/s   "
+          f"ratio ours/peer {cps / peer_cps:5.2f}")
+    print(f"failed commands      {failures}")
+    print("RESULT " + json.dumps({"commands_per_s": round(cps, 1), "p50_ms": round(p50, 2),
+                                  "p99_ms": round(p99, 2),
+                                  "peer_commands_per_s": round(peer_cps, 1)}))
+
+
+if __name__ == "__main__":
+    main()
