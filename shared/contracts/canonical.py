@@ -53,12 +53,23 @@ _encoder = json.JSONEncoder(
 )
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def _keys_are_strings(value: JsonValue) -> bool:
-    """The json module silently turns int/float/bool/None keys into strings; we refuse them."""
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _keys_are_strings(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return all(_keys_are_strings(v) for v in value)
+    """The json module silently turns int/float/bool/None keys into strings; we refuse them.
+    (Iterative and type-exact: this runs on every appended event.)"""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if type(item) is dict:
+            for key, child in item.items():
+                if type(key) is not str and not isinstance(key, str):
+                    return False
+                if type(child) in _CONTAINERS or isinstance(child, _CONTAINERS):
+                    pending.append(child)
+        elif type(item) in _CONTAINERS or isinstance(item, _CONTAINERS):
+            pending.extend(c for c in item if isinstance(c, _CONTAINERS))
     return True
 
 

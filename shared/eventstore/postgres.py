@@ -131,53 +131,73 @@ class PostgresEventStore:
         return await asyncio.shield(future)
 
     async def _write_loop(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                outcomes = await self._write(batch)
-            except Exception as exc:  # a database fault: every caller of the batch gets it
-                log.warning("eventstore.batch_failed", error=repr(exc), appends=len(batch))
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
-                continue
-            for pending, outcome in zip(batch, outcomes, strict=True):
-                if pending.future.done():
+        """The one writer of this instance. It keeps a connection of its own (no pool reset
+        between batches); a fault or cancellation ends that session, never returns it dirty."""
+        conn: PoolConnectionProxy[asyncpg.Record] | None = None
+        try:
+            while True:
+                batch = [await self._queue.get()]
+                while len(batch) < self.max_batch and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                try:
+                    conn = conn or await self.pool.acquire()
+                    outcomes = await self._write(conn, batch)
+                except Exception as exc:  # a database fault: every caller of the batch gets it
+                    log.warning("eventstore.batch_failed", error=repr(exc), appends=len(batch))
+                    for pending in batch:
+                        if not pending.future.done():
+                            pending.future.set_exception(exc)
+                    if conn is not None:
+                        conn.terminate()
+                        await self.pool.release(conn)
+                        conn = None
                     continue
-                if isinstance(outcome, AppendError):
-                    pending.future.set_exception(outcome)
-                else:
-                    pending.future.set_result(outcome)
+                self._resolve(batch, outcomes)
+        finally:
+            if conn is not None:
+                conn.terminate()
+                await self.pool.release(conn)
 
-    async def _write(self, batch: list[_Pending]) -> list[list[AppendResult] | AppendError]:
+    @staticmethod
+    def _resolve(
+        batch: list[_Pending], outcomes: list[list[AppendResult] | AppendError]
+    ) -> None:
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if pending.future.done():
+                continue
+            if isinstance(outcome, AppendError):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
+
+    async def _write(
+        self, conn: Conn, batch: list[_Pending]
+    ) -> list[list[AppendResult] | AppendError]:
         streams = list({part.stream_id for p in batch for part in p.appends})
         ids = [ev.event_id for p in batch for part in p.appends for ev in part.events]
-        async with self.pool.acquire() as conn:
-            await conn.execute(_BEGIN_LOCKED)
-            try:
-                state = await conn.fetchrow(_STATE, streams, ids)
-                assert state is not None
-                plan = plan_batch(
-                    [p.appends for p in batch], head_position=state["position"] or 0,
-                    head_hash=state["hash"] or GENESIS_HASH,
-                    versions=dict(zip(state["v_streams"] or (), state["v_versions"] or (),
-                                      strict=True)),
-                    stored_ids={
-                        eid: StoredId(s, v, p) for eid, s, v, p in zip(
-                            state["s_ids"] or (), state["s_streams"] or (),
-                            state["s_versions"] or (), state["s_positions"] or (), strict=True)
-                    },
-                    now=state["now"],
-                )
-                if plan.rows:
-                    await conn.execute(_INSERT_NOTIFY, *_columns(plan.rows))
-                await conn.execute("COMMIT")
-            except BaseException:
-                if not conn.is_closed():
-                    await conn.execute("ROLLBACK")
-                raise
+        await conn.execute(_BEGIN_LOCKED)
+        try:
+            state = await conn.fetchrow(_STATE, streams, ids)
+            assert state is not None
+            plan = plan_batch(
+                [p.appends for p in batch], head_position=state["position"] or 0,
+                head_hash=state["hash"] or GENESIS_HASH,
+                versions=dict(zip(state["v_streams"] or (), state["v_versions"] or (),
+                                  strict=True)),
+                stored_ids={
+                    eid: StoredId(s, v, p) for eid, s, v, p in zip(
+                        state["s_ids"] or (), state["s_streams"] or (),
+                        state["s_versions"] or (), state["s_positions"] or (), strict=True)
+                },
+                now=state["now"],
+            )
+            if plan.rows:
+                await conn.execute(_INSERT_NOTIFY, *_columns(plan.rows))
+            await conn.execute("COMMIT")
+        except Exception:
+            if not conn.is_closed():
+                await conn.execute("ROLLBACK")
+            raise
         return plan.outcomes
 
     async def close(self) -> None:

@@ -19,10 +19,13 @@ from shared.contracts.envelope import CANONICAL_FORMAT, GENESIS_HASH
 from shared.eventstore.checkpoints import Checkpoint, read_checkpoints, signature_valid
 
 _ISO = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+# PostgreSQL assembles each event's canonical bytes (envelope.canonical_bytes, same format);
+# Python recomputes the hash from them. What is hashed is still exactly what is stored.
 _READ = f"""
-SELECT position, stream_id, version, event_id::text, type, schema_version,
-       {_ISO.format("occurred_at")}, {_ISO.format("recorded_at")}, metadata::text, data::text,
-       prev_hash, hash
+SELECT position, stream_id, prev_hash, hash,
+       convert_to(concat_ws(E'\\n', '{CANONICAL_FORMAT}', position, stream_id, version,
+                            event_id, type, schema_version, {_ISO.format("occurred_at")},
+                            {_ISO.format("recorded_at")}, metadata::text, data::text), 'UTF8')
 FROM events WHERE position > $1 ORDER BY position LIMIT $2
 """
 
@@ -85,7 +88,7 @@ async def verify_log(
             rows = await read.fetch(position, batch_size)
             if not rows:
                 break
-            for pos, stream, ver, eid, typ, sv, occ, rec, meta, data, prev_hash, digest in rows:
+            for pos, stream, prev_hash, digest, body in rows:
                 position += 1
                 if pos != position:
                     return report.fail(position, None, f"event at position {position} is missing"
@@ -93,10 +96,7 @@ async def verify_log(
                 if prev_hash != prev:
                     return report.fail(pos, stream, "prev_hash does not match the hash of the "
                                        "event before it (an event was removed or reordered)")
-                body = (f"{CANONICAL_FORMAT}\n{pos}\n{stream}\n{ver}\n{eid}\n{typ}\n{sv}\n{occ}\n"
-                        f"{rec}\n{meta}\n{data}")
-                expected = sha256(prev.encode() + body.encode()).hexdigest()
-                if expected != digest:
+                if sha256(prev.encode() + body).hexdigest() != digest:
                     return report.fail(pos, stream, "the event's content no longer matches its "
                                        "hash (data, metadata or envelope was altered)")
                 prev = digest

@@ -6,10 +6,9 @@ Pure and total over ``CASE_EVENTS``; an event evolve does not know is a programm
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 from functools import reduce, singledispatch
 
-from services.cases.domain.state import Case, Timer, frozen_map
+from services.cases.domain.state import Case, Timer, frozen_map, replace
 from shared.contracts import cases as e
 from shared.contracts.cases import CaseEvent, CaseStatus
 from shared.contracts.registry import DomainEvent

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 from shared.contracts.cases import CaseStatus, EncryptedApplicant, Outcome
@@ -47,7 +47,7 @@ class Timer:
     breached: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # not slotted: ``replace`` copies its __dict__ in one step
 class Case:
     """One case. ``unit``/``level`` is where it is held; ``owner`` who answers for it."""
 
@@ -84,3 +84,30 @@ class Case:
     def accepted(self) -> bool:
         """True once a clerk has accepted the case (from then on it always has an owner)."""
         return self.owner is not None
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+S = TypeVar("S")
+
+
+def replace(state: S, **changes: Any) -> S:
+    """``dataclasses.replace`` for the frozen state classes, without re-running ``__init__``
+    (evolve calls it for every event of every fold)."""
+    cls = type(state)
+    if hasattr(state, "__dict__"):
+        if not changes.keys() <= state.__dict__.keys():
+            raise TypeError(f"{cls.__name__} has no field(s) "
+                            f"{sorted(changes.keys() - state.__dict__.keys())}")
+        new = object.__new__(cls)
+        new.__dict__.update(state.__dict__, **changes)
+        return new
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+    unknown = changes.keys() - set(names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
+    new = object.__new__(cls)
+    for name in names:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(state, name))
+    return new
