@@ -6,6 +6,7 @@ and hands a ``Principal`` to the handlers.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Annotated, Any
 
@@ -40,17 +41,27 @@ def mint_token(principal: Principal, settings: Settings, *, ttl_s: int | None = 
 
 
 def decode_token(token: str, settings: Settings) -> Principal:
-    """Verify signature, issuer and expiry; raise ``ProblemError`` (401) otherwise."""
+    """Verify signature, issuer and expiry; raise ``ProblemError`` (401) otherwise.
+
+    A token whose signature was verified once is remembered (the same officer sends the same
+    token all day); its expiry is still checked on every use."""
     try:
-        claims = jwt.decode(
-            token, settings.jwt_secret, algorithms=["HS256"], issuer=settings.jwt_issuer,
-            options={"require": ["sub", "role", "unit", "exp", "iss"]},
-        )
-        return Principal(user_id=claims["sub"], role=claims["role"], unit=claims["unit"],
-                         name=claims.get("name"))
+        principal, expires = _verified(token, settings.jwt_secret, settings.jwt_issuer)
+        if expires <= time.time():
+            raise jwt.ExpiredSignatureError("Signature has expired")
+        return principal
     except (jwt.PyJWTError, ValidationError) as exc:
         raise ProblemError(401, "Not authenticated", f"bearer token refused: {exc}",
                            headers={"WWW-Authenticate": "Bearer"}) from exc
+
+
+@functools.lru_cache(maxsize=20_000)
+def _verified(token: str, secret: str, issuer: str) -> tuple[Principal, float]:
+    claims = jwt.decode(token, secret, algorithms=["HS256"], issuer=issuer,
+                        options={"require": ["sub", "role", "unit", "exp", "iss"]})
+    principal = Principal(user_id=claims["sub"], role=claims["role"], unit=claims["unit"],
+                          name=claims.get("name"))
+    return principal, float(claims["exp"])
 
 
 _bearer = HTTPBearer(auto_error=False)

@@ -102,37 +102,49 @@ async def commands_of(request: Request) -> CaseCommands:
     return handler
 
 
-async def clock_of(request: Request) -> Callable[[], datetime]:
-    clock: Callable[[], datetime] = request.app.state.clock
-    return clock
-
-
 Handler = Annotated[CaseCommands, Depends(commands_of)]
-Clock = Annotated[Callable[[], datetime], Depends(clock_of)]
 
 
-@dataclass(frozen=True)
-class Precondition:
-    expected_version: int | None
-    command_id: uuid.UUID
-
-
-async def precondition(
-    if_match: Annotated[str | None, Header(description="Stream version seen, as an ETag")] = None,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> Precondition:
+def parse_if_match(if_match: str | None) -> int | None:
     try:
-        expected = None if if_match in (None, "*") else int(str(if_match).strip('"W/ '))
+        return None if if_match in (None, "*") else int(str(if_match).strip('"W/ '))
     except ValueError as exc:
         raise ProblemError(400, "Bad If-Match", "If-Match must be the case version, e.g. \"3\"",
                            errors=[{"field": "header:If-Match", "message": "not a version"}]
                            ) from exc
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    """Everything a command endpoint needs besides its body, resolved as one dependency
+    (FastAPI's per-dependency cost is a large share of a request)."""
+
+    who: Principal
+    handler: CaseCommands
+    clock: Callable[[], datetime]
+    expected_version: int | None
+    command_id: uuid.UUID
+
+    def common(self, body: Body) -> dict[str, Any]:
+        """The fields every command carries: when, and who acts (for whom)."""
+        return {"at": self.clock(), "actor": actor(self.who, body)}
+
+    async def run(self, command: c.Command, response: Response) -> Accepted:
+        return await run(self.handler, command, self, response)
+
+
+async def command_context(
+    request: Request, who: CurrentPrincipal,
+    if_match: Annotated[str | None, Header(description="Stream version seen, as an ETag")] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> CommandContext:
     command_id = (uuid.uuid5(uuid.NAMESPACE_URL, f"yizhan:command:{idempotency_key}")
                   if idempotency_key else uuid.uuid4())
-    return Precondition(expected, command_id)
+    return CommandContext(who, request.app.state.case_commands, request.app.state.clock,
+                          parse_if_match(if_match), command_id)
 
 
-Pre = Annotated[Precondition, Depends(precondition)]
+Ctx = Annotated[CommandContext, Depends(command_context)]
 
 
 def actor(principal: Principal, body: Body) -> Actor:
@@ -143,7 +155,7 @@ def actor(principal: Principal, body: Body) -> Actor:
                  acting_for=body.acting_for)
 
 
-async def run(handler: CaseCommands, command: c.Command, pre: Precondition,
+async def run(handler: CaseCommands, command: c.Command, pre: CommandContext,
               response: Response) -> Accepted:
     try:
         done: Handled = await handler.handle(command, command_id=pre.command_id,
@@ -177,95 +189,81 @@ def _route(path: str, summary: str) -> Callable[[RouteFn], RouteFn]:
 
 
 @_route("accept", "Accept a case: the receiving officer becomes its owner (首问责任制)")
-async def accept(case_id: uuid.UUID, body: Body, who: CurrentPrincipal, handler: Handler,
-                 clock: Clock, pre: Pre, response: Response) -> Accepted:
-    cmd = c.AcceptCase(case_id=case_id, at=clock(), actor=actor(who, body))
-    return await run(handler, cmd, pre, response)
+async def accept(case_id: uuid.UUID, body: Body, ctx: Ctx, response: Response) -> Accepted:
+    return await ctx.run(c.AcceptCase(case_id=case_id, **ctx.common(body)), response)
 
 
 @_route("request-documents", "Ask for every missing document at once (一次性告知)")
-async def request_documents(case_id: uuid.UUID, body: RequestDocumentsBody,
-                            who: CurrentPrincipal, handler: Handler, clock: Clock, pre: Pre,
+async def request_documents(case_id: uuid.UUID, body: RequestDocumentsBody, ctx: Ctx,
                             response: Response) -> Accepted:
-    cmd = c.RequestDocuments(case_id=case_id, at=clock(), actor=actor(who, body),
-                             documents=tuple(body.documents), note=body.note,
-                             approved_by=body.approved_by)
-    return await run(handler, cmd, pre, response)
+    return await ctx.run(c.RequestDocuments(
+        case_id=case_id, **ctx.common(body), documents=tuple(body.documents), note=body.note,
+        approved_by=body.approved_by), response)
 
 
 @_route("supply-documents", "Record documents the applicant supplied")
-async def supply_documents(case_id: uuid.UUID, body: SupplyDocumentsBody, who: CurrentPrincipal,
-                           handler: Handler, clock: Clock, pre: Pre,
+async def supply_documents(case_id: uuid.UUID, body: SupplyDocumentsBody, ctx: Ctx,
                            response: Response) -> Accepted:
-    cmd = c.SupplyDocuments(case_id=case_id, at=clock(), actor=actor(who, body),
-                            documents=tuple(body.documents))
-    return await run(handler, cmd, pre, response)
+    return await ctx.run(c.SupplyDocuments(
+        case_id=case_id, **ctx.common(body), documents=tuple(body.documents)), response)
 
 
 @_route("hand-off", "Hand the case up to the next unit in the service's review chain")
-async def hand_off(case_id: uuid.UUID, body: HandOffBody, who: CurrentPrincipal,
-                   handler: Handler, clock: Clock, pre: Pre, response: Response) -> Accepted:
-    cmd = c.HandOffCase(case_id=case_id, at=clock(), actor=actor(who, body), note=body.note)
-    return await run(handler, cmd, pre, response)
+async def hand_off(case_id: uuid.UUID, body: HandOffBody, ctx: Ctx,
+                   response: Response) -> Accepted:
+    return await ctx.run(c.HandOffCase(case_id=case_id, **ctx.common(body), note=body.note),
+                         response)
 
 
 @_route("receive", "Receive a handed-off case: the receiving officer becomes its owner")
-async def receive(case_id: uuid.UUID, body: Body, who: CurrentPrincipal, handler: Handler,
-                  clock: Clock, pre: Pre, response: Response) -> Accepted:
-    cmd = c.ReceiveHandoff(case_id=case_id, at=clock(), actor=actor(who, body))
-    return await run(handler, cmd, pre, response)
+async def receive(case_id: uuid.UUID, body: Body, ctx: Ctx, response: Response) -> Accepted:
+    return await ctx.run(c.ReceiveHandoff(case_id=case_id, **ctx.common(body)), response)
 
 
 @_route("return", "Return the case one level down, with reasons")
-async def return_case(case_id: uuid.UUID, body: ReturnBody, who: CurrentPrincipal,
-                      handler: Handler, clock: Clock, pre: Pre, response: Response) -> Accepted:
-    cmd = c.ReturnCase(case_id=case_id, at=clock(), actor=actor(who, body),
-                       reasons=tuple(body.reasons), documents=tuple(body.documents))
-    return await run(handler, cmd, pre, response)
+async def return_case(case_id: uuid.UUID, body: ReturnBody, ctx: Ctx,
+                      response: Response) -> Accepted:
+    return await ctx.run(c.ReturnCase(
+        case_id=case_id, **ctx.common(body), reasons=tuple(body.reasons),
+        documents=tuple(body.documents)), response)
 
 
 @_route("reassign", "Give the case another owner in the holding unit")
-async def reassign(case_id: uuid.UUID, body: ReassignBody, who: CurrentPrincipal,
-                   handler: Handler, clock: Clock, pre: Pre, response: Response) -> Accepted:
-    cmd = c.ReassignOwner(case_id=case_id, at=clock(), actor=actor(who, body),
-                          to_owner=body.to_owner, reason=body.reason)
-    return await run(handler, cmd, pre, response)
+async def reassign(case_id: uuid.UUID, body: ReassignBody, ctx: Ctx,
+                   response: Response) -> Accepted:
+    return await ctx.run(c.ReassignOwner(
+        case_id=case_id, **ctx.common(body), to_owner=body.to_owner, reason=body.reason),
+        response)
 
 
 @_route("decide", "Approve or refuse, with the basis (deciding level only)")
-async def decide(case_id: uuid.UUID, body: DecideBody, who: CurrentPrincipal, handler: Handler,
-                 clock: Clock, pre: Pre, response: Response) -> Accepted:
-    cmd = c.DecideCase(case_id=case_id, at=clock(), actor=actor(who, body),
-                       outcome=body.outcome, basis=body.basis)
-    return await run(handler, cmd, pre, response)
+async def decide(case_id: uuid.UUID, body: DecideBody, ctx: Ctx, response: Response) -> Accepted:
+    return await ctx.run(c.DecideCase(
+        case_id=case_id, **ctx.common(body), outcome=body.outcome, basis=body.basis), response)
 
 
 @_route("close", "Close a decided case")
-async def close(case_id: uuid.UUID, body: Body, who: CurrentPrincipal, handler: Handler,
-                clock: Clock, pre: Pre, response: Response) -> Accepted:
-    cmd = c.CloseCase(case_id=case_id, at=clock(), actor=actor(who, body))
-    return await run(handler, cmd, pre, response)
+async def close(case_id: uuid.UUID, body: Body, ctx: Ctx, response: Response) -> Accepted:
+    return await ctx.run(c.CloseCase(case_id=case_id, **ctx.common(body)), response)
 
 
 @_route("withdraw", "Withdraw the case at the applicant's request")
-async def withdraw(case_id: uuid.UUID, body: ReasonBody, who: CurrentPrincipal,
-                   handler: Handler, clock: Clock, pre: Pre, response: Response) -> Accepted:
-    cmd = c.WithdrawCase(case_id=case_id, at=clock(), actor=actor(who, body), reason=body.reason)
-    return await run(handler, cmd, pre, response)
+async def withdraw(case_id: uuid.UUID, body: ReasonBody, ctx: Ctx,
+                   response: Response) -> Accepted:
+    return await ctx.run(c.WithdrawCase(case_id=case_id, **ctx.common(body),
+                                        reason=body.reason), response)
 
 
 @_route("reopen", "Reopen a closed case within the service's window")
-async def reopen(case_id: uuid.UUID, body: ReasonBody, who: CurrentPrincipal, handler: Handler,
-                 clock: Clock, pre: Pre, response: Response) -> Accepted:
-    cmd = c.ReopenCase(case_id=case_id, at=clock(), actor=actor(who, body), reason=body.reason)
-    return await run(handler, cmd, pre, response)
+async def reopen(case_id: uuid.UUID, body: ReasonBody, ctx: Ctx, response: Response) -> Accepted:
+    return await ctx.run(c.ReopenCase(case_id=case_id, **ctx.common(body), reason=body.reason),
+                         response)
 
 
 @_route("notes", "Add a note to the case's record")
-async def add_note(case_id: uuid.UUID, body: NoteBody, who: CurrentPrincipal, handler: Handler,
-                   clock: Clock, pre: Pre, response: Response) -> Accepted:
-    cmd = c.AddNote(case_id=case_id, at=clock(), actor=actor(who, body), text=body.text)
-    return await run(handler, cmd, pre, response)
+async def add_note(case_id: uuid.UUID, body: NoteBody, ctx: Ctx, response: Response) -> Accepted:
+    return await ctx.run(c.AddNote(case_id=case_id, **ctx.common(body), text=body.text),
+                         response)
 
 
 @router.get("/{case_id}", response_model=CaseView, summary="A case's current state")

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from services.cases.domain import Case, Command, decide, fold
+from services.cases.domain import Case, Command, Rejection, decide, fold
 from shared.contracts import cases as _events  # noqa: F401  (registers the case events)
 from shared.contracts.envelope import RecordedEvent
 from shared.contracts.registry import DomainEvent, registry, to_new_event
@@ -106,15 +106,33 @@ class CaseCommands:
             past = EMPTY.then(await self.store.read_stream(stream_id(case_id),
                                                            to_position=to_position))
             return past.state, past.version, past.position, past.event_ids
+        current = await self._fresh(case_id)
+        return current.state, current.version, current.position, current.event_ids
+
+    async def _fresh(self, case_id: uuid.UUID) -> Loaded:
+        """The case as the store has it now: the cached fold plus any newer events."""
         known = self._cache.get(case_id, EMPTY)
         newer = await self.store.read_stream(stream_id(case_id), from_version=known.version + 1)
         current = known.then(newer)
         if current.state is not None:
-            self._cache[case_id] = current
-            self._cache.move_to_end(case_id)
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return current.state, current.version, current.position, current.event_ids
+            self._remember(case_id, current)
+        return current
+
+    def _remember(self, case_id: uuid.UUID, loaded: Loaded) -> None:
+        self._cache[case_id] = loaded
+        self._cache.move_to_end(case_id)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def _for_deciding(self, case_id: uuid.UUID, fresh: bool) -> tuple[Loaded, bool]:
+        """The cached fold when allowed (the append's version check catches a stale one),
+        else the store's; and whether what is returned was read fresh."""
+        if not fresh:
+            cached = self._cache.get(case_id)
+            if cached is not None:
+                self._cache.move_to_end(case_id)
+                return cached, False
+        return await self._fresh(case_id), True
 
     async def handle(
         self, command: Command, *, command_id: uuid.UUID, expected_version: int | None = None,
@@ -122,15 +140,26 @@ class CaseCommands:
     ) -> Handled:
         """Decide and append; raises the domain's ``Rejection``, ``PreconditionFailed`` or
         ``StillConflicting``."""
+        fresh = expected_version is not None  # a caller's version is judged on the store's
         for _ in range(self.max_attempts):
-            state, version, position, ids = await self.load(command.case_id)
-            if event_id(command_id, 0) in ids:
+            case, fresh = await self._for_deciding(command.case_id, fresh)
+            version, position = case.version, case.position
+            if event_id(command_id, 0) in case.event_ids:  # the cache is a prefix of the store
                 return Handled(command.case_id, version, position, [], already_applied=True)
             if expected_version is not None and expected_version != version:
                 raise PreconditionFailed(expected_version, version)
-            events = decide(state, command, self.ref)
+            try:
+                events = decide(case.state, command, self.ref)
+            except Rejection:
+                if fresh:
+                    raise
+                fresh = True  # a cached state may be behind: refuse only on the store's
+                continue
             if not events:
-                return Handled(command.case_id, version, position, [])
+                if fresh:
+                    return Handled(command.case_id, version, position, [])
+                fresh = True  # e.g. a timer the cached state does not know yet
+                continue
             meta = metadata_for(command, command_id, source_system=source_system)
             new = [to_new_event(e, event_id=event_id(command_id, i), metadata=meta,
                                 occurred_at=command.at) for i, e in enumerate(events)]
@@ -139,7 +168,12 @@ class CaseCommands:
             except WrongExpectedVersion as conflict:
                 if expected_version is not None:
                     raise PreconditionFailed(expected_version, conflict.actual) from conflict
+                fresh = True
                 continue
+            if not result.already_applied:  # the store took them right after the cached fold
+                self._remember(command.case_id, Loaded(
+                    fold(events, case.state), result.version, result.position,
+                    case.event_ids | {e.event_id for e in new}))
             recorded: list[DomainEvent] = [] if result.already_applied else list(events)
             return Handled(command.case_id, result.version, result.position, recorded,
                            already_applied=result.already_applied)
