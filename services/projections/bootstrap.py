@@ -8,6 +8,7 @@ import asyncpg
 from fastapi import FastAPI
 
 from services.projections.api import Reader, operations, public, router
+from services.projections.audit_api import audit_router
 from services.projections.live import LiveStats
 from services.projections.projectors import UnitPaths
 from services.projections.schema import active_schema, ensure_tables
@@ -50,7 +51,7 @@ async def bootstrap(settings: Settings, service_url: str, *, ref: Reference | No
 
 def build_app(service: ProjectionsService) -> FastAPI:
     return create_app(
-        "Yizhan projections", [router, public, operations],
+        "Yizhan projections", [router, public, operations, audit_router],
         state={"settings": service.settings, "projections": service.reader},
         readiness=[database_ready(service.pool)],
         description="Read models for every level: queues, counts by status and service for "

@@ -22,7 +22,8 @@ WITH w AS (SELECT position FROM {s}.progress WHERE name = 'watermark' FOR UPDATE
 ev AS (SELECT e.position, e.stream_id, e.version FROM events e
        WHERE e.position > (SELECT position FROM w) ORDER BY e.position LIMIT $1),
 chk AS (SELECT ev.position,
-               coalesce(cs.version >= ev.version, false) OR p.position IS NOT NULL AS done
+               coalesce(cs.version >= ev.version, false) OR p.position IS NOT NULL
+               OR ev.stream_id NOT LIKE 'case-%' AS done
         FROM ev
         LEFT JOIN {s}.case_summary cs ON cs.case_id = CASE
             WHEN ev.stream_id ~ '^case-[0-9a-fA-F-]{{36}}$' THEN substr(ev.stream_id, 6)::uuid END

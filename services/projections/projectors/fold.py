@@ -15,7 +15,12 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 from services.projections.projectors.case import project
-from services.projections.projectors.events import Unprojectable, case_id_of, prepare
+from services.projections.projectors.events import (
+    CASE_PREFIX,
+    Unprojectable,
+    case_id_of,
+    prepare,
+)
 from services.projections.projectors.paths import UnitPaths
 from services.projections.projectors.rows import CaseRow, Changes
 from shared.contracts.envelope import RecordedEvent
@@ -48,6 +53,7 @@ class Gap:
 
 
 APPLIED, DUPLICATE, PARKED = "applied", "duplicate", "parked"
+NOT_A_CASE = "not a case"  # other streams on the log (e.g. the auditors' access log)
 
 
 @dataclass
@@ -66,6 +72,8 @@ class CaseFolder:
 
     def offer(self, event: RawEvent) -> str | Gap:
         """Apply ``event`` if it is the case's next version; say what happened."""
+        if not event.stream_id.startswith(CASE_PREFIX):
+            return NOT_A_CASE
         try:
             case_id = self.ids.get(event.stream_id) or self.ids.setdefault(
                 event.stream_id, case_id_of(event.stream_id))

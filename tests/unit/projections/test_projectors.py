@@ -112,12 +112,12 @@ def test_an_unknown_event_is_parked_and_the_case_goes_on(ref: Reference) -> None
         strict.offer(odd)
 
 
-def test_a_newer_schema_version_and_a_foreign_stream_are_parked(ref: Reference) -> None:
+def test_a_newer_schema_version_and_a_malformed_case_are_parked(ref: Reference) -> None:
     events = events_of(ref, 1)
     folder = CaseFolder(UnitPaths(ref.org))
     folder.offer(events[0])
     assert folder.offer(events[1]._replace(schema_version=9)) == PARKED
-    assert folder.offer(events[0]._replace(stream_id="visit-1", position=99)) == PARKED
+    assert folder.offer(events[0]._replace(stream_id="case-not-a-uuid", position=99)) == PARKED
     assert folder.offer(events[0]._replace(stream_id=f"case-{uuid.uuid4()}",
                                            data="{}", position=100)) == PARKED
 
@@ -145,3 +145,14 @@ def test_any_split_into_batches_and_any_redelivery_gives_the_same_model(
     assert model.own_counts() == expected.own_counts()
     assert (model.sla, model.moves, model.breaches) == (expected.sla, expected.moves,
                                                         expected.breaches)
+
+
+
+def test_events_of_other_streams_are_passed_over_not_parked(ref: Reference) -> None:
+    """The log also holds e.g. the auditors' access log: not a case, nothing to project."""
+    from services.projections.projectors.fold import NOT_A_CASE
+
+    folder = CaseFolder(UnitPaths(ref.org), strict=True)  # a rebuild would raise on a park
+    audit_read = events_of(ref, 1)[0]._replace(stream_id="audit-access-2026-11", position=5)
+    assert folder.offer(audit_read) == NOT_A_CASE
+    assert folder.changes == [] and folder.duplicates == 0
