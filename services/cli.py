@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start at the latest signed checkpoint instead of genesis")
     verify.add_argument("--public-key", help="base64 Ed25519 public key (default: from settings)")
     verify.set_defaults(fn=cmd_verify)
+    from services.audit_cli import add_audit_commands
+
+    add_audit_commands(audit)  # history, as-of, queue-as-of, export, verify-export, ...
     return parser
 
 

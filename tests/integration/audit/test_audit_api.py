@@ -1,0 +1,120 @@
+"""The audit endpoints of the projections service: auditors only, a reason required, every
+read recorded in the access log (which auditors of auditors query), history in three forms,
+as-of for a case and a unit's queue."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from services.projections.bootstrap import ProjectionsService, bootstrap, build_app
+from shared.audit import month_of
+from shared.auth import Principal, mint_token
+from shared.eventstore.postgres import PostgresEventStore
+from tests.conftest import Db
+from tests.integration.audit.support import seed
+from tests.integration.projections.helpers import SETTINGS
+from tests.unit.audit.histories import REF
+
+AUDITOR, OTHER_AUDITOR = "auditor.530100.a", "auditor.530100.b"
+SUPERVISOR = "supervisor.530100.a"
+WHY = {"reason": "complaint 2026-17 from the applicant"}
+
+
+@pytest.fixture
+async def service(database: Db, pg_store: PostgresEventStore,
+                  admin_pool: asyncpg.Pool) -> AsyncIterator[tuple[ProjectionsService, list[Any]]]:
+    ids = await seed(pg_store, admin_pool, cases=3)
+    svc = await bootstrap(SETTINGS, database.service_dsn, ref=REF)
+    yield svc, ids
+    await svc.close()
+
+
+@pytest.fixture
+async def http(service: tuple[ProjectionsService, list[Any]]) -> AsyncIterator[httpx.AsyncClient]:
+    app = build_app(service[0])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://projections") as client:
+        yield client
+    audit = getattr(app.state, "audit", None)
+    if audit is not None:
+        await audit.close()
+
+
+def as_user(user_id: str) -> dict[str, str]:
+    member = REF.staff.member(user_id)
+    principal = Principal(user_id=user_id, role=str(member.role), unit=member.unit)
+    return {"Authorization": f"Bearer {mint_token(principal, SETTINGS)}"}
+
+
+async def test_only_auditors_with_a_reason_read(
+    http: httpx.AsyncClient, service: tuple[ProjectionsService, list[Any]]
+) -> None:
+    case = service[1][0]
+    url = f"/v1/audit/cases/{case}/history"
+    assert (await http.get(url, params=WHY)).status_code == 401
+    assert (await http.get(url, params=WHY, headers=as_user(SUPERVISOR))).status_code == 403
+    missing = await http.get(url, headers=as_user(AUDITOR))
+    assert missing.status_code == 422 and "reason" in missing.text
+
+
+async def test_history_in_three_forms_and_every_read_is_in_the_access_log(
+    http: httpx.AsyncClient, service: tuple[ProjectionsService, list[Any]]
+) -> None:
+    case = service[1][0]
+    url = f"/v1/audit/cases/{case}/history"
+    body = (await http.get(url, params=WHY, headers=as_user(AUDITOR))).json()
+    assert body["case_id"] == str(case) and body["events"] == len(body["entries"]) > 3
+    assert {"user_id", "role", "unit", "acting_for"} <= set(body["entries"][0]["actor"])
+    text = await http.get(url, params={**WHY, "format": "text"}, headers=as_user(AUDITOR))
+    assert text.headers["content-type"].startswith("text/plain") and body["tracking_no"] in \
+        text.text
+    page = await http.get(url, params={**WHY, "format": "html"}, headers=as_user(AUDITOR))
+    assert page.headers["content-type"].startswith("text/html") and "<table>" in page.text
+    unknown = await http.get(f"/v1/audit/cases/{uuid.uuid4()}/history", params=WHY,
+                             headers=as_user(AUDITOR))
+    assert unknown.status_code == 404
+
+    month = month_of(datetime.now(UTC))
+    log = await http.get("/v1/audit/access-log", headers=as_user(OTHER_AUDITOR),
+                         params={"month": month, "user_id": AUDITOR, **WHY})
+    items = log.json()["items"]
+    assert [i["detail"] for i in items] == ["json", "text", "html", "json"]
+    assert {i["reader"]["user_id"] for i in items} == {AUDITOR}
+    assert items[0]["case_id"] == str(case) and items[0]["reason"] == WHY["reason"]
+    again = await http.get("/v1/audit/access-log", headers=as_user(OTHER_AUDITOR),
+                           params={"month": month, "user_id": OTHER_AUDITOR, **WHY})
+    assert [i["action"] for i in again.json()["items"]] == ["access_log", "access_log"]
+
+
+async def test_as_of_a_case_and_a_queue(
+    http: httpx.AsyncClient, service: tuple[ProjectionsService, list[Any]], pool: asyncpg.Pool
+) -> None:
+    case = service[1][0]
+    history = (await http.get(f"/v1/audit/cases/{case}/history", params=WHY,
+                              headers=as_user(AUDITOR))).json()["entries"]
+    first, second = history[0], history[1]
+    early = await http.get(f"/v1/audit/cases/{case}/as-of", headers=as_user(AUDITOR),
+                           params={**WHY, "position": first["position"]})
+    state = early.json()
+    assert (state["version"], state["state"]["status"]) == (1, "submitted")
+    assert state["state"]["applicant"] == {"subject_id": history[0]["details"]["subject_id"]}
+    by_time = await http.get(f"/v1/audit/cases/{case}/as-of", headers=as_user(AUDITOR),
+                             params={**WHY, "at": second["recorded_at"]})
+    assert by_time.json()["version"] >= second["version"]
+    station = first["details"]["station"]
+    queue = await http.get(f"/v1/audit/units/{station}/queue/as-of", headers=as_user(AUDITOR),
+                           params={**WHY, "position": first["position"]})
+    assert str(case) in [c["case_id"] for c in queue.json()["cases"]]
+    before = await http.get(f"/v1/audit/cases/{case}/as-of", headers=as_user(AUDITOR),
+                            params={**WHY, "position": first["position"] - 1})
+    assert before.status_code == 404  # the first case's first event is position 1
+    both = await http.get(f"/v1/audit/cases/{case}/as-of", headers=as_user(AUDITOR),
+                          params={**WHY, "position": 1, "at": second["recorded_at"]})
+    assert both.status_code == 422

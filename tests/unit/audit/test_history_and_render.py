@@ -1,0 +1,97 @@
+"""A case's history names who, where from and to, when and why; the text and the printable
+page show no personal data (only the tracking number and the subject id)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from services.cases.domain import (
+    AcceptCase,
+    HandOffCase,
+    ReceiveHandoff,
+    ReturnCase,
+    SubmitCase,
+    decide_all,
+)
+from shared.audit import history_of, plan_segments, render_html, render_json, render_text
+from shared.audit.history import CaseNotFound, load_history
+from shared.contracts.cases import Actor, EncryptedApplicant
+from shared.contracts.registry import to_new_event
+from shared.eventstore.memory import InMemoryEventStore
+from shared.reference import Role
+from tests.unit.audit.histories import REF
+
+pytestmark = pytest.mark.unit
+STATION, TOWNSHIP = "530102001001", "530102001"
+CLERK = Actor(user_id=f"clerk.{STATION}.a", role=Role.STATION_CLERK, unit=STATION)
+BACKUP = Actor(user_id=f"clerk.{STATION}.b", role=Role.STATION_CLERK, unit=STATION,
+               acting_for=f"clerk.{STATION}.a")
+TOWN = Actor(user_id=f"officer.{TOWNSHIP}.a", role=Role.TOWNSHIP_OFFICER, unit=TOWNSHIP)
+CASE = uuid.UUID("00000000-0000-4000-8000-00000000a0d1")
+SECRET_CIPHERTEXT, SECRET_HASH = "Z2NtOuW8oOS4iQ==", "hmac:9f86d081884c7d65"
+DOCS = ("id_card", "household_register", "application_form", "income_certificate",
+        "property_declaration", "bank_account")
+
+
+def at(hour: int) -> datetime:
+    return datetime(2026, 3, 2, 1 + hour, tzinfo=UTC)
+
+
+def story() -> InMemoryEventStore:
+    commands = [
+        SubmitCase(case_id=CASE, at=at(0), actor=CLERK, tracking_no="KM-2026-000777",
+                   service_code="minimum_living_guarantee", visit_id=uuid.uuid4(),
+                   station=STATION, documents=DOCS,
+                   applicant=EncryptedApplicant(subject_id="subject-777", id_hash=SECRET_HASH,
+                                                encrypted={"name": SECRET_CIPHERTEXT})),
+        AcceptCase(case_id=CASE, at=at(1), actor=CLERK),
+        HandOffCase(case_id=CASE, at=at(2), actor=BACKUP, note="材料齐全"),
+        ReceiveHandoff(case_id=CASE, at=at(3), actor=TOWN),
+        ReturnCase(case_id=CASE, at=at(4), actor=TOWN, reasons=("收入证明需补正",)),
+    ]
+    store = InMemoryEventStore()
+    events = decide_all(None, commands, REF)
+    asyncio.run(store.append(f"case-{CASE}", 0, [to_new_event(e) for e in events]))
+    return store
+
+
+def test_history_names_actor_role_unit_acting_for_moves_and_reasons() -> None:
+    history = asyncio.run(load_history(story(), CASE))
+    assert (history.tracking_no, history.subject_id) == ("KM-2026-000777", "subject-777")
+    handoff = next(e for e in history.entries if e.type == "CaseHandedOff")
+    assert (handoff.actor_id, handoff.role, handoff.unit, handoff.acting_for) == (
+        BACKUP.user_id, "station_clerk", STATION, CLERK.user_id)
+    assert (handoff.from_unit, handoff.to_unit, handoff.reasons) == (STATION, TOWNSHIP,
+                                                                     ("材料齐全",))
+    returned = next(e for e in history.entries if e.type == "CaseReturned")
+    assert (returned.from_unit, returned.to_unit) == (TOWNSHIP, STATION)
+    assert returned.reasons == ("收入证明需补正",)
+    assert [e.version for e in history.entries] == list(range(1, len(history.entries) + 1))
+
+
+def test_no_rendering_shows_personal_data() -> None:
+    history = asyncio.run(load_history(story(), CASE))
+    for text in (render_text(history), render_html(history), render_json(history)):
+        assert "KM-2026-000777" in text and "subject-777" in text
+        assert SECRET_CIPHERTEXT not in text and SECRET_HASH not in text
+    page = render_html(history)
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page
+    assert "收入证明需补正" in page and f"{STATION} → {TOWNSHIP}" in page
+    assert json.loads(render_json(history))["events"] == len(history.entries)
+
+
+def test_an_unknown_case_has_no_history() -> None:
+    with pytest.raises(CaseNotFound):
+        history_of(CASE, [])
+
+
+def test_segments_run_from_each_event_to_the_next_checkpoint() -> None:
+    segments = plan_segments([3, 5, 12, 25, 31], [10, 20, 30])
+    assert [(s.start, s.end, s.checkpoint) for s in segments] == [
+        (3, 10, 10), (12, 20, 20), (25, 30, 30), (31, 31, None)]
+    assert plan_segments([10], [10])[0].end == 10
