@@ -168,10 +168,10 @@ def peer(dsn_parts: dict[str, str], n_cases: int) -> float:
            "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "x",
            "POSTGRES_POOL_SIZE": "40", "POSTGRES_MAX_OVERFLOW": "10",
            "CREATE_TABLE": "y"}
-    app = Application(env=env)
+    app: Application[Any] = Application(env=env)
     ids = []
     for i in range(n_cases):
-        case = PeerCase(station=f"5301020010{i % 100:02d}", service=MLG)
+        case: PeerCase = PeerCase(station=f"5301020010{i % 100:02d}", service=MLG)
         app.save(case)
         ids.append(case.id)
 
@@ -182,7 +182,7 @@ def peer(dsn_parts: dict[str, str], n_cases: int) -> float:
             ("decide", ("approved", "符合条件")),
         ]
         for method, args in steps:
-            case = app.repository.get(case_id)
+            case: Any = app.repository.get(case_id)
             getattr(case, method)(*args)
             app.save(case)
         return len(steps)
