@@ -3,13 +3,19 @@ correlation ids, and the health endpoints."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import uvicorn
 from fastapi import APIRouter, FastAPI
 
 from shared.http import ProblemError, install
+from shared.logging import get_logger
+
+log = get_logger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]  # None = ready, else what is missing
 
@@ -50,3 +56,29 @@ def database_ready(pool: Any) -> ReadinessCheck:
         return None
 
     return check
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without signal handlers of its own: the process's ``stop`` event decides (several
+    servers share one process under `yizhan up`)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_http(app: FastAPI, host: str, port: int, stop: asyncio.Event, *,
+                     name: str) -> None:
+    """Serve ``app`` on ``host:port`` until ``stop`` is set (or the server fails)."""
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on",
+                                    access_log=False))
+    serving = asyncio.create_task(server.serve(), name=f"{name}-http")
+    stopping = asyncio.create_task(stop.wait())
+    log.info("http.serving", service=name, url=f"http://{host}:{port}",
+             docs=f"http://{host}:{port}/docs")
+    try:
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        server.should_exit = True
+        stopping.cancel()
+        await serving

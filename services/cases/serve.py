@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-import uvicorn
-
 from services.cases.agents import build_faust
 from services.cases.bootstrap import bootstrap, build_app
 from shared.kafka import ensure_topics, topic_specs
 from shared.logging import get_logger
+from shared.service import serve_http
 from shared.settings import Settings
 from shared.stack import Endpoints
 from shared.streaming import running_app
@@ -23,16 +22,9 @@ async def serve(settings: Settings, ep: Endpoints, stop: asyncio.Event) -> None:
                         replication_factor=settings.topic_replication_factor)
     service = await bootstrap(settings, ep.service_url)
     faust_app, _ = build_faust(service, ep.kafka_bootstrap)
-    server = uvicorn.Server(uvicorn.Config(
-        build_app(service), host=settings.http_host, port=settings.cases_port,
-        log_config=None, lifespan="on", access_log=False))
     try:
         async with running_app(faust_app):
-            http = asyncio.create_task(server.serve())
-            log.info("cases.serving", url=f"http://{settings.http_host}:{settings.cases_port}",
-                     docs=f"http://{settings.http_host}:{settings.cases_port}/docs")
-            await stop.wait()
-            server.should_exit = True
-            await http
+            await serve_http(build_app(service), settings.http_host, settings.cases_port, stop,
+                             name="cases")
     finally:
         await service.close()

@@ -4,10 +4,6 @@ services/cli.py). No output here: the caller prints."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
-
-import uvicorn
 
 from services.intake.bootstrap import bootstrap, build_app, running_worker
 from services.intake.privacy import KeyVault, Sealer
@@ -15,18 +11,11 @@ from services.intake.settings import IntakeSettings
 from shared.eventstore.postgres import create_pool
 from shared.kafka import ensure_topics, topic_specs
 from shared.logging import get_logger
+from shared.service import serve_http
 from shared.settings import Settings
 from shared.stack import Endpoints
 
 log = get_logger(__name__)
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: the caller's ``stop`` event rules."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 async def serve(settings: Settings, endpoints: Endpoints, stop: asyncio.Event, *,
@@ -38,17 +27,10 @@ async def serve(settings: Settings, endpoints: Endpoints, stop: asyncio.Event, *
     await ensure_topics(endpoints.kafka_bootstrap, topic_specs(settings),
                         replication_factor=settings.topic_replication_factor)
     service = await bootstrap(settings, endpoints.service_url, intake=intake)
-    server = _EmbeddedServer(uvicorn.Config(build_app(service), host=intake.http_host,
-                                            port=intake.http_port, log_config=None,
-                                            lifespan="on"))
     try:
         async with running_worker(service, endpoints.kafka_bootstrap):
-            http = asyncio.create_task(server.serve(), name="intake-http")
-            log.info("intake.serving", host=intake.http_host, port=intake.http_port)
-            await asyncio.wait([http, asyncio.create_task(stop.wait())],
-                               return_when=asyncio.FIRST_COMPLETED)
-            server.should_exit = True
-            await http
+            await serve_http(build_app(service), intake.http_host, intake.http_port, stop,
+                             name="intake")
     finally:
         await service.close()
 

@@ -7,11 +7,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
-from collections.abc import Callable, Iterator
-
-import uvicorn
+from collections.abc import Callable
 
 from services.projections.agents import build_worker, running
 from services.projections.bootstrap import bootstrap, build_app, prepare_tables
@@ -22,17 +19,10 @@ from shared.eventstore.postgres import create_pool
 from shared.kafka import ensure_topics, topic_specs
 from shared.logging import get_logger
 from shared.reference import Reference, load_reference
+from shared.service import serve_http
 from shared.settings import Settings
 
 log = get_logger("yizhan.projections")
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the caller's ``stop`` event decides."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 async def serve(
@@ -48,17 +38,9 @@ async def serve(
                           bootstrap_servers=bootstrap_servers)
     service.reader.live = worker.live.stats
     service.reader.envelopes_parked = lambda: worker.agent.stats.parked
-    server = _Server(uvicorn.Config(build_app(service), host=host, port=port, log_config=None,
-                                    lifespan="on"))
     try:
         async with running(worker, service.pool):
-            serving = asyncio.create_task(server.serve(), name="projections-http")
-            stopping = asyncio.create_task(stop.wait())
-            log.info("projections.serving", url=f"http://{host}:{port}")
-            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            server.should_exit = True
-            stopping.cancel()
-            await serving
+            await serve_http(build_app(service), host, port, stop, name="projections")
     finally:
         await service.close()
 
