@@ -24,6 +24,8 @@ PUBLIC_STEPS = ("CaseSubmitted", "CaseAccepted", "DocumentsRequested", "Document
                 "CaseHandedOff", "CaseEscalated", "HandoffReceived", "CaseReturned",
                 "CaseDecided", "CaseClosed", "CaseWithdrawn", "CaseReopened")
 _PATH_COLUMN = {Level.COUNTY: "county", Level.TOWNSHIP: "township", Level.COMMUNITY: "community"}
+# sla_facts and moves carry county and township paths only: a station is their unit column
+_UPPER_PATH_COLUMN = {Level.COUNTY: "county", Level.TOWNSHIP: "township"}
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,11 @@ class _Where:
             sql = sql.replace("?", f"${len(self.args)}", 1)
         self.parts.append(sql)
 
-    def scope(self, scope: Scope, unit_column: str = "unit") -> None:
+    def scope(self, scope: Scope, unit_column: str = "unit",
+              paths: dict[Level, str] = _PATH_COLUMN) -> None:
         if scope.unit is None or scope.level is None:
             return
-        self.add(f"{_PATH_COLUMN.get(scope.level, unit_column)} = ?", scope.unit)
+        self.add(f"{paths.get(scope.level, unit_column)} = ?", scope.unit)
 
     @property
     def sql(self) -> str:
@@ -189,7 +192,7 @@ async def sla_stats(conn: Conn, schema: str, scope: Scope, group_by: Sequence[st
     charged to the level (and unit) that used the time."""
     select, group = _group_sql(group_by)
     w = _Where()
-    w.scope(scope)
+    w.scope(scope, "unit", _UPPER_PATH_COLUMN)
     if service_code:
         w.add("service_code = ?", service_code)
     if level:
@@ -229,7 +232,7 @@ async def handoff_delays(conn: Conn, schema: str, scope: Scope, group_by: Sequen
         raise ValueError(f"group_by accepts {', '.join(sorted(allowed))}")
     extra = "".join(f", {g}" for g in group_by)
     w = _Where()
-    w.scope(scope, "from_unit")
+    w.scope(scope, "from_unit", _UPPER_PATH_COLUMN)
     if since:
         w.add("sent_at >= ?", since)
     delay = "extract(epoch FROM received_at - sent_at)"

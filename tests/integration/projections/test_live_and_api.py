@@ -210,6 +210,14 @@ async def test_the_journey_seen_from_every_level(
     assert {s["level"]: s["handled"] for s in sla["items"]} == {
         "community": 1, "township": 1, "county": 1}
     assert all(s["on_time_rate"] == 1.0 for s in sla["items"])
+    # a station's own view of the same statistics (its unit is the station itself)
+    station_sla = await get(http, "/v1/projections/sla", "auditor.530100.a", ref,
+                            unit=STATION, group_by=["level"])
+    assert {s["level"]: s["handled"] for s in station_sla["items"]} == {"community": 1}
+    station_moves = await get(http, "/v1/projections/handoffs", "auditor.530100.a", ref,
+                              unit=STATION)
+    assert {(d["from_level"], d["to_level"], d["moves"]) for d in station_moves["items"]} == {
+        ("community", "township", 2)}
 
     # jurisdiction: another township is forbidden; the auditor reads everything
     await get(http, "/v1/projections/cases", "supervisor.530102002", ref, status=403,
