@@ -43,7 +43,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent(sig: int) -> Callable[[], None]:
+def die_with_parent(sig: int) -> Callable[[], None]:
+    """A ``preexec_fn`` giving the child its own session and ``sig`` when its parent dies."""
+
     def preexec() -> None:
         os.setsid()
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -168,7 +170,7 @@ class EmbeddedPostgres:
             self.process = subprocess.Popen(
                 [str(POSTGRES_BIN_PATH / "postgres"), *options],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                user=user, preexec_fn=_die_with_parent(signal.SIGINT),
+                user=user, preexec_fn=die_with_parent(signal.SIGINT),
             )
         _wait_for_port(self.port, self.process, timeout, log_file)
         self._wait_accepting(timeout)
@@ -242,7 +244,7 @@ class EmbeddedKafka:
                  "--listener-url", url, "--advertised-listener-url", url,
                  "--storage-engine", "memory://tansu/"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent(signal.SIGTERM),
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
         _wait_for_port(self.port, self.process, timeout, log_file)
         log.info("embedded_kafka.started", port=self.port)

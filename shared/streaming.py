@@ -137,7 +137,8 @@ def make_app(
 
 @contextlib.asynccontextmanager
 async def running_app(
-    app: faust.App, *, stop_timeout: float = 30.0, check_topics: bool = True
+    app: faust.App, *, stop_timeout: float = 30.0, check_topics: bool = True,
+    topics_wait_s: float = 30.0,
 ) -> AsyncIterator[faust.App]:
     """Start ``app`` on the running loop and stop it on exit (``app.start()``/``app.stop()``
     through ``faust.contrib.asgi.faust_app_running``). A stopped app cannot be started again:
@@ -146,15 +147,30 @@ async def running_app(
 
     With ``check_topics``, refuses to start (``TopicMisconfigured``) when a topic an agent reads
     is missing or has another partition count: the consumer's subscription would otherwise name
-    it in a metadata request, and the embedded broker would create it with 4 partitions."""
+    it in a metadata request, and the embedded broker would create it with 4 partitions.
+    A topic being recreated (the relay does so when it finds a broker that lost its log) is
+    waited for, up to ``topics_wait_s``."""
     if check_topics:
-        await check_agent_topics(app)
+        await wait_for_agent_topics(app, topics_wait_s)
     async with faust_app_running(app, stop_timeout=stop_timeout):
         yield app
 
 
 def bootstrap_of(app: faust.App) -> str:
     return ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
+
+
+async def wait_for_agent_topics(app: faust.App, timeout_s: float) -> dict[str, int]:
+    """``check_agent_topics`` until it passes or ``timeout_s`` has passed (then it raises)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            return await check_agent_topics(app)
+        except TopicMisconfigured as problem:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
+            log.info("streaming.waiting_for_topics", problem=str(problem))
+            await asyncio.sleep(0.5)
 
 
 async def check_agent_topics(app: faust.App) -> dict[str, int]:

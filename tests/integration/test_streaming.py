@@ -293,9 +293,29 @@ async def test_an_app_refuses_to_start_on_a_missing_or_misshapen_topic(
                        partitions=PARTITIONS)
         idempotent_agent(app, topic=name, pool=pool, consumer_name=CONSUMER, apply=write_rows)
         with pytest.raises(TopicMisconfigured, match=name):
-            async with running_app(app):
+            async with running_app(app, topics_wait_s=1.0):
                 pass
     assert await all_topics(kafka_bootstrap) == before
+
+
+async def test_an_app_waits_for_a_topic_being_recreated(
+    pool: asyncpg.Pool, kafka_bootstrap: str
+) -> None:
+    """The relay deletes and recreates its topic when a broker lost its log; a service
+    starting in that moment waits for it instead of failing."""
+    name = f"case.events.{uuid.uuid4().hex[:8]}"
+    app = make_app(f"test-{uuid.uuid4().hex[:8]}", bootstrap_servers=kafka_bootstrap,
+                   partitions=PARTITIONS)
+    idempotent_agent(app, topic=name, pool=pool, consumer_name=CONSUMER, apply=write_rows)
+
+    async def recreate_soon() -> None:
+        await asyncio.sleep(1.5)
+        await ensure_topics(kafka_bootstrap, {name: PARTITIONS})
+
+    creating = asyncio.create_task(recreate_soon())
+    async with running_app(app, topics_wait_s=20.0):
+        assert creating.done()  # it only started once the topic was there
+    assert (await all_topics(kafka_bootstrap))[name] == PARTITIONS
 
 
 async def test_two_workers_in_one_group_share_the_partitions_and_apply_once(
