@@ -6,6 +6,7 @@
     yizhan serve cases|intake|projections   one service: its API and its agents
     yizhan projections rebuild     rebuild the read models from the log, swap them in
     yizhan privacy erase SUBJECT --by USER --reason TEXT
+    yizhan demo [--days N]         realistic casework through the real interfaces, then dashboards
     yizhan token USER              a bearer token for a user of the staff directory
     yizhan audit checkpoint        sign a checkpoint at the log's head now
     yizhan audit verify [--from-checkpoint] [--public-key B64]
@@ -259,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                                            required=True)
     proj.add_parser("rebuild", help="rebuild every read model from the log (blue/green)"
                     ).set_defaults(fn=cmd_rebuild)
+    from services.demo.cli import add_arguments, demo_command
+
+    demo = sub.add_parser("demo", help="drive realistic casework through the running stack")
+    add_arguments(demo)
+    demo.set_defaults(fn=demo_command)
     token = sub.add_parser("token", help="mint a bearer token for a user of the staff directory")
     token.add_argument("user", help="user id, e.g. clerk.530102001001.a")
     token.set_defaults(fn=cmd_token)
