@@ -25,6 +25,7 @@ import pytest
 from shared.eventstore.migrate import ensure_service_role, migrate
 from shared.eventstore.postgres import PostgresEventStore, create_pool
 from shared.logging import configure_logging
+from shared.reference import Reference, load_reference
 from shared.runtime import EmbeddedKafka, EmbeddedPostgres
 
 SERVICE_ROLE = "yizhan_test_service"
@@ -71,6 +72,12 @@ class Db:
     name: str
     admin_dsn: str
     service_dsn: str
+
+
+@pytest.fixture(scope="session")
+def ref() -> Reference:
+    """The reference data shipped with the repository (data/kunming), loaded once."""
+    return load_reference()
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from services.cases.domain import SubmitCase
 from shared.auth import Principal, mint_token
 from shared.contracts.cases import Actor, EncryptedApplicant
 from shared.eventstore.postgres import PostgresEventStore
-from shared.reference import CHINA_TZ, Reference, load_reference
+from shared.reference import CHINA_TZ, Reference
 from shared.settings import Settings
 from tests.conftest import Db
 
@@ -39,11 +39,6 @@ class Clock:
     def __call__(self) -> datetime:
         self.now += timedelta(minutes=1)
         return self.now
-
-
-@pytest.fixture(scope="module")
-def ref() -> Reference:
-    return load_reference()
 
 
 @pytest.fixture

@@ -15,15 +15,10 @@ from services.cases.domain import AcceptCase, SubmitCase
 from services.cases.sla_clock import apply_sla_events, fire_due
 from shared.consumer import ALL, IdempotentConsumer
 from shared.contracts.cases import Actor, EncryptedApplicant
-from shared.reference import Reference, Role, load_reference
+from shared.reference import Reference, Role
 from shared.settings import Settings
 from tests.conftest import Db
 from tests.integration.cases.test_cases_api import CLERK, MLG_DOCUMENTS, STATION, Clock
-
-
-@pytest.fixture(scope="module")
-def ref() -> Reference:
-    return load_reference()
 
 
 @pytest.fixture

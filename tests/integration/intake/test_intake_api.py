@@ -16,7 +16,7 @@ from services.intake.privacy import SubjectErased
 from shared.contracts.cases import CaseSubmitted
 from shared.contracts.registry import registry
 from shared.eventstore.verify import verify_log
-from shared.reference import Reference, load_reference
+from shared.reference import Reference
 from tests.conftest import Db
 from tests.integration.intake.support import SETTINGS, Clock, bearer, leaked
 from tests.unit.intake.people import Person, synthetic_person, with_bad_check_character
@@ -24,11 +24,6 @@ from tests.unit.intake.people import Person, synthetic_person, with_bad_check_ch
 STATION = "530102001001"
 CLERK, BACKUP, OTHER_CLERK = (f"clerk.{STATION}.a", f"clerk.{STATION}.b",
                               "clerk.530102001002.a")
-
-
-@pytest.fixture(scope="module")
-def ref() -> Reference:
-    return load_reference()
 
 
 @pytest.fixture

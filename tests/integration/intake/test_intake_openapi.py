@@ -21,17 +21,12 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from services.intake.bootstrap import IntakeService, bootstrap, build_app
-from shared.reference import Reference, load_reference
+from shared.reference import Reference
 from tests.conftest import Db
 from tests.integration.intake.support import SETTINGS, Clock, bearer
 
 EXAMPLES_PER_OPERATION_AND_MODE = 45
 BASE = "http://intake"
-
-
-@pytest.fixture(scope="module")
-def ref() -> Reference:
-    return load_reference()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from services.intake.domain.ids import case_id, visit_id
 from services.intake.messages import RawMessage
 from shared.eventstore.postgres import PostgresEventStore
 from shared.kafka import ensure_topics
-from shared.reference import Reference, load_reference
+from shared.reference import Reference
 from shared.relay import Relay, RelayConfig
 from tests.conftest import Db
 from tests.integration.intake.kafka_support import (
@@ -41,11 +41,6 @@ PARTITIONS = 3
 EXPECTED_CODE = {"not_json": "not_json", "bad_id": "invalid", "unknown_service":
                  "unknown_service", "bad_signature": "bad_signature", "oversized": "oversized"}
 HANDLED = "SELECT count(*) FROM intake_messages"
-
-
-@pytest.fixture(scope="module")
-def ref() -> Reference:
-    return load_reference()
 
 
 @pytest.fixture

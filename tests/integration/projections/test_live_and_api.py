@@ -32,7 +32,7 @@ from shared.auth import Principal, mint_token
 from shared.contracts.cases import Actor, EncryptedApplicant, Outcome
 from shared.eventstore.postgres import PostgresEventStore
 from shared.kafka import ensure_topics
-from shared.reference import Reference, load_reference
+from shared.reference import Reference
 from shared.relay import Relay, RelayConfig
 from tests.conftest import Db
 from tests.integration.cases.test_cases_api import MLG_DOCUMENTS, Clock
@@ -42,11 +42,6 @@ STATION, TOWNSHIP, COUNTY, CITY = "530102001001", "530102001", "530102", "530100
 OTHER_STATION = "530102001002"
 CLERK, TOWN, COUNTY_A = f"clerk.{STATION}.a", f"officer.{TOWNSHIP}.a", f"officer.{COUNTY}.a"
 OTHER_CLERK = f"clerk.{OTHER_STATION}.a"
-
-
-@pytest.fixture(scope="module")
-def ref() -> Reference:
-    return load_reference()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from shared.consumer import IdempotentConsumer
 from shared.contracts.envelope import NewEvent
 from shared.eventstore.postgres import PostgresEventStore
 from shared.kafka import ensure_topics
-from shared.reference import Reference, load_reference
+from shared.reference import Reference
 from shared.relay import Relay, RelayConfig
 from tests.conftest import Db
 from tests.integration.projections.helpers import (
@@ -34,11 +34,6 @@ from tests.integration.projections.helpers import (
     load_simulated,
     wait_caught_up,
 )
-
-
-@pytest.fixture(scope="module")
-def ref() -> Reference:
-    return load_reference()
 
 
 @pytest.fixture

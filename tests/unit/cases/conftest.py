@@ -8,13 +8,8 @@ import pytest
 
 from services.cases.domain import sla_clock_actor
 from shared.contracts.cases import Actor, CaseEvent
-from shared.reference import Reference, load_reference
+from shared.reference import Reference
 from tests.unit.cases.case_story import CAST, Cast, Given, Story
-
-
-@pytest.fixture(scope="session")
-def ref() -> Reference:
-    return load_reference()
 
 
 @pytest.fixture

@@ -21,15 +21,10 @@ from services.projections.projectors import (
     Unprojectable,
 )
 from shared.contracts.canonical import canonical_json
-from shared.reference import Reference, load_reference
+from shared.reference import Reference
 
 STATION = "530102001001"
 AT = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def ref() -> Reference:
-    return load_reference()
 
 
 def events_of(ref: Reference, cases: int, seed: int = 7) -> list[RawEvent]:
