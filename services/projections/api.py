@@ -47,6 +47,7 @@ class Reader:
     max_wait_s: float = 5.0
     live: LiveStats | None = None
     envelopes_parked: Callable[[], int] = field(default=lambda: 0)
+    _advancing: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
 
     def scope(self, who: Principal, unit: str | None) -> q.Scope:
         """The jurisdiction to read: ``unit`` (default: the caller's own), which must lie
@@ -73,27 +74,39 @@ class Reader:
                                                                              Progress]]:
         """A consistent read-only snapshot of the active set, once it has reached
         ``min_position`` (or 504 after ``max_wait_s``)."""
+        if min_position is not None:
+            await self._wait(min_position)  # holding no connection while it waits
         async with self.pool.acquire() as conn:
-            progress = await self._wait(conn, min_position)
+            progress = await read_progress(conn)
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 yield conn, await active_schema(conn), progress
 
-    async def _wait(self, conn: Conn, min_position: int | None) -> Progress:
-        progress = await read_progress(conn)
-        if min_position is None or progress.position >= min_position:
-            return progress
+    async def _wait(self, min_position: int) -> None:
         deadline = time.monotonic() + self.max_wait_s
-        while progress.position < min_position:
+        while (reached := await self._position()) < min_position:
             if time.monotonic() > deadline:
                 raise ProblemError(
                     504, "Projection behind", f"the read models have reached position "
-                    f"{progress.position}, not {min_position}, within {self.max_wait_s} s",
+                    f"{reached}, not {min_position}, within {self.max_wait_s} s",
                     errors=[{"field": "query:min_position", "message": "not reached yet"}],
-                    projection=progress.as_dict())
+                    projection={"position": reached})
             await asyncio.sleep(0.05)
+            await self._advance()
+
+    async def _position(self) -> int:
+        async with self.pool.acquire() as conn:
+            return (await read_progress(conn)).position
+
+    async def _advance(self) -> None:
+        """Move the watermark on; concurrent waiters share one advance (it locks one row, and
+        a hundred waiters taking turns on it would starve every other query)."""
+        if self._advancing is None or self._advancing.done():
+            self._advancing = asyncio.ensure_future(self._advance_now())
+        await asyncio.shield(self._advancing)
+
+    async def _advance_now(self) -> None:
+        async with self.pool.acquire() as conn:
             await advance_watermark(conn)
-            progress = await read_progress(conn)
-        return progress
 
 
 def reader_of(request: Request) -> Reader:
