@@ -224,13 +224,13 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(60)
-    report(results, rate, seconds)
+    report(results, rate, seconds, args.rate)
 
 
-def report(results: Results, rate: float, seconds: float) -> None:
+def report(results: Results, rate: float, seconds: float, asked: int) -> None:
     p50, p99 = pct(results.visible_ms, 0.5), pct(results.visible_ms, 0.99)
     sent = len(results.command_ms)
-    print(f"commands over HTTP  {sent:,} in {seconds:.0f} s at {rate:,.1f}/s (asked {RATE}/s); "
+    print(f"commands over HTTP  {sent:,} in {seconds:.0f} s at {rate:,.1f}/s (asked {asked}/s); "
           f"failed {results.failed}")
     print(f"command latency     p50 {statistics.median(results.command_ms):6.1f} ms   "
           f"p99 {pct(results.command_ms, 0.99):6.1f} ms")
