@@ -12,14 +12,13 @@ import contextlib
 import ctypes
 import os
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,23 +260,3 @@ class EmbeddedKafka:
             proc.kill()
             proc.wait()
         log.info("embedded_kafka.stopped", port=self.port)
-
-
-@contextlib.contextmanager
-def embedded_stack(
-    data_dir: Path, *, durable: bool = True
-) -> Iterator[tuple[EmbeddedPostgres, EmbeddedKafka]]:
-    """Start both servers under `data_dir`; stop both on exit."""
-    pg = EmbeddedPostgres(data_dir / "postgres", durable=durable)
-    kafka = EmbeddedKafka(data_dir / "kafka")
-    try:
-        pg.start()
-        kafka.start()
-        yield pg, kafka
-    finally:
-        kafka.stop()
-        pg.stop()
-
-
-def remove_data_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

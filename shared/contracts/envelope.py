@@ -20,14 +20,6 @@ GENESIS_HASH = "0" * 64
 CANONICAL_FORMAT = "yizhan-event-v1"
 
 
-class EventMetadata(dict[str, Any]):
-    """Who did it and why: actor_id, role, unit, acting_for, correlation_id, causation_id,
-    source_system. A plain dict subclass so unknown keys written by newer code survive."""
-
-    FIELDS = ("actor_id", "role", "unit", "acting_for", "correlation_id", "causation_id",
-              "source_system")
-
-
 def utc(dt: datetime) -> datetime:
     """Return ``dt`` in UTC (microseconds, as PostgreSQL keeps them); naive is refused."""
     if dt.tzinfo is None:

@@ -25,7 +25,3 @@ class EventIdReused(AppendError):
     def __init__(self, event_id: uuid.UUID, detail: str) -> None:
         super().__init__(f"event id {event_id} is already in the log {detail}")
         self.event_id = event_id
-
-
-class StreamNotFound(LookupError):
-    """The stream has no events."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeAlias
 
@@ -279,10 +278,6 @@ class PostgresEventStore:
         )
         return int(version or 0)
 
-    async def find_event(self, event_id: uuid.UUID) -> RecordedEvent | None:
-        row = await self.pool.fetchrow(f"SELECT {_COLUMNS} FROM events WHERE event_id = $1",
-                                       event_id)
-        return None if row is None else row_to_event(row)
 
 
 def _columns(rows: list[RecordedEvent]) -> tuple[list[Any], ...]:
