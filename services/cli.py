@@ -104,7 +104,8 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
 
 def cmd_relay(settings: Settings, _: argparse.Namespace) -> int:
     with endpoints(settings, kafka=True) as ep:
-        asyncio.run(prepare_database(ep))
+        if settings.migrate_on_start:
+            asyncio.run(prepare_database(ep))
         asyncio.run(run_until_signal(lambda stop: serve_relay(settings, ep, stop)))
     return 0
 
@@ -151,7 +152,8 @@ def service_runners(settings: Settings, ep: Endpoints) -> dict[str, Runner]:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     with endpoints(settings, kafka=True) as ep:
-        asyncio.run(prepare_database(ep))
+        if settings.migrate_on_start:
+            asyncio.run(prepare_database(ep))
         runner = service_runners(settings, ep)[args.service]
         asyncio.run(run_until_signal(runner))
     return 0

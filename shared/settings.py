@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(default=6000, ge=1000)
     kafka_heartbeat_interval_ms: int = Field(default=1000, ge=100)
 
+    migrate_on_start: bool = Field(
+        default=True, description="`yizhan serve`/`relay` apply migrations first; false where "
+        "a one-shot `yizhan db migrate` does it, so services need no owner credentials.")
     http_host: str = "127.0.0.1"
     cases_port: int = Field(default=8001, ge=1, le=65535)
     projections_port: int = Field(default=8003, ge=1, le=65535)

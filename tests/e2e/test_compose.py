@@ -18,7 +18,7 @@ yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).resolve().parents[2]
 YIZHAN = ("migrate", "relay", "intake", "cases", "projections")
 HTTP = {"intake": "intake_http_port", "cases": "cases_port", "projections": "projections_port"}
-REQUIRED = ("DATABASE_URL", "DATABASE_ADMIN_URL", "KAFKA_BOOTSTRAP_SERVERS", "YIZHAN_ENV",
+REQUIRED = ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "YIZHAN_ENV",
             "YIZHAN_JWT_SECRET", "YIZHAN_CHECKPOINT_SIGNING_KEY")
 INTAKE_REQUIRED = ("YIZHAN_INTAKE_MASTER_KEY", "YIZHAN_INTAKE_ID_HASH_KEY",
                    "YIZHAN_INTAKE_QUARANTINE_KEY")
@@ -128,11 +128,25 @@ def test_database_and_broker_addresses_point_at_their_services(
     advertised = {u.split("://", 1)[1] for u in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")}
     for service in YIZHAN:
         env = env_of(compose, service)
-        for name in ("DATABASE_URL", "DATABASE_ADMIN_URL"):
+        names = ("DATABASE_URL", "DATABASE_ADMIN_URL") if service == "migrate" else (
+            "DATABASE_URL",)
+        for name in names:
             assert re.fullmatch(rf"postgresql://\w+:[^@]+@postgres:5432/{pg['POSTGRES_DB']}",
                                 env[name]), f"{service}: {name}"
-        assert env["DATABASE_ADMIN_URL"].split("//")[1].startswith(pg["POSTGRES_USER"] + ":")
         assert set(env["KAFKA_BOOTSTRAP_SERVERS"].split(",")) <= advertised
+    owner = env_of(compose, "migrate")["DATABASE_ADMIN_URL"]
+    assert owner.split("//")[1].startswith(pg["POSTGRES_USER"] + ":")
+
+
+def test_only_the_migrate_one_shot_holds_owner_credentials(compose: dict[str, Any]) -> None:
+    for service in YIZHAN:
+        env = env_of(compose, service)
+        if service == "migrate":
+            assert "DATABASE_ADMIN_URL" in env
+        else:
+            assert "DATABASE_ADMIN_URL" not in env, f"{service} must not hold the owner's password"
+            assert not Settings(_env_file=None, migrate_on_start=env.get(
+                "YIZHAN_MIGRATE_ON_START", "true")).migrate_on_start, service
 
 
 def test_topics_partitions_and_replication_are_consistent(compose: dict[str, Any]) -> None:
