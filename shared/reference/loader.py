@@ -6,6 +6,7 @@ raises ``ReferenceDataError`` naming the file, the line and the field.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,15 @@ class Reference:
     source: Path
 
 
+REFERENCE_DIR_VARIABLE = "YIZHAN_REFERENCE_DIR"
+
+
 def default_reference_dir() -> Path:
-    """The fixture shipped with the repository: ``data/kunming``."""
+    """``$YIZHAN_REFERENCE_DIR`` if set (an installed package, another city's data), else the
+    fixture shipped with the repository: ``data/kunming``."""
+    configured = os.environ.get(REFERENCE_DIR_VARIABLE)
+    if configured:
+        return Path(configured)
     return Path(__file__).resolve().parents[2] / "data" / "kunming"
 
 

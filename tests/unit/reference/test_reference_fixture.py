@@ -130,3 +130,18 @@ def test_the_generator_reproduces_the_files():
 def _rows(path: Path) -> list[dict[str, str]]:
     with path.open(encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def test_the_reference_folder_can_be_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed package (or another city) points YIZHAN_REFERENCE_DIR at its data."""
+    import shutil
+
+    from shared.reference.loader import default_reference_dir
+
+    copy = tmp_path / "city"
+    shutil.copytree(default_reference_dir(), copy)
+    monkeypatch.setenv("YIZHAN_REFERENCE_DIR", str(copy))
+    assert default_reference_dir() == copy
+    assert load_reference().source == copy
