@@ -89,6 +89,7 @@ class Relay:
         self.stats = RelayStats()
         self.is_leader = False
         self._wake = asyncio.Event()
+        self._known_cluster: str | None = None
 
     # -- leadership --------------------------------------------------------------------------
 
@@ -136,6 +137,9 @@ class Relay:
         await conn.execute(
             "INSERT INTO relay_positions (relay) VALUES ($1) ON CONFLICT DO NOTHING", cfg.name
         )
+        # only the leader writes it, so it is read once per term, not before every batch
+        self._known_cluster = await conn.fetchval(
+            "SELECT cluster_id FROM relay_positions WHERE relay = $1", cfg.name)
         admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers,
                                     request_timeout_ms=cfg.request_timeout_ms)
         await admin.start()
@@ -234,19 +238,19 @@ class Relay:
     async def _check_broker(self, conn: Conn, admin: AIOKafkaAdminClient) -> None:
         cfg = self.config
         cluster_id, topics = await broker_state(admin)
-        row = await conn.fetchrow(
-            "SELECT position, cluster_id FROM relay_positions WHERE relay = $1", cfg.name)
-        assert row is not None
-        known = row["cluster_id"]
-        if known is not None and known == cluster_id and topics.get(cfg.topic) == cfg.partitions:
+        found = topics.get(cfg.topic)
+        known = self._known_cluster
+        if known is not None and known == cluster_id and found == cfg.partitions:
             return
         if known is None:
             await conn.execute("UPDATE relay_positions SET cluster_id = $2 WHERE relay = $1",
                                cfg.name, cluster_id)
+            self._known_cluster = cluster_id
         elif cluster_id != known:
             raise BrokerLostLog(f"cluster id changed from {known} to {cluster_id}")
-        found = topics.get(cfg.topic)
-        if found is None and row["position"] == 0:
+        position = await conn.fetchval(
+            "SELECT position FROM relay_positions WHERE relay = $1", cfg.name)
+        if found is None and position == 0:
             await recreate_topic(admin, cfg.topic, cfg.partitions)  # first start: create it
         elif found is None:
             raise BrokerLostLog(f"topic {cfg.topic} is gone from the broker")
@@ -266,6 +270,7 @@ class Relay:
                 " republished = republished + 1, updated_at = now() WHERE relay = $1",
                 cfg.name, cluster_id,
             )
+            self._known_cluster = cluster_id
             await conn.execute(
                 "DELETE FROM relay_partition_offsets WHERE relay = $1 AND topic = $2",
                 cfg.name, cfg.topic,
