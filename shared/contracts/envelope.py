@@ -28,8 +28,11 @@ def utc(dt: datetime) -> datetime:
 
 
 def iso(dt: datetime) -> str:
-    """The canonical text of a timestamp: UTC, always six fractional digits."""
-    return utc(dt).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The canonical text of a timestamp: UTC, four-digit year, always six fractional digits
+    (as PostgreSQL's ``to_char(…, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`` writes it)."""
+    if dt.tzinfo is not UTC:
+        dt = utc(dt)
+    return dt.isoformat(timespec="microseconds")[:-6] + "Z"  # drop "+00:00"
 
 
 @dataclass(frozen=True, slots=True)

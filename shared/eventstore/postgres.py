@@ -12,13 +12,20 @@ Serialising would cost a commit per append, so appends are group-committed: each
 runs one writer task that takes every append waiting in its queue (up to ``max_batch``) into one
 transaction, judges each one on its own (``planning.plan_batch``) and resolves each caller's
 future after the commit. Several instances (processes) simply take turns on the lock.
+
+A group commit is one round trip in the usual case: the writer plans on what it believes about
+the log (its own last head, callers' expected versions) and the ``yizhan_append`` function
+(migration 0002) takes the lock, checks those beliefs and inserts, or returns the log as it is
+for a second plan.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -26,7 +33,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from shared.contracts.envelope import GENESIS_HASH, NewEvent, RecordedEvent
 from shared.eventstore.errors import AppendError
-from shared.eventstore.planning import StoredId, encode_appends, plan_batch
+from shared.eventstore.planning import BatchPlan, StoredId, encode_appends, plan_batch
 from shared.eventstore.port import AppendResult, Head, StreamAppend
 from shared.logging import get_logger
 
@@ -69,6 +76,12 @@ _INSERT_NOTIFY = f"""
 WITH inserted AS ({_INSERT} RETURNING position)
 SELECT pg_notify('{NOTIFY_CHANNEL}', max(position)::text) FROM inserted
 """
+_APPEND = (
+    "SELECT * FROM yizhan_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
+    "$15, $16, $17)"
+)
+_OPTIMISTIC_ATTEMPTS = 3
+_VERSION_CACHE = 10_000  # the streams this writer wrote last, and their versions
 _READ_AFTER = f"SELECT {_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
 _READ_RANGE = (
     f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $3 "
@@ -105,11 +118,23 @@ class _Pending:
 class PostgresEventStore:
     """The event store on PostgreSQL. Create with a pool; ``close()`` stops its writer task."""
 
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 500) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, max_batch: int = 500, writers: int | None = None
+    ) -> None:
         self.pool = pool
         self.max_batch = max_batch
+        # A second writer pipelines; it holds a connection only while there is work, but a
+        # pool of fewer than four is left to one writer.
+        self.writers = writers or (2 if pool.get_max_size() >= 4 else 1)
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        self._writer_tasks: list[asyncio.Task[None]] = []
+        self._idle = 0  # writers waiting for work
+        # What the writers believe about the log (yizhan_append checks it): the head as it will
+        # be once every batch planned so far has committed, recently written streams' versions,
+        # and the database clock's lead over ours.
+        self._head: tuple[int, str] | None = None
+        self._versions: dict[str, int] = {}
+        self._skew = timedelta(0)
 
     # -- appending ---------------------------------------------------------------------------
 
@@ -125,18 +150,37 @@ class PostgresEventStore:
         encoded = encode_appends(appends)
         future: asyncio.Future[list[AppendResult]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(encoded, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_loop(), name="eventstore-writer")
+        if len(self._writer_tasks) < self.writers or any(t.done() for t in self._writer_tasks):
+            self._start_writers()
         return await asyncio.shield(future)
 
-    async def _write_loop(self) -> None:
-        """The one writer of this instance. It keeps a connection of its own (no pool reset
-        between batches); a fault or cancellation ends that session, never returns it dirty."""
+    def _start_writers(self) -> None:
+        alive = [t for t in self._writer_tasks if not t.done()]
+        while len(alive) < self.writers:
+            alive.append(asyncio.create_task(self._write_loop(keep_connection=not alive),
+                                             name=f"eventstore-writer-{len(alive)}"))
+        self._writer_tasks = alive
+
+    async def _write_loop(self, keep_connection: bool) -> None:
+        """One of the instance's writers. Two of them pipeline: while one batch is in the
+        database the next is planned on top of it and sent, and waits there for the lock. The
+        first keeps a connection of its own (no pool reset between batches), the others give
+        theirs back when the queue runs dry; a fault or cancellation ends the session, never
+        returns it dirty."""
         conn: PoolConnectionProxy[asyncpg.Record] | None = None
         try:
             while True:
-                batch = [await self._queue.get()]
-                while len(batch) < self.max_batch and not self._queue.empty():
+                self._idle += 1
+                try:
+                    batch = [await self._queue.get()]
+                finally:
+                    self._idle -= 1
+                # Leave half the queue to an idle writer: it plans and sends its half while
+                # this half is in the database, so the two halves alternate from then on.
+                take = self.max_batch
+                if self._idle:
+                    take = min(take, (self._queue.qsize() + 2) // 2)
+                while len(batch) < take and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                 try:
                     conn = conn or await self.pool.acquire()
@@ -146,12 +190,16 @@ class PostgresEventStore:
                     for pending in batch:
                         if not pending.future.done():
                             pending.future.set_exception(exc)
+                    self._head = None
                     if conn is not None:
                         conn.terminate()
                         await self.pool.release(conn)
                         conn = None
                     continue
                 self._resolve(batch, outcomes)
+                if not keep_connection and self._queue.empty():
+                    await self.pool.release(conn)
+                    conn = None
         finally:
             if conn is not None:
                 conn.terminate()
@@ -172,6 +220,65 @@ class PostgresEventStore:
     async def _write(
         self, conn: Conn, batch: list[_Pending]
     ) -> list[list[AppendResult] | AppendError]:
+        """One round trip in the usual case: plan on what this writer assumes about the log and
+        let ``yizhan_append`` check and insert (see migration 0002). A wrong assumption (another
+        instance wrote, a caller's expected version is stale, an id is already stored) costs a
+        second call, planned on the log as the function returned it. Should other instances
+        keep winning the race, the batch falls back to planning under the lock."""
+        appends = [p.appends for p in batch]
+        streams: dict[str, int] = {}
+        for parts in appends:
+            for part in parts:
+                if part.stream_id not in streams:
+                    assumed = part.expected_version
+                    if assumed is None:
+                        assumed = self._versions.get(part.stream_id, 0)
+                    streams[part.stream_id] = assumed
+        ids = [ev.event_id for parts in appends for part in parts for ev in part.events]
+        head_position, head_hash = self._head or (0, GENESIS_HASH)
+        stored: dict[uuid.UUID, StoredId] = {}
+        now = _utcnow() + self._skew
+        for _ in range(_OPTIMISTIC_ATTEMPTS):
+            plan = plan_batch(appends, head_position=head_position, head_hash=head_hash,
+                              versions=streams, stored_ids=stored, now=now)
+            self._planned(plan)  # the next batch is planned on top of this one
+            row = await conn.fetchrow(
+                _APPEND, head_position, head_hash, now, list(streams), list(streams.values()),
+                [eid for eid in ids if eid not in stored],
+                *_columns(plan.rows, recorded_at=False),
+            )
+            assert row is not None
+            if row["r_ok"]:
+                return plan.outcomes
+            # Wrong about the log (so is any batch planned on top of this one): start again
+            # from the log as it was.
+            head_position, head_hash = row["r_position"], row["r_hash"]
+            self._head = (head_position, head_hash)
+            self._versions.clear()
+            streams = {s: 0 for s in streams}
+            streams.update(zip(row["r_v_streams"] or (), row["r_v_versions"] or (), strict=True))
+            stored.update(_stored_ids(row["r_s_ids"], row["r_s_streams"], row["r_s_versions"],
+                                      row["r_s_positions"]))
+            self._skew = row["r_now"] - _utcnow()
+            now = row["r_now"]
+        return await self._write_locked(conn, batch)
+
+    def _planned(self, plan: BatchPlan) -> None:
+        if not plan.rows:
+            return
+        last = plan.rows[-1]
+        self._head = (last.position, last.hash)
+        versions = self._versions
+        for row in plan.rows:
+            versions.pop(row.stream_id, None)  # re-insert: the dict's order is recency
+            versions[row.stream_id] = row.version
+        while len(versions) > _VERSION_CACHE:
+            del versions[next(iter(versions))]
+
+    async def _write_locked(
+        self, conn: Conn, batch: list[_Pending]
+    ) -> list[list[AppendResult] | AppendError]:
+        """Plan under the append lock: four round trips, but it never has to try again."""
         streams = list({part.stream_id for p in batch for part in p.appends})
         ids = [ev.event_id for p in batch for part in p.appends for ev in part.events]
         await conn.execute(_BEGIN_LOCKED)
@@ -183,11 +290,8 @@ class PostgresEventStore:
                 head_hash=state["hash"] or GENESIS_HASH,
                 versions=dict(zip(state["v_streams"] or (), state["v_versions"] or (),
                                   strict=True)),
-                stored_ids={
-                    eid: StoredId(s, v, p) for eid, s, v, p in zip(
-                        state["s_ids"] or (), state["s_streams"] or (),
-                        state["s_versions"] or (), state["s_positions"] or (), strict=True)
-                },
+                stored_ids=_stored_ids(state["s_ids"], state["s_streams"], state["s_versions"],
+                                       state["s_positions"]),
                 now=state["now"],
             )
             if plan.rows:
@@ -197,14 +301,16 @@ class PostgresEventStore:
             if not conn.is_closed():
                 await conn.execute("ROLLBACK")
             raise
+        self._planned(plan)
         return plan.outcomes
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
+        tasks, self._writer_tasks = self._writer_tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
+                await task
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -280,11 +386,23 @@ class PostgresEventStore:
 
 
 
-def _columns(rows: list[RecordedEvent]) -> tuple[list[Any], ...]:
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _stored_ids(
+    ids: Any, streams: Any, versions: Any, positions: Any
+) -> dict[uuid.UUID, StoredId]:
+    return {eid: StoredId(s, v, p) for eid, s, v, p in zip(
+        ids or (), streams or (), versions or (), positions or (), strict=True)}
+
+
+def _columns(rows: list[RecordedEvent], *, recorded_at: bool = True) -> tuple[list[Any], ...]:
     return (
         [r.position for r in rows], [r.stream_id for r in rows], [r.version for r in rows],
         [r.event_id for r in rows], [r.type for r in rows], [r.schema_version for r in rows],
         [r.data_json for r in rows], [r.metadata_json for r in rows],
-        [r.occurred_at for r in rows], [r.recorded_at for r in rows],
+        [r.occurred_at for r in rows],
+        *([[r.recorded_at for r in rows]] if recorded_at else []),
         [r.prev_hash for r in rows], [r.hash for r in rows],
     )
