@@ -145,11 +145,13 @@ async def fresh_database(cluster: PgCluster) -> AsyncIterator[Db]:
 
 
 @contextlib.asynccontextmanager
-async def postgres_store(cluster: PgCluster) -> AsyncIterator[PostgresEventStore]:
+async def postgres_store(
+    cluster: PgCluster, *, optimistic: bool = True
+) -> AsyncIterator[PostgresEventStore]:
     """A PostgreSQL event store on a fresh database, as the service role."""
     async with fresh_database(cluster) as db:
         p = await create_pool(db.service_dsn, min_size=1, max_size=20)
-        store = PostgresEventStore(p)
+        store = PostgresEventStore(p, optimistic=optimistic)
         try:
             yield store
         finally:

@@ -119,10 +119,12 @@ class PostgresEventStore:
     """The event store on PostgreSQL. Create with a pool; ``close()`` stops its writer task."""
 
     def __init__(
-        self, pool: asyncpg.Pool, *, max_batch: int = 500, writers: int | None = None
+        self, pool: asyncpg.Pool, *, max_batch: int = 500, writers: int | None = None,
+        optimistic: bool = True,
     ) -> None:
         self.pool = pool
         self.max_batch = max_batch
+        self.optimistic = optimistic  # False: every batch planned under the lock
         # A second writer pipelines; it holds a connection only while there is work, but a
         # pool of fewer than four is left to one writer.
         self.writers = writers or (2 if pool.get_max_size() >= 4 else 1)
@@ -238,7 +240,7 @@ class PostgresEventStore:
         head_position, head_hash = self._head or (0, GENESIS_HASH)
         stored: dict[uuid.UUID, StoredId] = {}
         now = _utcnow() + self._skew
-        for _ in range(_OPTIMISTIC_ATTEMPTS):
+        for _ in range(_OPTIMISTIC_ATTEMPTS if self.optimistic else 0):
             plan = plan_batch(appends, head_position=head_position, head_hash=head_hash,
                               versions=streams, stored_ids=stored, now=now)
             self._planned(plan)  # the next batch is planned on top of this one

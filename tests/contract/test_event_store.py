@@ -16,12 +16,15 @@ from shared.eventstore.port import ANY, NO_STREAM, EventStore, StreamAppend
 from tests.conftest import postgres_store
 
 
-@pytest.fixture(params=["memory", "postgres"])
+@pytest.fixture(params=["memory", "postgres", "postgres-locked"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[EventStore]:
+    """The fake, and PostgreSQL both ways a batch is planned: on the writer's beliefs checked by
+    ``yizhan_append`` (the usual path) and under the append lock (its fallback)."""
     if request.param == "memory":
         yield InMemoryEventStore()
     else:
-        async with postgres_store(request.getfixturevalue("pg_cluster")) as pg:
+        async with postgres_store(request.getfixturevalue("pg_cluster"),
+                                  optimistic=request.param == "postgres") as pg:
             yield pg
 
 

@@ -4,8 +4,10 @@ exact round trips. Each test fails if the guarantee it names is broken."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -148,6 +150,32 @@ async def test_eight_writers_one_tailer_sees_every_event_once_in_order(
     for e in seen:
         per_stream.setdefault(e.stream_id, []).append(e.version)
     assert all(v == list(range(1, len(v) + 1)) for v in per_stream.values())
+
+
+async def test_a_writer_wrong_about_the_log_plans_again_and_nothing_is_lost(
+    stores: list[PostgresEventStore], pool: asyncpg.Pool,
+) -> None:
+    """Two instances take turns, so each one's belief about the head is stale every time; one
+    also runs ten seconds ahead of the database clock. yizhan_append must refuse every wrong
+    belief (a refused batch writes nothing) and the writer must plan again: every append lands
+    once, positions stay gap-free, recorded_at never goes back."""
+    a, b = stores[0], stores[1]
+    b._skew = timedelta(seconds=10)
+    results = []
+    for i in range(20):
+        store = a if i % 2 == 0 else b
+        results.append(await store.append(f"case-{i % 3}", None, [ev(i=i)]))
+        # the stale-version belief: append to a stream the other instance just moved on
+        if i % 5 == 4:
+            with pytest.raises(WrongExpectedVersion):
+                await store.append(f"case-{i % 3}", results[-1].version - 1, [ev(late=i)])
+    rows = await pool.fetch("SELECT position, recorded_at, data::text FROM events "
+                            "ORDER BY position")
+    assert [r["position"] for r in rows] == list(range(1, 21))
+    assert [r["position"] for r in rows] == [r.position for r in results]
+    assert all(x["recorded_at"] <= y["recorded_at"] for x, y in itertools.pairwise(rows))
+    assert all(r["recorded_at"] <= datetime.now(UTC) for r in rows)  # no stamp from the future
+    assert b._skew < timedelta(seconds=1)  # b learnt the database clock
 
 
 @pytest.mark.parametrize(
