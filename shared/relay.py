@@ -126,8 +126,10 @@ class Relay:
             if not clean:  # failed or cancelled, maybe mid-query: end the session and its lock
                 conn.terminate()
             elif held:
-                with contextlib.suppress(Exception):
+                try:
                     await conn.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
+                except Exception:  # the pool keeps sessions as they are: never keep this lock
+                    conn.terminate()
             await self.store.pool.release(conn)
 
     # -- publishing --------------------------------------------------------------------------
@@ -152,9 +154,13 @@ class Relay:
                 except BrokerLostLog as lost:
                     await self._start_over(conn, admin, str(lost))
         finally:
-            with contextlib.suppress(Exception):
+            try:
                 await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-            await admin.close()
+            except BaseException:  # the pool keeps sessions as they are: never keep a LISTEN
+                conn.terminate()
+                raise
+            finally:
+                await admin.close()
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()

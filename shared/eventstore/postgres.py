@@ -97,11 +97,22 @@ def row_to_event(row: Any) -> RecordedEvent:
     return RecordedEvent(*row)
 
 
+async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """The pool's reset on release. asyncpg always rolls back an open transaction and drops
+    the connection's listener callbacks first; its default reset would then also run
+    ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` — a round trip on every
+    release, a large share of a command's cost. Our code keeps no session state on pooled
+    connections: settings are ``SET LOCAL``, locks are transaction-scoped, and the two
+    session-level holders (the relay's leader lock, ``subscribe``'s LISTEN) undo their state
+    or end the session before releasing."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections name themselves in pg_stat_activity."""
+    """A pool whose connections name themselves in pg_stat_activity (release: see
+    ``_keep_session``)."""
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size,
-        server_settings={"application_name": "yizhan"},
+        server_settings={"application_name": "yizhan"}, reset=_keep_session,
     )
     assert pool is not None
     return pool
@@ -370,9 +381,13 @@ class PostgresEventStore:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), poll_interval)
         finally:
-            with contextlib.suppress(Exception):
+            try:
                 await listener.remove_listener(NOTIFY_CHANNEL, on_notify)
-            await self.pool.release(listener)
+            except BaseException:  # the pool keeps sessions as they are: never keep a LISTEN
+                listener.terminate()
+                raise
+            finally:
+                await self.pool.release(listener)
 
     async def head(self) -> Head:
         row = await self.pool.fetchrow(
