@@ -22,6 +22,7 @@ from shared.eventstore.port import ANY
 from shared.eventstore.postgres import PostgresEventStore
 from shared.kafka import TopicMisconfigured, broker_state, ensure_topics
 from shared.relay import Relay, RelayConfig
+from shared.settings import Settings
 from shared.streaming import EventAgent, idempotent_agent, make_app, running_app
 
 PARTITIONS = 3
@@ -173,6 +174,17 @@ async def test_relayed_events_are_applied_once_in_stream_order_and_no_topic_is_c
         print(f"applied {total} events in {elapsed:.2f} s (including group join)")
     assert await all_topics(kafka_bootstrap) == before  # Faust created no topic
     await assert_applied_exactly_once(pool, kafka_bootstrap, topic, total)
+
+
+async def test_the_worker_fetches_with_our_wait_not_fausts_hard_coded_one(
+    pool: asyncpg.Pool, table: None, topic: str, kafka_bootstrap: str,
+) -> None:
+    """The embedded broker lets a waiting fetch run its full wait: Faust's 1,500 ms would be
+    every hop's latency. The running consumer's fetcher must use kafka_fetch_max_wait_ms."""
+    async with worker(kafka_bootstrap, topic, pool) as agent:
+        consumer = agent.app.consumer._thread._consumer  # the aiokafka consumer Faust built
+        assert consumer._fetcher._fetch_max_wait_ms == Settings().kafka_fetch_max_wait_ms
+        assert Settings().kafka_fetch_max_wait_ms < 1500
 
 
 async def test_redelivery_to_a_new_group_changes_nothing(
