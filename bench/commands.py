@@ -8,7 +8,15 @@ running the same command sequence in-process (no HTTP) as a reference.
 The stack is the real one: embedded PostgreSQL (fsync on) and broker, the cases service as its
 own process (`yizhan serve cases`: API, SLA agent and timer) and the relay (`yizhan relay`).
 32 concurrent clients each drive their own cases through accept → hand-off → receive →
-hand-off → receive → decide, one HTTP request per command, and time each request.
+hand-off → receive → decide, one HTTP request per command, and time each request; any status
+but 200 counts as a failure. Each client is one keep-alive HTTP/1.1 connection; by default
+a minimal client over asyncio streams (``KeepAlive``: under half of aiohttp's CPU, and client and
+server share the machine's cores), ``--client aiohttp`` for aiohttp. Both send the same
+requests (bearer token, JSON body).
+
+Besides the figures it prints the CPU each process spent per command while driving (server,
+PostgreSQL, relay, this client): steadier than throughput on a busy machine.
+``--profile PATH`` samples the server with py-spy meanwhile (.svg, .txt collapsed, .json).
 Last line: ``RESULT {"commands_per_s", "p50_ms", "p99_ms", "peer_commands_per_s"}``.
 """
 
@@ -16,14 +24,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,8 +103,56 @@ async def submit_cases(settings: Settings, dsn: str, ref: Reference,
     return ids
 
 
+class KeepAlive:
+    """A minimal HTTP/1.1 client: one keep-alive connection over asyncio streams, one request at
+    a time. It sends what aiohttp sends for ``post(json=…)`` (Host, Authorization, Content-Type
+    application/json, Content-Length, the JSON body) and reads the status line, the headers and
+    the Content-Length body of every response; at a fraction of aiohttp's CPU, which matters
+    when client and server share two cores."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.streams
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{head}"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                     .encode("latin-1") + body)
+        status_line = await reader.readline()
+        status = int(status_line.split(b" ", 2)[1])
+        length, close = None, False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection":
+                close = value.strip().lower() == b"close"
+            elif name == b"transfer-encoding":
+                raise RuntimeError("chunked responses are not expected here")
+        if length is None:
+            raise RuntimeError(f"no Content-Length in the response to {path}")
+        content = await reader.readexactly(length)
+        if close:
+            await self.close()
+        return status, content
+
+    async def close(self) -> None:
+        if self.streams is not None:
+            writer = self.streams[1]
+            self.streams = None
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
 async def drive(base: str, settings: Settings, ref: Reference, ids: list[uuid.UUID],
-                cast: list[tuple[str, str, str, str]]) -> tuple[list[float], int, float]:
+                cast: list[tuple[str, str, str, str]], client_kind: str = "raw",
+                ) -> tuple[list[float], int, float]:
     tokens: dict[str, str] = {}
 
     def token(user: str) -> str:
@@ -108,30 +167,45 @@ async def drive(base: str, settings: Settings, ref: Reference, ids: list[uuid.UU
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(len(ids)):
         queue.put_nowait(i)
-    connector = aiohttp.TCPConnector(limit=CLIENTS)
-    async with aiohttp.ClientSession(base, connector=connector) as http:
+    host, _, port = base.removeprefix("http://").rpartition(":")
 
-        async def client() -> None:
-            nonlocal failures
-            while not queue.empty():
-                i = queue.get_nowait()
-                _, clerk, town, county = cast[i]
-                who = {"clerk": clerk, "town": town, "county": county}
-                for verb, role, body in SEQUENCE:
-                    started = time.perf_counter()
-                    async with http.post(f"/v1/cases/{ids[i]}/{verb}", json=body, headers={
-                            "Authorization": f"Bearer {token(who[role])}"}) as response:
-                        await response.read()
-                        ok = response.status == 200
-                    latencies.append(time.perf_counter() - started)
-                    if not ok:
-                        failures += 1
-                        log.warning("bench.command_failed", verb=verb, status=response.status)
-                        break
+    async def client(post: Callable[[str, bytes, dict[str, str]],
+                                    Awaitable[tuple[int, bytes]]]) -> None:
+        nonlocal failures
+        while not queue.empty():
+            i = queue.get_nowait()
+            _, clerk, town, county = cast[i]
+            who = {"clerk": clerk, "town": town, "county": county}
+            for verb, role, body in SEQUENCE:
+                started = time.perf_counter()
+                status, _ = await post(f"/v1/cases/{ids[i]}/{verb}", json.dumps(body).encode(),
+                                       {"Authorization": f"Bearer {token(who[role])}"})
+                latencies.append(time.perf_counter() - started)
+                if status != 200:
+                    failures += 1
+                    log.warning("bench.command_failed", verb=verb, status=status)
+                    break
 
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(CLIENTS)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    if client_kind == "aiohttp":
+        connector = aiohttp.TCPConnector(limit=CLIENTS)
+        async with aiohttp.ClientSession(base, connector=connector) as http:
+
+            async def post(path: str, body: bytes, headers: dict[str, str]
+                           ) -> tuple[int, bytes]:
+                async with http.post(path, data=body, headers={
+                        **headers, "Content-Type": "application/json"}) as response:
+                    return response.status, await response.read()
+
+            await asyncio.gather(*(client(post) for _ in range(CLIENTS)))
+    else:
+        connections = [KeepAlive(host, int(port)) for _ in range(CLIENTS)]
+        try:
+            await asyncio.gather(*(client(c.post) for c in connections))
+        finally:
+            for c in connections:
+                await c.close()
+    elapsed = time.perf_counter() - started
     return latencies, failures, elapsed
 
 
@@ -195,6 +269,37 @@ def peer(dsn_parts: dict[str, str], n_cases: int) -> float:
     return done / elapsed
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its live descendants (and their reaped children),
+    from /proc; 0 where /proc is not available."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = fields
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        if p in stats:  # fields after the name: [11..14] = utime stime cutime cstime
+            total += sum(int(x) for x in stats[p][11:15])
+        todo.extend(children.get(p, ()))
+    return total / tick
+
+
+def start_profiler(path: str, pid: int) -> subprocess.Popen[bytes]:
+    fmt = {".txt": "raw", ".json": "speedscope"}.get(Path(path).suffix, "flamegraph")
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--format", fmt, "-o", path,
+                             "--rate", "200", "--nonblocking"], stdout=subprocess.DEVNULL)
+
+
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     import urllib.request
 
@@ -217,6 +322,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cases", type=int, default=None)
     parser.add_argument("--no-relay", action="store_true", help="leave the relay out")
+    parser.add_argument("--client", choices=["raw", "aiohttp"], default="raw",
+                        help="HTTP client: raw keep-alive HTTP/1.1 over asyncio streams "
+                             "(default: least CPU taken from the server) or aiohttp")
+    parser.add_argument("--profile", metavar="PATH", default=None,
+                        help="sample the server with py-spy while driving (PATH .svg "
+                             "flamegraph, .txt collapsed stacks, .json speedscope)")
     args = parser.parse_args()
     configure_logging("console" if sys.stderr.isatty() else "json", "warning")
     n_cases = args.cases or (400 if args.quick else 2000)
@@ -245,8 +356,20 @@ def main() -> None:
             ids = asyncio.run(submit_cases(settings, service_dsn, ref, cast))
             base = f"http://127.0.0.1:{port}"
             wait_http(base, procs[0])
-            log.warning("bench.driving", cases=n_cases, clients=CLIENTS)
-            latencies, failures, elapsed = asyncio.run(drive(base, settings, ref, ids, cast))
+            log.warning("bench.driving", cases=n_cases, clients=CLIENTS, client=args.client)
+            watched = {"server": procs[0].pid,
+                       **({"postgres": pg.process.pid} if pg.process else {}),
+                       **({"relay": procs[1].pid} if len(procs) > 1 else {})}
+            cpu_before = {k: cpu_seconds(v) for k, v in watched.items()}
+            client_before = time.process_time()
+            spy = start_profiler(args.profile, procs[0].pid) if args.profile else None
+            latencies, failures, elapsed = asyncio.run(
+                drive(base, settings, ref, ids, cast, args.client))
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
+            cpu = {k: cpu_seconds(v) - cpu_before[k] for k, v in watched.items()}
+            cpu["client"] = time.process_time() - client_before
         finally:
             for p in procs:
                 p.terminate()
@@ -267,6 +390,9 @@ def main() -> None:
     print(f"peer (eventsourcing, in-process, no HTTP)  {peer_cps:9,.0f}/s   "
           f"ratio ours/peer {cps / peer_cps:5.2f}")
     print(f"failed commands      {failures}")
+    # CPU per command of each process while driving: steadier than throughput on a shared box
+    print("cpu ms per command   " + "   ".join(
+        f"{k} {v * 1000 / max(1, len(latencies)):.2f}" for k, v in cpu.items()))
     print("RESULT " + json.dumps({"commands_per_s": round(cps, 1), "p50_ms": round(p50, 2),
                                   "p99_ms": round(p99, 2),
                                   "peer_commands_per_s": round(peer_cps, 1)}))

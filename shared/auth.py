@@ -70,8 +70,23 @@ _bearer = HTTPBearer(auto_error=False)
 
 
 def settings_of(request: Request) -> Settings:
-    settings = getattr(request.app.state, "settings", None)
+    return settings_of_app(request.app)
+
+
+def settings_of_app(app: Any) -> Settings:
+    """The app's settings (``app.state.settings``), else the environment's."""
+    settings = getattr(app.state, "settings", None)
     return settings if isinstance(settings, Settings) else get_settings()
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header value, else None (as ``HTTPBearer``
+    reads it: the scheme in any case, the credentials stripped)."""
+    scheme, _, credentials = (authorization or "").partition(" ")
+    credentials = credentials.strip()
+    if not (authorization and scheme and credentials) or scheme.lower() != "bearer":
+        return None
+    return credentials
 
 
 async def require_principal(

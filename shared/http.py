@@ -4,7 +4,7 @@ from the request through the logs and the event store, and the health endpoints.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -74,10 +74,15 @@ async def _validation(request: Request, exc: Exception) -> Response:
                             type_="/problems/validation", errors=errors)
 
 
-async def _problem(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ProblemError)
+def problem_of(request: Request, exc: ProblemError) -> JSONResponse:
+    """The response a raised ``ProblemError`` gets (also for handlers outside the routes)."""
     return problem_response(request, exc.status, exc.title, exc.detail, type_=exc.type,
                             errors=exc.errors, headers=exc.headers, **exc.extra)
+
+
+async def _problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProblemError)
+    return problem_of(request, exc)
 
 
 async def _http(request: Request, exc: Exception) -> Response:
@@ -121,10 +126,14 @@ class CorrelationMiddleware:
             reset_contextvars(**tokens)
 
 
-def install(app: FastAPI) -> None:
-    """Add the error handlers and the correlation middleware to ``app``."""
+def install(app: FastAPI, inner: Sequence[Callable[[ASGIApp], ASGIApp]] = ()) -> None:
+    """Add the error handlers and the correlation middleware to ``app``; ``inner`` are plain
+    ASGI layers that run inside the correlation middleware (their logs and responses carry the
+    id), outermost first."""
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(ProblemError, _problem)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)
+    for layer in reversed(inner):  # each added one wraps those added before it
+        app.add_middleware(layer)
     app.add_middleware(CorrelationMiddleware)

@@ -11,6 +11,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import APIRouter, FastAPI
+from starlette.types import ASGIApp
 
 from shared.http import ProblemError, install
 from shared.logging import get_logger
@@ -24,12 +25,15 @@ def create_app(
     title: str, routers: Sequence[APIRouter], *, state: dict[str, Any],
     readiness: Sequence[ReadinessCheck] = (),
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
-    description: str = "",
+    description: str = "", middleware: Sequence[Callable[[ASGIApp], ASGIApp]] = (),
 ) -> FastAPI:
+    """The app with ``state``, the shared error handling and correlation ids, and the health
+    endpoints; ``middleware``: plain ASGI layers inside the correlation one (outermost first),
+    e.g. a service's lean path for its hottest routes."""
     app = FastAPI(title=title, description=description, version="0.1.0", lifespan=lifespan)
     for key, value in state.items():
         setattr(app.state, key, value)
-    install(app)
+    install(app, inner=middleware)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     async def healthz() -> dict[str, str]:

@@ -22,6 +22,7 @@ from shared.reference import Role
 
 router = APIRouter(prefix="/v1/cases", tags=["cases"])
 _STATUS = {"forbidden": 403, "conflict": 409, "invalid": 422, "not_found": 404}
+IDEMPOTENCY_KEY_MAX = 200
 
 
 class Body(BaseModel):
@@ -136,12 +137,17 @@ class CommandContext:
 async def command_context(
     request: Request, who: CurrentPrincipal,
     if_match: Annotated[str | None, Header(description="Stream version seen, as an ETag")] = None,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=IDEMPOTENCY_KEY_MAX)] = None,
 ) -> CommandContext:
-    command_id = (uuid.uuid5(uuid.NAMESPACE_URL, f"yizhan:command:{idempotency_key}")
-                  if idempotency_key else uuid.uuid4())
     return CommandContext(who, request.app.state.case_commands, request.app.state.clock,
-                          parse_if_match(if_match), command_id)
+                          parse_if_match(if_match), command_id_for(idempotency_key))
+
+
+def command_id_for(idempotency_key: str | None) -> uuid.UUID:
+    """The command's id: derived from the caller's ``Idempotency-Key`` (so a retry is the same
+    command), else a new one."""
+    return (uuid.uuid5(uuid.NAMESPACE_URL, f"yizhan:command:{idempotency_key}")
+            if idempotency_key else uuid.uuid4())
 
 
 Ctx = Annotated[CommandContext, Depends(command_context)]

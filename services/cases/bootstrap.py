@@ -10,6 +10,7 @@ import asyncpg
 from fastapi import FastAPI
 
 from services.cases.api import router
+from services.cases.fastpath import CommandFastPath
 from services.cases.handlers import CaseCommands
 from shared.eventstore.port import EventStore
 from shared.eventstore.postgres import PostgresEventStore, create_pool
@@ -51,12 +52,15 @@ async def bootstrap(
     return CasesService(settings, store, reference, CaseCommands(store, reference), clock, pool)
 
 
-def build_app(service: CasesService) -> FastAPI:
+def build_app(service: CasesService, *, fast_path: bool = True) -> FastAPI:
+    """The HTTP app; ``fast_path`` serves well-formed commands without FastAPI's per-request
+    machinery (services/cases/fastpath.py; False: everything through FastAPI)."""
     return create_app(
         "Yizhan cases", [router],
         state={"settings": service.settings, "case_commands": service.commands,
                "clock": service.clock},
         readiness=[database_ready(service.pool)] if service.pool is not None else [],
+        middleware=[CommandFastPath] if fast_path else [],
         description="Officers' commands on cases: accept, request documents, hand off, "
                     "return, decide, close. Every response carries the case's new version "
                     "(ETag) and the global log position.",

@@ -119,3 +119,37 @@ async def test_paused_clock_is_not_fired(service: CasesService, admin_pool: asyn
         report = await fire_due(service.commands, conn, service.clock() + timedelta(days=90))
     assert report.checked == 0
     assert "SlaBreached" not in await events_of(service, case_id)
+
+
+async def test_a_batch_of_many_cases_leaves_what_one_event_at_a_time_leaves(
+    service: CasesService,
+) -> None:
+    """apply_sla_events sends a batch in rounds of executemany: same table as event by event."""
+    from services.cases.domain import HandOffCase, ReceiveHandoff, RequestDocuments
+
+    town = Actor(user_id=f"officer.{STATION[:9]}.a", role=Role.TOWNSHIP_OFFICER,
+                 unit=STATION[:9])
+    clerk = Actor(user_id=CLERK, role=Role.STATION_CLERK, unit=STATION)
+    cases = [await accepted_case(service) for _ in range(4)]
+    for case_id in cases[:3]:  # stopped and scheduled again, received; one more hand-off
+        await service.commands.handle(HandOffCase(case_id=case_id, at=service.clock(),
+                                                  actor=clerk), command_id=uuid.uuid4())
+    await service.commands.handle(ReceiveHandoff(case_id=cases[0], at=service.clock(),
+                                                 actor=town), command_id=uuid.uuid4())
+    await service.commands.handle(RequestDocuments(case_id=cases[3], at=service.clock(),
+                                                   actor=clerk, documents=("id_card",)),
+                                  command_id=uuid.uuid4())  # paused: row deleted
+    assert service.pool is not None
+    everything = [e async for batch in service.store.read_all() for e in batch]
+    snapshot = "SELECT * FROM sla_due ORDER BY case_id"
+
+    async with service.pool.acquire() as conn, conn.transaction():
+        await apply_sla_events(conn, everything)
+    batched = [dict(r) for r in await service.pool.fetch(snapshot)]
+    await service.pool.execute("DELETE FROM sla_due")
+    async with service.pool.acquire() as conn, conn.transaction():
+        for event in everything:
+            await apply_sla_events(conn, [event])
+    one_by_one = [dict(r) for r in await service.pool.fetch(snapshot)]
+    assert batched == one_by_one
+    assert {r["case_id"] for r in batched} == set(cases[:3])
