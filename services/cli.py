@@ -290,5 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # every asyncio.run below
     with contextlib.suppress(KeyboardInterrupt):
         raise SystemExit(args.fn(settings, args))

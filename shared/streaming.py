@@ -58,7 +58,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, StreamT
 
 from shared.consumer import Apply, IdempotentConsumer, scope_for
-from shared.contracts.envelope import RecordedEvent, chain_hash
+from shared.contracts.envelope import HashMismatch, RecordedEvent
 from shared.kafka import TopicMisconfigured, broker_state
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -264,14 +264,16 @@ def decode_envelope(value: bytes | None, *, verify_hash: bool = True) -> Recorde
     if value is None:
         raise NotAnEnvelope("empty message")
     try:
-        wire = json.loads(value)
-        event = RecordedEvent.from_wire(wire)
+        if verify_hash:
+            event = RecordedEvent.from_wire_json(value.decode())
+        else:
+            event = RecordedEvent.from_wire(json.loads(value))
+    except HashMismatch as exc:
+        raise NotAnEnvelope(str(exc)) from exc
     except Exception as exc:  # whatever the bytes are, they are parked, never fatal
         raise NotAnEnvelope(f"{type(exc).__name__}: {exc}") from exc
     if event.position < 1:
         raise NotAnEnvelope(f"position {event.position}")
-    if verify_hash and chain_hash(event.prev_hash, event.canonical_bytes()) != event.hash:
-        raise NotAnEnvelope(f"hash mismatch at position {event.position}")
     return event
 
 

@@ -7,12 +7,15 @@ envelope carries ``data`` and ``metadata`` as canonical JSON text, parsed on fir
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
+
+import orjson
 
 from shared.contracts.canonical import canonical_json, loads
 
@@ -119,14 +122,45 @@ class RecordedEvent:
         }
 
     def to_wire_json(self) -> str:
-        """``to_wire`` as text, spliced from the stored canonical text without re-parsing it."""
-        head = canonical_json({
+        """``to_wire`` as text, spliced from the stored canonical text without re-parsing it:
+        the envelope fields first, then ``"metadata":…,"data":…}`` exactly as stored (which
+        ``from_wire_json`` relies on for its quick path)."""
+        head = orjson.dumps({
             "position": self.position, "stream_id": self.stream_id, "version": self.version,
             "event_id": str(self.event_id), "type": self.type,
             "schema_version": self.schema_version, "occurred_at": iso(self.occurred_at),
             "recorded_at": iso(self.recorded_at), "prev_hash": self.prev_hash, "hash": self.hash,
-        })
-        return f'{head[:-1]},"metadata":{self.metadata_json},"data":{self.data_json}}}'
+        }).decode()
+        return f'{head[:-1]}{_META}{self.metadata_json}{_DATA}{self.data_json}}}'
+
+    @classmethod
+    def from_wire_json(cls, text: str) -> RecordedEvent:
+        """Parse ``to_wire_json`` text and check the hash (``HashMismatch``). The quick path
+        takes metadata and data as the text between their keys, unparsed, and lets the hash
+        decide: if the split was wrong (a producer that wrote the fields in another order, a
+        nested ``"data"`` key) the hash cannot match, and the text is parsed in full and
+        canonicalised instead."""
+        meta_at, data_at = text.find(_META), text.rfind(_DATA)
+        if 0 < meta_at < data_at and text.endswith("}"):
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                wire = orjson.loads(text[:meta_at] + "}")
+                metadata_json = text[meta_at + len(_META):data_at]
+                data_json = text[data_at + len(_DATA):-1]
+                occurred, recorded = wire["occurred_at"], wire["recorded_at"]
+                body = canonical_bytes(
+                    int(wire["position"]), wire["stream_id"], int(wire["version"]),
+                    wire["event_id"], wire["type"], int(wire["schema_version"]), occurred,
+                    recorded, metadata_json, data_json)
+                if chain_hash(wire["prev_hash"], body) == wire["hash"]:
+                    return cls(
+                        int(wire["position"]), wire["stream_id"], int(wire["version"]),
+                        uuid.UUID(wire["event_id"]), wire["type"], int(wire["schema_version"]),
+                        data_json, metadata_json, datetime.fromisoformat(occurred),
+                        datetime.fromisoformat(recorded), wire["prev_hash"], wire["hash"])
+        event = cls.from_wire(loads(text))  # the json module: integers of any size
+        if chain_hash(event.prev_hash, event.canonical_bytes()) != event.hash:
+            raise HashMismatch(f"hash mismatch at position {event.position}")
+        return event
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> RecordedEvent:
@@ -139,6 +173,13 @@ class RecordedEvent:
             recorded_at=datetime.fromisoformat(wire["recorded_at"]),
             prev_hash=wire["prev_hash"], hash=wire["hash"],
         )
+
+
+_META, _DATA = ',"metadata":', ',"data":'
+
+
+class HashMismatch(ValueError):
+    """An envelope whose content does not match its hash."""
 
 
 def canonical_bytes(
