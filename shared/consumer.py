@@ -54,13 +54,11 @@ class IdempotentConsumer:
         it (in position order), advance the position. Returns the events applied (maybe none).
         If ``apply`` raises, nothing is written and the position stays."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO consumer_positions (consumer, scope, position) VALUES ($1, $2, 0)"
-                " ON CONFLICT DO NOTHING", self.name, scope,
-            )
+            # one round trip: create the row if new, lock it (as FOR UPDATE would), read it
             current = await conn.fetchval(
-                "SELECT position FROM consumer_positions WHERE consumer = $1 AND scope = $2"
-                " FOR UPDATE", self.name, scope,
+                "INSERT INTO consumer_positions AS c (consumer, scope, position)"
+                " VALUES ($1, $2, 0) ON CONFLICT (consumer, scope)"
+                " DO UPDATE SET position = c.position RETURNING position", self.name, scope,
             )
             # by position: a republished log can hold one position twice in a batch
             unique = {e.position: e for e in events if e.position > current}
