@@ -47,13 +47,18 @@ async def ensure_tables(conn: Conn, schema: str) -> None:
         await conn.execute(ddl("indexes.sql", schema))
 
 
-async def recreate_tables(conn: Conn, schema: str) -> None:
-    """Drop the set's tables and create them empty, without indexes (a rebuild's start)."""
+async def recreate_tables(conn: Conn, schema: str, *, durable: bool = True,
+                          then: str = "") -> None:
+    """Drop the set's tables and create them empty, without indexes (a rebuild's start), then
+    run ``then`` (more DDL) in the same transaction. ``durable=False``: do not wait for the
+    commit to reach the disk (a rebuild, whose swap commit flushes everything before it)."""
     async with conn.transaction():
+        if not durable:
+            await conn.execute("SET LOCAL synchronous_commit = off")
         await as_app_role(conn)
-        for table in (*TABLES, "progress"):
-            await conn.execute(f"DROP TABLE IF EXISTS {schema}.{table}")
-        await conn.execute(ddl("tables.sql", schema))
+        await conn.execute("DROP TABLE IF EXISTS "
+                           + ", ".join(f"{schema}.{t}" for t in (*TABLES, "progress")))
+        await conn.execute(ddl("tables.sql", schema) + then)
 
 
 async def active_schema(conn: Conn, *, lock: bool = False) -> str:

@@ -64,8 +64,18 @@ def projects(type_: str) -> Callable[[Projector], Projector]:
 # ------------------------------------------------------------------ helpers
 
 
+_last_ts: tuple[str | None, datetime | None] = (None, None)
+
+
 def ts(value: str) -> datetime:
-    return datetime.fromisoformat(value)
+    """``datetime.fromisoformat``; the same string object twice in a row is parsed once (an
+    event's ``at`` is read by ``step`` and again by ``timeline``)."""
+    global _last_ts
+    last, parsed = _last_ts
+    if value is not last or parsed is None:
+        parsed = datetime.fromisoformat(value)
+        _last_ts = (value, parsed)
+    return parsed
 
 
 def month_of(at: datetime) -> str:
@@ -73,19 +83,30 @@ def month_of(at: datetime) -> str:
     return at.astimezone(CHINA).strftime("%Y-%m")
 
 
+_FIELD = {name: i for i, name in enumerate(CaseRow._fields)}
+_ACTING, _VERSION, _POSITION, _LAST_EVENT, _LAST_CHANGE_AT = (
+    _FIELD[f] for f in ("acting_person", "version", "position", "last_event", "last_change_at"))
+_new_row = tuple.__new__
+
+
 def step(row: CaseRow, event: ProjectedEvent, **changes: Any) -> CaseRow:
     """The summary after ``event``: its changes plus version, position and last change.
     A person acting for the owner (A/B roles) becomes the acting person until the next
     person's step."""
-    at = ts(event.data["at"])
-    actor = event.data["actor"]
-    if actor["role"] != "system":
-        changes.setdefault("acting_person", actor["user_id"] if actor.get("acting_for")
-                           else None)
-    return row._replace(
-        version=event.version, position=event.position, last_event=event.type,
-        last_change_at=max(row.last_change_at, at), **changes,
-    )
+    data = event.data
+    at = ts(data["at"])
+    actor = data["actor"]
+    values = list(row)  # what ``row._replace(...)`` does, without its per-call overhead
+    if actor["role"] != "system" and "acting_person" not in changes:
+        values[_ACTING] = actor["user_id"] if actor.get("acting_for") else None
+    for name, value in changes.items():
+        values[_FIELD[name]] = value
+    values[_VERSION] = event.version
+    values[_POSITION] = event.position
+    values[_LAST_EVENT] = event.type
+    last = row.last_change_at
+    values[_LAST_CHANGE_AT] = at if at > last else last  # max(last, at)
+    return _new_row(CaseRow, values)
 
 
 def moved_to(row: CaseRow, unit: str, level: str, paths: UnitPaths) -> dict[str, Any]:
@@ -96,21 +117,24 @@ def moved_to(row: CaseRow, unit: str, level: str, paths: UnitPaths) -> dict[str,
 
 def count_moves(before: CaseRow | None, after: CaseRow) -> tuple[tuple[CountKey, int], ...]:
     """-1 for the key the case left, +1 for the key it entered (nothing if unchanged)."""
-    new = CountKey(after.unit, after.status, after.service_code)
     if before is None:
-        return ((new, 1),)
-    old = CountKey(before.unit, before.status, before.service_code)
-    return () if old == new else ((old, -1), (new, 1))
+        return ((CountKey(after.unit, after.status, after.service_code), 1),)
+    if (before.unit == after.unit and before.status == after.status
+            and before.service_code == after.service_code):
+        return ()
+    return ((CountKey(before.unit, before.status, before.service_code), -1),
+            (CountKey(after.unit, after.status, after.service_code), 1))
 
 
 def timeline(after: CaseRow, event: ProjectedEvent, detail: str = "",
              from_unit: str | None = None, to_unit: str | None = None) -> TimelineRow:
-    actor = event.data["actor"]
-    return TimelineRow(
-        after.case_id, event.version, event.position, ts(event.data["at"]), event.type,
+    data = event.data
+    actor = data["actor"]
+    return _new_row(TimelineRow, (
+        after.case_id, event.version, event.position, ts(data["at"]), event.type,
         actor["user_id"], actor["role"], actor["unit"], actor.get("acting_for"),
         after.unit, after.level, from_unit, to_unit, after.status, detail,
-    )
+    ))
 
 
 def changed(before: CaseRow | None, after: CaseRow, event: ProjectedEvent, detail: str = "",
@@ -118,7 +142,9 @@ def changed(before: CaseRow | None, after: CaseRow, event: ProjectedEvent, detai
     """Changes with the count moves and (unless clock bookkeeping) a timeline step."""
     line = None if event.type in SILENT else timeline(
         after, event, detail, extra.pop("from_unit", None), extra.pop("to_unit", None))
-    return Changes(case=after, timeline=line, counts=count_moves(before, after), **extra)
+    if extra:
+        return Changes(after, line, count_moves(before, after), **extra)
+    return _new_row(Changes, (after, line, count_moves(before, after), None, None, None, None))
 
 
 # ------------------------------------------------------------------ lifecycle

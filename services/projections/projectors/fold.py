@@ -72,23 +72,26 @@ class CaseFolder:
 
     def offer(self, event: RawEvent) -> str | Gap:
         """Apply ``event`` if it is the case's next version; say what happened."""
-        if not event.stream_id.startswith(CASE_PREFIX):
-            return NOT_A_CASE
-        try:
-            case_id = self.ids.get(event.stream_id) or self.ids.setdefault(
-                event.stream_id, case_id_of(event.stream_id))
-        except ValueError:
-            return self._park(event, None, Unprojectable(
-                event.position, event.stream_id, event.type, "not a case stream"))
+        position, stream_id, version, type_, schema_version, data, recorded_at = event
+        case_id = self.ids.get(stream_id)
+        if case_id is None:
+            if not stream_id.startswith(CASE_PREFIX):
+                return NOT_A_CASE
+            try:
+                case_id = self.ids[stream_id] = case_id_of(stream_id)
+            except ValueError:
+                return self._park(event, None, Unprojectable(
+                    position, stream_id, type_, "not a case stream"))
         row = self.rows.get(case_id)
         have = self.headless.get(case_id, 0) if row is None else row.version
-        if event.version <= have:
+        if version <= have:
             self.duplicates += 1
             return DUPLICATE
-        if event.version > have + 1:
-            return Gap(event.stream_id, have, event.version)
+        if version > have + 1:
+            return Gap(stream_id, have, version)
         try:
-            changes = project(row, prepare(*event, case_id=case_id), self.paths)
+            changes = project(row, prepare(position, stream_id, version, type_, schema_version,
+                                           data, recorded_at, case_id=case_id), self.paths)
         except Unprojectable as exc:
             return self._park(event, row, exc, case_id)
         self.rows[case_id] = changes.case

@@ -23,7 +23,8 @@ from services.projections.projectors.rows import (
 @dataclass
 class ReadModel:
     """Every read model but the timeline is kept here; timeline rows go to ``timeline`` unless
-    ``keep_timeline`` is off (a rebuild streams them out instead)."""
+    ``keep_timeline`` is off (a rebuild streams them out instead). ``keep_cases`` off: the
+    case rows are not kept (a rebuild has them in its ``CaseFolder``)."""
 
     cases: dict[UUID, CaseRow] = field(default_factory=dict)
     counts: Counter[CountKey] = field(default_factory=Counter)
@@ -32,27 +33,30 @@ class ReadModel:
     moves: dict[tuple[UUID, int], MoveRow] = field(default_factory=dict)
     timeline: list[TimelineRow] = field(default_factory=list)
     keep_timeline: bool = True
+    keep_cases: bool = True
 
     def apply(self, change: Changes) -> None:
         """Apply one event's changes, with the same semantics as the PostgreSQL writer."""
-        self.cases[change.case.case_id] = change.case
-        for count_key, delta in change.counts:
-            self.counts[count_key] += delta
-        if change.timeline is not None and self.keep_timeline:
-            self.timeline.append(change.timeline)
-        if change.sla is not None:
-            fact = change.sla
-            self.sla[(fact.case_id, fact.level, fact.unit)] = fact
-        if change.breach is not None:
-            self.breaches.setdefault((change.breach.case_id, change.breach.timer_no),
-                                     change.breach)
-        if change.move is not None:
-            self.moves[(change.move.case_id, change.move.version)] = change.move
-        if change.receipt is not None:
-            key = (change.receipt.case_id, change.receipt.version)
-            move = self.moves.get(key)
-            if move is not None:
-                self.moves[key] = move._replace(received_at=change.receipt.at)
+        case, line, counts, sla, breach, move, receipt = change
+        if self.keep_cases:
+            self.cases[case.case_id] = case
+        if counts:
+            own = self.counts
+            for count_key, delta in counts:
+                own[count_key] = own.get(count_key, 0) + delta
+        if line is not None and self.keep_timeline:
+            self.timeline.append(line)
+        if sla is not None:
+            self.sla[(sla.case_id, sla.level, sla.unit)] = sla
+        if breach is not None:
+            self.breaches.setdefault((breach.case_id, breach.timer_no), breach)
+        if move is not None:
+            self.moves[(move.case_id, move.version)] = move
+        if receipt is not None:
+            key = (receipt.case_id, receipt.version)
+            sent = self.moves.get(key)
+            if sent is not None:
+                self.moves[key] = sent._replace(received_at=receipt.at)
 
     def own_counts(self) -> dict[CountKey, int]:
         return {k: v for k, v in self.counts.items() if v}

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 from uuid import UUID
@@ -119,10 +118,10 @@ class Receipt(NamedTuple):
     at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class Changes:
+class Changes(NamedTuple):
     """Everything one event changes. ``counts`` are deltas of the holding unit's own counts
-    (the subtree counts follow from them, see ``counts.subtree_deltas``)."""
+    (the subtree counts follow from them, see ``counts.subtree_deltas``). A named tuple (not
+    a frozen dataclass): one is made per event, and a rebuild makes millions."""
 
     case: CaseRow
     timeline: TimelineRow | None = None
