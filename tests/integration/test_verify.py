@@ -1,4 +1,5 @@
-"""Verification finds every kind of tampering at the right position."""
+"""Verification finds every kind of tampering at the right position, however the log is cut
+into ranges (one range, or ranges of 7 events that start and end around the checkpoints)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import asyncpg
 import pytest
 
 from shared.contracts.envelope import NewEvent
+from shared.eventstore import verify
 from shared.eventstore.checkpoints import CheckpointSigner, write_checkpoint
-from shared.eventstore.postgres import PostgresEventStore
+from shared.eventstore.postgres import PostgresEventStore, create_pool
 from shared.eventstore.verify import verify_log
 from shared.settings import DEV_SIGNING_KEY
 from tests import tamper
+from tests.conftest import Db
+from tests.integration.audit.support import seed
 
 SIGNER = CheckpointSigner(DEV_SIGNING_KEY)
 
@@ -28,6 +32,11 @@ async def log(pg_store: PostgresEventStore, admin_pool: asyncpg.Pool) -> AsyncIt
     yield
 
 
+@pytest.fixture(params=[2_000, 7], ids=["one-range", "ranges-of-7"])
+def batch(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
 async def stream_of(admin: asyncpg.Pool, position: int) -> str:
     return str(await admin.fetchval("SELECT stream_id FROM events WHERE position = $1", position))
 
@@ -38,64 +47,137 @@ async def test_untouched_log_verifies(log: None, pool: asyncpg.Pool) -> None:
     assert (report.events_checked, report.head_position, report.checkpoints_checked) == (50, 50, 2)
 
 
-async def test_altered_data_is_found_at_its_position(log: None, admin_pool: asyncpg.Pool) -> None:
+async def test_altered_data_is_found_at_its_position(
+    log: None, admin_pool: asyncpg.Pool, batch: int
+) -> None:
     stream = await stream_of(admin_pool, 17)
     await tamper.alter_data(admin_pool, 17, '{"i":99,"说明":"材料齐全"}')
-    report = await verify_log(admin_pool, SIGNER.public_key)
+    report = await verify_log(admin_pool, SIGNER.public_key, batch_size=batch)
     assert not report.ok
     assert (report.first_bad_position, report.stream_id) == (17, stream)
     assert "content" in (report.problem or "")
 
 
-async def test_deleted_event_is_found(log: None, admin_pool: asyncpg.Pool) -> None:
+async def test_deleted_event_is_found(
+    log: None, admin_pool: asyncpg.Pool, batch: int
+) -> None:
     await tamper.delete_event(admin_pool, 33)
-    report = await verify_log(admin_pool, SIGNER.public_key)
+    report = await verify_log(admin_pool, SIGNER.public_key, batch_size=batch)
     assert (report.ok, report.first_bad_position) == (False, 33)
     assert "missing" in (report.problem or "")
 
 
-async def test_swapped_events_are_found_at_the_first(log: None, admin_pool: asyncpg.Pool) -> None:
+async def test_swapped_events_are_found_at_the_first(
+    log: None, admin_pool: asyncpg.Pool, batch: int
+) -> None:
     await tamper.swap_events(admin_pool, 12, 30)
-    report = await verify_log(admin_pool, SIGNER.public_key)
+    report = await verify_log(admin_pool, SIGNER.public_key, batch_size=batch)
     assert (report.ok, report.first_bad_position) == (False, 12)
 
 
 async def test_rewritten_chain_is_caught_by_the_signed_checkpoint(
-    log: None, admin_pool: asyncpg.Pool
+    log: None, admin_pool: asyncpg.Pool, batch: int
 ) -> None:
     await tamper.alter_data(admin_pool, 25, '{"i":0}')
     await tamper.rewrite_chain_from(admin_pool, 25)
-    report = await verify_log(admin_pool, SIGNER.public_key)
+    report = await verify_log(admin_pool, SIGNER.public_key, batch_size=batch)
     assert (report.ok, report.first_bad_position) == (False, 40)
     assert "after position 20" in (report.problem or "")
-    unsigned = await verify_log(admin_pool, None)  # without checkpoints the forgery holds
+    # without checkpoints the forgery holds
+    unsigned = await verify_log(admin_pool, None, batch_size=batch)
     assert unsigned.ok
 
 
 async def test_removed_tail_is_caught_by_a_later_checkpoint(
-    log: None, admin_pool: asyncpg.Pool
+    log: None, admin_pool: asyncpg.Pool, batch: int
 ) -> None:
     for position in range(50, 38, -1):
         await tamper.delete_event(admin_pool, position)
-    report = await verify_log(admin_pool, SIGNER.public_key)
+    report = await verify_log(admin_pool, SIGNER.public_key, batch_size=batch)
     assert not report.ok and "beyond the end" in (report.problem or "")
 
 
-async def test_forged_checkpoint_signature_is_found(log: None, admin_pool: asyncpg.Pool) -> None:
+async def test_forged_checkpoint_signature_is_found(
+    log: None, admin_pool: asyncpg.Pool, batch: int
+) -> None:
     await tamper.as_forger(
         admin_pool, "UPDATE event_checkpoints SET position = 41 WHERE position = 40",
         table="event_checkpoints",
     )
-    report = await verify_log(admin_pool, SIGNER.public_key)
+    report = await verify_log(admin_pool, SIGNER.public_key, batch_size=batch)
     assert (report.ok, report.first_bad_position) == (False, 41)
     assert "signature" in (report.problem or "")
 
 
 async def test_verify_from_checkpoint_checks_only_what_follows(
-    log: None, admin_pool: asyncpg.Pool
+    log: None, admin_pool: asyncpg.Pool, batch: int
 ) -> None:
-    report = await verify_log(admin_pool, SIGNER.public_key, from_checkpoint=True)
+    report = await verify_log(admin_pool, SIGNER.public_key, from_checkpoint=True,
+                              batch_size=batch)
     assert (report.ok, report.started_from, report.events_checked) == (True, 40, 10)
     await tamper.alter_data(admin_pool, 45, '{"i":0}')
-    report = await verify_log(admin_pool, SIGNER.public_key, from_checkpoint=True)
+    report = await verify_log(admin_pool, SIGNER.public_key, from_checkpoint=True,
+                              batch_size=batch)
     assert (report.ok, report.first_bad_position) == (False, 45)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 19, 20, 21, 49, 50, 2_000])
+async def test_any_range_size_checks_every_event_and_checkpoint(
+    log: None, pool: asyncpg.Pool, batch_size: int
+) -> None:
+    seen: list[tuple[int, int]] = []
+    report = await verify_log(pool, SIGNER.public_key, batch_size=batch_size,
+                              progress=lambda done, total: seen.append((done, total)))
+    assert report.ok, report
+    assert (report.events_checked, report.head_position, report.checkpoints_checked) == (50, 50, 2)
+    assert seen and seen[-1] == (50, 50)
+
+
+async def test_a_pool_of_one_connection_verifies_too(log: None, database: Db) -> None:
+    one = await create_pool(database.service_dsn, min_size=1, max_size=1)
+    try:
+        report = await verify_log(one, SIGNER.public_key, batch_size=7)
+    finally:
+        await one.close()
+    assert report.ok and report.events_checked == 50, report
+
+
+async def test_a_hash_rewritten_in_capitals_is_found(
+    log: None, admin_pool: asyncpg.Pool, batch: int
+) -> None:
+    """Same digest, other letters: the stored text is what the chain holds, so it fails."""
+    await tamper.as_forger(admin_pool, "UPDATE events SET hash = upper(hash) WHERE position = 17")
+    report = await verify_log(admin_pool, SIGNER.public_key, batch_size=batch)
+    assert (report.ok, report.first_bad_position) == (False, 17)
+    assert "content" in (report.problem or "")
+
+
+async def test_a_null_smuggled_into_an_event_is_found(
+    log: None, admin_pool: asyncpg.Pool, batch: int
+) -> None:
+    await tamper.as_forger(admin_pool, "ALTER TABLE events ALTER COLUMN metadata DROP NOT NULL")
+    await tamper.as_forger(admin_pool, "UPDATE events SET metadata = NULL WHERE position = 17")
+    report = await verify_log(admin_pool, SIGNER.public_key, batch_size=batch)
+    assert (report.ok, report.first_bad_position) == (False, 17)
+    assert "content" in (report.problem or "")
+
+
+async def test_an_untouched_log_never_needs_the_event_by_event_check(
+    pg_store: PostgresEventStore, admin_pool: asyncpg.Pool, pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL's canonical bytes are byte for byte the writer's (real domain events: Chinese
+    text, nested metadata), so every range holds as a whole and nothing is read twice."""
+    await seed(pg_store, admin_pool)
+    reread: list[int] = []
+    take_rows = verify._Chain.take_rows
+
+    def spy(chain: verify._Chain, rows: list[asyncpg.Record]) -> bool:
+        reread.append(len(rows))
+        return take_rows(chain, rows)
+
+    monkeypatch.setattr(verify._Chain, "take_rows", spy)
+    for batch_size in (7, 2_000):
+        report = await verify_log(pool, SIGNER.public_key, batch_size=batch_size)
+        assert report.ok and report.checkpoints_checked >= 3, report
+    assert reread == []
