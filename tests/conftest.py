@@ -146,12 +146,12 @@ async def fresh_database(cluster: PgCluster) -> AsyncIterator[Db]:
 
 @contextlib.asynccontextmanager
 async def postgres_store(
-    cluster: PgCluster, *, optimistic: bool = True
+    cluster: PgCluster, *, optimistic: bool = True, writers: int = 1
 ) -> AsyncIterator[PostgresEventStore]:
     """A PostgreSQL event store on a fresh database, as the service role."""
     async with fresh_database(cluster) as db:
         p = await create_pool(db.service_dsn, min_size=1, max_size=20)
-        store = PostgresEventStore(p, optimistic=optimistic)
+        store = PostgresEventStore(p, optimistic=optimistic, writers=writers)
         try:
             yield store
         finally:

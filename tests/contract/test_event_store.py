@@ -16,15 +16,18 @@ from shared.eventstore.port import ANY, NO_STREAM, EventStore, StreamAppend
 from tests.conftest import postgres_store
 
 
-@pytest.fixture(params=["memory", "postgres", "postgres-locked"])
+@pytest.fixture(params=["memory", "postgres", "postgres-locked", "postgres-two-writers"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[EventStore]:
-    """The fake, and PostgreSQL both ways a batch is planned: on the writer's beliefs checked by
-    ``yizhan_append`` (the usual path) and under the append lock (its fallback)."""
+    """The fake, and PostgreSQL every way a batch is planned: on the writer's beliefs checked
+    by ``yizhan_append`` (the usual path), under the append lock (its fallback), and by two
+    pipelined writers (the second plans on top of the first's batch in flight)."""
     if request.param == "memory":
         yield InMemoryEventStore()
     else:
         async with postgres_store(request.getfixturevalue("pg_cluster"),
-                                  optimistic=request.param == "postgres") as pg:
+                                  optimistic=request.param != "postgres-locked",
+                                  writers=2 if request.param == "postgres-two-writers" else 1,
+                                  ) as pg:
             yield pg
 
 
