@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,20 +24,23 @@ import asyncpg
 from services.cases.domain import Rejection, decide_all
 from services.cases.handlers import stream_id
 from services.intake.domain import Refused, Route, Visit, route
-from services.intake.domain.ids import event_id, visit_id
+from services.intake.domain.ids import event_ids, visit_id
 from services.intake.domain.opening import Reception, visit_commands
 from services.intake.domain.reasons import Reason
 from services.intake.domain.receipts import VisitReceipt, visit_receipt
 from services.intake.privacy import Privacy
 from shared.contracts import cases as _events  # noqa: F401  (registers the case events)
+from shared.contracts.canonical import canonical_json
 from shared.contracts.cases import Actor, CaseEvent, EncryptedApplicant
-from shared.contracts.registry import DomainEvent, registry, to_new_event
+from shared.contracts.envelope import EncodedEvent, utc
+from shared.contracts.registry import DomainEvent, registry
 from shared.eventstore.errors import EventIdReused, WrongExpectedVersion
 from shared.eventstore.port import NO_STREAM, EventStore, StreamAppend
 from shared.logging import correlation, get_logger
 from shared.reference import Reference, Role
 
 log = get_logger(__name__)
+_stdlib_log = logging.getLogger(__name__)  # its level decides whether the info lines are built
 Clock = Callable[[], datetime]
 
 
@@ -55,6 +59,16 @@ class VisitRequest:
     receiver: Actor | None
     correlation_id: str
     source_system: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A visit decided and encoded, not yet appended."""
+
+    request: VisitRequest
+    visit: uuid.UUID
+    decided: dict[uuid.UUID, list[CaseEvent]]
+    appends: list[StreamAppend]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +119,7 @@ class IntakeHandler:
         self.privacy = privacy
         self.idempotency = idempotency
         self.clock = clock
+        self._clerks: dict[str, Actor] = {}  # each station's duty clerk, as an actor
 
     async def submit_visit(self, request: VisitRequest,
                            fingerprint: str) -> tuple[VisitReceipt, bool]:
@@ -123,7 +138,7 @@ class IntakeHandler:
     async def open_visits(self, requests: Sequence[VisitRequest]) -> list[VisitReceipt | Refused]:
         """Open many visits at once (their appends are group-committed by the store); each
         gets its receipt or the reasons it was refused."""
-        outcomes: list[VisitReceipt | Refused | None] = [None] * len(requests)
+        outcomes: list[Prepared | Refused | None] = [None] * len(requests)
         routable: list[tuple[int, Route]] = []
         for index, request in enumerate(requests):
             try:
@@ -131,29 +146,36 @@ class IntakeHandler:
             except Refused as refused:
                 outcomes[index] = refused
         applicants = await self.privacy.protect([requests[i].visit.applicant for i, _ in routable])
-        opened = await asyncio.gather(*(
-            self._open(requests[i], found, applicant)
-            for (i, found), applicant in zip(routable, applicants, strict=True)))
-        for (index, _), outcome in zip(routable, opened, strict=True):
-            outcomes[index] = outcome
-        return [o for o in outcomes if o is not None]
+        for (index, found), applicant in zip(routable, applicants, strict=True):
+            outcomes[index] = self._prepare(requests[index], found, applicant)
+        return list(await asyncio.gather(*(
+            self._append_visit(o) if isinstance(o, Prepared) else _refused(o)
+            for o in outcomes if o is not None)))
 
-    async def _open(self, request: VisitRequest, found: Route,
-                    applicant: EncryptedApplicant) -> VisitReceipt | Refused:
+    def _prepare(self, request: VisitRequest, found: Route,
+                 applicant: EncryptedApplicant) -> Prepared | Refused:
+        """Decide the opening of every case of the visit and encode its events (most of the CPU
+        of a visit; pure: nothing is appended or logged yet)."""
+        visit = visit_id(request.scope, request.key)
+        try:
+            reception = self._reception(request, found)
+            decided = {cid: decide_all(None, commands, self.ref) for cid, commands in
+                       visit_commands(found, visit=visit, applicant=applicant,
+                                      reception=reception).items()}
+        except Rejection as rejection:
+            return refused_by_domain(rejection)
+        except Refused as refused:
+            return refused
+        metadata: dict[Actor, str] = {}  # the events of a visit share a few actors
+        appends = [_encoded(cid, events, visit, request, metadata)
+                   for cid, events in decided.items()]
+        return Prepared(request, visit, decided, appends)
+
+    async def _append_visit(self, prepared: Prepared) -> VisitReceipt | Refused:
+        request, visit, decided = prepared.request, prepared.visit, prepared.decided
         with correlation(request.correlation_id):
-            visit = visit_id(request.scope, request.key)
             try:
-                reception = self._reception(request, found)
-                decided = {cid: decide_all(None, commands, self.ref) for cid, commands in
-                           visit_commands(found, visit=visit, applicant=applicant,
-                                          reception=reception).items()}
-            except Rejection as rejection:
-                return refused_by_domain(rejection)
-            except Refused as refused:
-                return refused
-            try:
-                results = await self.store.append_streams(
-                    [self._append(cid, events, visit, request) for cid, events in decided.items()])
+                results = await self.store.append_streams(prepared.appends)
             except (WrongExpectedVersion, EventIdReused):
                 return Refused([Reason("idempotency_key_reused", "idempotency_key",
                                        "this key already opened other cases")], "conflict")
@@ -161,9 +183,10 @@ class IntakeHandler:
             if any(r.already_applied for r in results):
                 events_by_case = await self._stored(list(decided))
             position = max(r.position for r in results)
-            log.info("intake.visit_opened", visit_id=str(visit), cases=len(decided),
-                     position=position, replayed=results[0].already_applied,
-                     source_system=request.source_system)
+            if _stdlib_log.isEnabledFor(logging.INFO):  # (the line costs even when dropped)
+                log.info("intake.visit_opened", visit_id=str(visit), cases=len(decided),
+                         position=position, replayed=results[0].already_applied,
+                         source_system=request.source_system)
             return visit_receipt(visit, events_by_case, self.ref.catalogue, position)
 
     def _reception(self, request: VisitRequest, found: Route) -> Reception:
@@ -172,19 +195,16 @@ class IntakeHandler:
                          source_system=request.source_system)
 
     def _duty_clerk(self, station: str) -> Actor:
-        try:
-            clerk = self.ref.staff.duty_clerk(station)
-        except LookupError as exc:
-            raise Refused([Reason("no_duty_clerk", "station",
-                                  "the station has no clerk to receive the case")]) from exc
-        return Actor(user_id=clerk.user_id, role=Role.STATION_CLERK, unit=clerk.unit)
-
-    def _append(self, case: uuid.UUID, events: Sequence[CaseEvent], visit: uuid.UUID,
-                request: VisitRequest) -> StreamAppend:
-        return StreamAppend(stream_id(case), NO_STREAM, [
-            to_new_event(event, event_id=event_id(case, index), occurred_at=event.at,
-                         metadata=_metadata(event.actor, visit, request))
-            for index, event in enumerate(events)])
+        clerk = self._clerks.get(station)
+        if clerk is None:
+            try:
+                member = self.ref.staff.duty_clerk(station)
+            except LookupError as exc:
+                raise Refused([Reason("no_duty_clerk", "station",
+                                      "the station has no clerk to receive the case")]) from exc
+            clerk = Actor(user_id=member.user_id, role=Role.STATION_CLERK, unit=member.unit)
+            self._clerks[station] = clerk
+        return clerk
 
     async def _stored(self, cases: list[uuid.UUID]) -> dict[uuid.UUID, Sequence[DomainEvent]]:
         streams = await asyncio.gather(*(self.store.read_stream(stream_id(c)) for c in cases))
@@ -192,11 +212,31 @@ class IntakeHandler:
                 for case, recorded in zip(cases, streams, strict=True)}
 
 
+def _encoded(case: uuid.UUID, events: Sequence[CaseEvent], visit: uuid.UUID,
+             request: VisitRequest, metadata: dict[Actor, str]) -> StreamAppend:
+    """A new case's stream, its events encoded here as the store would (``to_new_event``, then
+    the canonical text of data and metadata: the same bytes), the metadata of each actor
+    encoded once per visit."""
+    encoded = []
+    for event, eid in zip(events, event_ids(case, len(events)), strict=True):
+        meta = metadata.get(event.actor)
+        if meta is None:
+            meta = metadata[event.actor] = canonical_json(_metadata(event.actor, visit, request))
+        encoded.append(EncodedEvent(eid, event.event_type, event.schema_version,
+                                    canonical_json(event.model_dump(mode="json")), meta,
+                                    utc(event.at)))
+    return StreamAppend(stream_id(case), NO_STREAM, encoded)
+
+
 def _metadata(actor: Actor, visit: uuid.UUID, request: VisitRequest) -> dict[str, Any]:
     meta = {"actor_id": actor.user_id, "role": str(actor.role), "unit": actor.unit,
             "acting_for": actor.acting_for, "correlation_id": request.correlation_id,
             "causation_id": str(visit), "source_system": request.source_system}
     return {k: v for k, v in meta.items() if v is not None}
+
+
+async def _refused(refused: Refused) -> Refused:
+    return refused
 
 
 def refused_by_domain(rejection: Rejection) -> Refused:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -22,7 +22,7 @@ import asyncpg
 
 from services.cases.domain import RecordExternalResult, Rejection
 from services.cases.handlers import CaseCommands
-from services.intake.domain.ids import command_id, visit_id
+from services.intake.domain.ids import command_id, derived_id, visit_id
 from services.intake.domain.reasons import Reason, Refused
 from services.intake.domain.receipts import VisitReceipt
 from services.intake.domain.submission import ResultSubmission, VisitSubmission
@@ -35,13 +35,14 @@ from services.intake.handlers import (
 )
 from services.intake.messages import (
     CORRELATION_HEADER,
+    SOURCE_HEADER,
     RawMessage,
     Readable,
     Unreadable,
     read_message,
 )
 from services.intake.quarantine import Quarantine
-from services.intake.sources import SourceRegistry
+from services.intake.sources import SourceRegistry, SourceSystem
 from shared.contracts.cases import Actor
 from shared.contracts.envelope import iso
 from shared.logging import correlation, get_logger
@@ -104,10 +105,13 @@ class OutcomeLog:
         remembered = [o.remember for o in outcomes if o.remember is not None]
         async with self.pool.acquire() as conn, conn.transaction():
             if remembered:
-                await conn.executemany(
+                await conn.execute(
                     "INSERT INTO intake_requests (scope, key, fingerprint, receipt)"
-                    " VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT DO NOTHING",
-                    [(s, k, f, r.model_dump_json()) for s, k, f, r in remembered])
+                    " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])"
+                    " ON CONFLICT DO NOTHING",
+                    [s for s, _, _, _ in remembered], [k for _, k, _, _ in remembered],
+                    [f for _, _, f, _ in remembered],
+                    [r.model_dump_json() for _, _, _, r in remembered])
             await conn.execute(
                 'INSERT INTO intake_messages (topic, partition, "offset", source,'
                 " idempotency_key, outcome, case_ids, reasons, rejection)"
@@ -136,6 +140,75 @@ def _columns(outcomes: Sequence[Outcome]) -> list[list[Any]]:
     ]
 
 
+class Turn:
+    """A batch's place among the batches in flight: ``wait()`` until every earlier batch that
+    holds one of its messages or idempotency keys is done, ``release()`` once it is done."""
+
+    def __init__(self, turns: Turns, claims: list[Hashable], before: set[asyncio.Future[None]],
+                 done: asyncio.Future[None]) -> None:
+        self._turns = turns
+        self._claims = claims
+        self._before = before
+        self._done = done
+
+    async def wait(self) -> None:
+        if self._before:  # (asyncio.wait: cancelling this waiter leaves the others alone)
+            await asyncio.wait(self._before)
+
+    def release(self) -> None:
+        self._turns.release(self._claims, self._done)
+
+
+class Turns:
+    """Batches in flight take turns on what they share.
+
+    Two batches may be handled at once (the agent overlaps one batch's database round trips
+    with the next one's decoding and deciding), but not on the same message (a redelivery)
+    or the same idempotency key: the later one would not yet see the earlier one's outcome
+    or receipt, so a repeat would not be recognised as one. ``claim`` is called in the order
+    the batches were read; each claim is a message's place or its (scope, key), taken from
+    the JSON without validating it (a claim too many only costs waiting)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._holders: dict[Hashable, asyncio.Future[None]] = {}
+
+    def claim(self, messages: Sequence[RawMessage]) -> Turn:
+        claims: list[Hashable] = []
+        for message in messages:
+            claims.append(message.where)
+            key = self._scope_key(message)
+            if key is not None:
+                claims.append(key)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        before = {self._holders[c] for c in claims if c in self._holders}
+        for claim in claims:
+            self._holders[claim] = done
+        return Turn(self, claims, before, done)
+
+    def release(self, claims: list[Hashable], done: asyncio.Future[None]) -> None:
+        for claim in claims:
+            if self._holders.get(claim) is done:
+                del self._holders[claim]
+        if not done.done():
+            done.set_result(None)
+
+    def __len__(self) -> int:
+        return len(self._holders)
+
+    def _scope_key(self, message: RawMessage) -> tuple[str, str] | None:
+        source = message.header(SOURCE_HEADER)
+        if not source or not message.value or len(message.value) > self.max_bytes:
+            return None
+        try:
+            body = json.loads(message.value)
+        except (ValueError, RecursionError):
+            return None
+        key = body.get("idempotency_key") if isinstance(body, dict) else None
+        # (stripped as the submission model strips it)
+        return (f"source:{source}", key.strip()) if isinstance(key, str) else None
+
+
 class KafkaIngress:
     def __init__(self, handler: IntakeHandler, commands: CaseCommands, outcomes: OutcomeLog,
                  sources: SourceRegistry, quarantine: Quarantine, publisher: RejectionPublisher,
@@ -149,28 +222,36 @@ class KafkaIngress:
         self.max_bytes = max_bytes
         self.clock = clock
         self.stats = IngressStats()
+        self.turns = Turns(max_bytes)
+        self._actors: dict[str, Actor] = {}  # each source system's actor (frozen, shared)
 
     async def handle(self, messages: Sequence[RawMessage]) -> None:
         """Handle a batch; when this returns, every message's outcome is durable and every
-        rejection published: the batch may be acked. Raises (nothing acked) on a fault."""
+        rejection published: the batch may be acked. Raises (nothing acked) on a fault.
+
+        Batches may be handled concurrently only if they share no message and no idempotency
+        key (``Turns``): the agent lets a batch through once earlier ones holding its keys are
+        done."""
         self.stats.batches += 1
         self.stats.received += len(messages)
         unique = list({m.where: m for m in messages}.values())
-        known = await self.outcomes.known([m.where for m in unique])
+        readings = [read_message(m, self.sources, self.max_bytes) for m in unique]
+        readable = [r for r in readings if isinstance(r, Readable)]
+        known, recalled = await asyncio.gather(
+            self.outcomes.known([m.where for m in unique]),
+            self.handler.idempotency.recall(
+                [(r.scope, r.submission.idempotency_key) for r in readable]))
         self.stats.redelivered += len(known)
-        fresh = [m for m in unique if m.where not in known]
-        decided = await self._decide([read_message(m, self.sources, self.max_bytes)
-                                      for m in fresh])
+        decided = await self._decide([r for r in readings if r.raw.where not in known],
+                                     recalled)
         await self.outcomes.record(decided)
         pending = [o.rejection for o in decided if o.rejection is not None]
         pending += [r for r in known.values() if r is not None]
         await self._publish(pending)
         self._count(decided)
 
-    async def _decide(self, readings: Sequence[Readable | Unreadable]) -> list[Outcome]:
-        readable = [r for r in readings if isinstance(r, Readable)]
-        recalled = await self.handler.idempotency.recall(
-            [(r.scope, r.submission.idempotency_key) for r in readable])
+    async def _decide(self, readings: Sequence[Readable | Unreadable],
+                      recalled: Mapping[tuple[str, str], Remembered]) -> list[Outcome]:
         outcomes: dict[Where, Outcome] = {}
         first_of: dict[tuple[str, str], Readable] = {}
         repeats: dict[Where, Where] = {}
@@ -207,7 +288,7 @@ class KafkaIngress:
             assert isinstance(submission, VisitSubmission)
             requests.append(VisitRequest(
                 visit=submission, scope=reading.scope, key=submission.idempotency_key,
-                submitter=_system_actor(reading), receiver=None,
+                submitter=self._system_actor(reading.source), receiver=None,
                 correlation_id=_correlation_id(reading), source_system=reading.source.id))
         return await self.handler.open_visits(requests)
 
@@ -218,7 +299,7 @@ class KafkaIngress:
         result = reading.submission
         assert isinstance(result, ResultSubmission)
         command = RecordExternalResult(
-            case_id=result.case_id, at=self.clock(), actor=_system_actor(reading),
+            case_id=result.case_id, at=self.clock(), actor=self._system_actor(reading.source),
             source_system=reading.source.id, result_type=result.result_type,
             reference=result.reference, summary=result.summary, details=dict(result.details))
         with correlation(_correlation_id(reading)):
@@ -279,6 +360,13 @@ class KafkaIngress:
             [(r["topic"], r["partition"], r["offset"]) for r in rejections])
         self.stats.published += len(rejections)
 
+    def _system_actor(self, source: SourceSystem) -> Actor:
+        actor = self._actors.get(source.id)
+        if actor is None or actor.unit != source.unit:
+            actor = self._actors[source.id] = Actor(
+                user_id=f"system:{source.id}", role=Role.SYSTEM, unit=source.unit)
+        return actor
+
     def _count(self, outcomes: Sequence[Outcome]) -> None:
         for outcome in outcomes:
             if outcome.kind == "accepted":
@@ -297,14 +385,9 @@ def _remembered(reading: Readable | None) -> Remembered | None:
     return Remembered(reading.fingerprint, {"visit_id": str(visit), "cases": []})
 
 
-def _system_actor(reading: Readable) -> Actor:
-    return Actor(user_id=f"system:{reading.source.id}", role=Role.SYSTEM,
-                 unit=reading.source.unit)
-
-
 def _correlation_id(reading: Readable) -> str:
     given = reading.raw.header(CORRELATION_HEADER)
     if given and 0 < len(given) <= 128 and given.isprintable():
         return given
-    return uuid.uuid5(visit_id(reading.scope, reading.submission.idempotency_key),
+    return derived_id(visit_id(reading.scope, reading.submission.idempotency_key),
                       "correlation").hex

@@ -103,6 +103,7 @@ _INSERT_SUBJECTS = """
 INSERT INTO intake_subjects (subject_id, id_hash, wrapped_key, master_key_id)
 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])
 ON CONFLICT (id_hash) DO NOTHING
+RETURNING id_hash
 """
 _SUBJECTS_BY_HASH = """
 SELECT subject_id, id_hash, wrapped_key FROM intake_subjects WHERE id_hash = ANY($1::text[])
@@ -118,16 +119,21 @@ class KeyVault:
 
     async def keys_for(self, id_hashes: Sequence[str]) -> dict[str, SubjectKey]:
         """The key of every subject with these ID hashes, creating the missing ones (one round
-        trip each way for a whole batch; concurrent callers agree on one subject)."""
+        trip to find them and one to create the missing, for a whole batch; concurrent callers
+        agree on one subject: who loses the insert reads the winner's key)."""
         wanted = sorted(set(id_hashes))
         found = await self._by_hash(wanted)
         missing = [h for h in wanted if h not in found]
         if missing:
-            new_ids = [f"subj-{uuid.uuid4()}" for _ in missing]
-            wrapped = [self.sealer.wrap(s, AESGCM.generate_key(256)) for s in new_ids]
-            await self.pool.execute(_INSERT_SUBJECTS, new_ids, missing, wrapped,
-                                    [self.sealer.master_key_id] * len(missing))
-            found |= await self._by_hash(missing)
+            new = [SubjectKey(f"subj-{uuid.uuid4()}", h, AESGCM.generate_key(256))
+                   for h in missing]
+            created = {r["id_hash"] for r in await self.pool.fetch(
+                _INSERT_SUBJECTS, [k.subject_id for k in new], missing,
+                [self.sealer.wrap(k.subject_id, k.data_key) for k in new],
+                [self.sealer.master_key_id] * len(new))}
+            found |= {k.id_hash: k for k in new if k.id_hash in created}
+            if len(created) < len(new):
+                found |= await self._by_hash([h for h in missing if h not in created])
         return found
 
     async def _by_hash(self, id_hashes: list[str]) -> dict[str, SubjectKey]:

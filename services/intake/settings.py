@@ -49,6 +49,9 @@ class IntakeSettings(BaseSettings):
     consumer_group: str = Field(default="yizhan-intake", min_length=1)
     batch_size: int = Field(default=500, ge=1, le=5000)
     batch_wait_s: float = Field(default=0.05, gt=0, le=5)
+    pipeline_depth: int = Field(
+        default=2, ge=1, le=8,
+        description="Kafka batches in flight at once (acked in order; 1 = one at a time).")
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8002, ge=0, le=65535)
 

@@ -117,15 +117,21 @@ async def test_a_thousand_submissions_survive_a_restart_exactly_once(
 
 
 def stall_after(agent: SubmissionAgent, handled: int) -> asyncio.Event:
-    """Let the agent handle batches until ``handled`` messages are done, then hang inside the
-    next batch (never acked) and set the returned event."""
+    """Let the agent handle batches until ``handled`` messages were handed over, then hang
+    inside each later batch (never acked): once the earlier batches are done (the agent has
+    up to ``depth`` batches in flight), set the returned event."""
     ingress, real = agent.ingress, agent.ingress.handle
     stalled = asyncio.Event()
+    handed = 0
 
     async def handle(messages: Sequence[RawMessage]) -> None:
-        if ingress.stats.accepted + ingress.stats.rejected >= handled:
+        nonlocal handed
+        if handed >= handled:
+            while ingress.stats.accepted + ingress.stats.rejected < handed:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # (the counters have no events)
             stalled.set()
             await asyncio.Event().wait()
+        handed += len(messages)
         await real(messages)
 
     ingress.handle = handle  # type: ignore[method-assign]
