@@ -47,7 +47,8 @@ class Reader:
     max_wait_s: float = 5.0
     live: LiveStats | None = None
     envelopes_parked: Callable[[], int] = field(default=lambda: 0)
-    _advancing: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
+    _advancing: asyncio.Future[int] | None = field(default=None, init=False, repr=False)
+    _reached: int = field(default=0, init=False, repr=False)  # the last watermark seen
 
     def scope(self, who: Principal, unit: str | None) -> q.Scope:
         """The jurisdiction to read: ``unit`` (default: the caller's own), which must lie
@@ -82,31 +83,34 @@ class Reader:
                 yield conn, await active_schema(conn), progress
 
     async def _wait(self, min_position: int) -> None:
+        """Wait until the watermark reaches ``min_position``. Every waiter shares one refresh
+        (advance the watermark, read it) at a time: they finish a refresh together, pause
+        together and join the next one, so a hundred waiters cost what one does, not a
+        hundred queries every tick (which, under load, fed the very backlog they waited on)."""
+        if min_position <= self._reached:
+            return  # a watermark only moves on (a swap sets the new set's at the head)
         deadline = time.monotonic() + self.max_wait_s
-        while (reached := await self._position()) < min_position:
+        while (reached := await self._advance()) < min_position:
             if time.monotonic() > deadline:
                 raise ProblemError(
                     504, "Projection behind", f"the read models have reached position "
                     f"{reached}, not {min_position}, within {self.max_wait_s} s",
                     errors=[{"field": "query:min_position", "message": "not reached yet"}],
                     projection={"position": reached})
-            await asyncio.sleep(0.05)
-            await self._advance()
+            await asyncio.sleep(0.02)
 
-    async def _position(self) -> int:
-        async with self.pool.acquire() as conn:
-            return (await read_progress(conn)).position
-
-    async def _advance(self) -> None:
-        """Move the watermark on; concurrent waiters share one advance (it locks one row, and
-        a hundred waiters taking turns on it would starve every other query)."""
+    async def _advance(self) -> int:
+        """Move the watermark on and return it; concurrent callers share one advance (it locks
+        one row, and a hundred waiters taking turns on it would starve every other query)."""
         if self._advancing is None or self._advancing.done():
             self._advancing = asyncio.ensure_future(self._advance_now())
-        await asyncio.shield(self._advancing)
+        return await asyncio.shield(self._advancing)
 
-    async def _advance_now(self) -> None:
+    async def _advance_now(self) -> int:
         async with self.pool.acquire() as conn:
-            await advance_watermark(conn)
+            reached = await advance_watermark(conn)
+        self._reached = max(self._reached, reached)
+        return reached
 
 
 def reader_of(request: Request) -> Reader:
