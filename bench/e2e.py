@@ -32,9 +32,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.commands import KeepAlive
 from services.demo.people import synthetic_applicant
 from shared.auth import Principal, mint_token
 from shared.logging import configure_logging, get_logger
@@ -132,44 +135,87 @@ async def open_cases(http: httpx.AsyncClient, base: str, ref: Reference, tokens:
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-async def until_visible(http: httpx.AsyncClient, base: str, tokens: Tokens, case: Case,
+class Connections:
+    """Keep-alive connections to one server, one request per connection at a time
+    (``bench.commands.KeepAlive``: httpx cost this client most of a core at 100 commands/s,
+    which then queued the very requests it timed)."""
+
+    def __init__(self, base: str) -> None:
+        host, _, port = base.removeprefix("http://").partition(":")
+        self.host, self.port = host, int(port)
+        self.idle: list[KeepAlive] = []
+        self.slots = asyncio.Semaphore(128)  # as many connections as httpx's pool had
+
+    async def request(self, method: str, path: str, body: Any,
+                      headers: dict[str, str]) -> tuple[int, Any]:
+        async with self.slots:
+            return await self._request(method, path, body, headers)
+
+    async def _request(self, method: str, path: str, body: Any,
+                       headers: dict[str, str]) -> tuple[int, Any]:
+        data = b"" if body is None else json.dumps(body).encode()
+        while self.idle:  # an idle connection the server may have closed meanwhile
+            conn = self.idle.pop()
+            try:
+                status, content = await conn.request(method, path, data, headers)
+            except (OSError, IndexError, asyncio.IncompleteReadError):
+                await conn.close()
+                continue
+            self.idle.append(conn)
+            return status, content
+        conn = KeepAlive(self.host, self.port)
+        try:
+            status, content = await conn.request(method, path, data, headers)
+        except BaseException:
+            await conn.close()
+            raise
+        self.idle.append(conn)
+        return status, content
+
+
+async def until_visible(proj: Connections, tokens: Tokens, case: Case,
                         position: int, version: int) -> float | None:
     """Seconds from now until the township read model shows ``version`` (None: lost)."""
     started = time.perf_counter()
     while time.perf_counter() - started < VISIBLE_TIMEOUT_S:
         try:
-            answer = await http.get(f"{base}/v1/projections/cases/{case.case_id}",
-                                    params={"min_position": position},
-                                    headers=tokens(case.supervisor))
-        except httpx.HTTPError:
+            status, content = await proj.request(
+                "GET", f"/v1/projections/cases/{case.case_id}?min_position={position}", None,
+                tokens(case.supervisor))
+        except (OSError, RuntimeError, ValueError, IndexError,
+                asyncio.IncompleteReadError) as exc:
+            log.debug("bench.read_error", error=repr(exc))
+            await asyncio.sleep(0.005)
             continue
-        if answer.status_code == 200 and answer.json()["case"]["version"] >= version:
+        if status != 200:
+            log.debug("bench.read_status", status=status, body=content[:200])
+        if status == 200 and json.loads(content)["case"]["version"] >= version:
             return time.perf_counter() - started
         await asyncio.sleep(0.005)
     return None
 
 
-async def one_command(http: httpx.AsyncClient, cases_url: str, proj_url: str,
-                      tokens: Tokens, case: Case, results: Results) -> None:
+async def one_command(cases: Connections, proj: Connections, tokens: Tokens, case: Case,
+                      results: Results) -> None:
     async with case.lock:
         verb, user, body = case.next_command()
         sent = time.perf_counter()
         try:
-            answer = await http.post(f"{cases_url}/v1/cases/{case.case_id}/{verb}",
-                                     json=body, headers=tokens(user))
-        except httpx.HTTPError as exc:
+            status, content = await cases.request(
+                "POST", f"/v1/cases/{case.case_id}/{verb}", body, tokens(user))
+        except (OSError, RuntimeError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
             results.failed += 1
             log.warning("bench.command_error", verb=verb, error=repr(exc))
             return
         results.command_ms.append((time.perf_counter() - sent) * 1000)
-        if answer.status_code != 200:
+        if status != 200:
             results.failed += 1
-            log.warning("bench.command_failed", verb=verb, status=answer.status_code,
-                        body=answer.text[:200])
+            log.warning("bench.command_failed", verb=verb, status=status,
+                        body=content[:200].decode(errors="replace"))
             return
         case.done += 1
-        done = answer.json()
-    seen = await until_visible(http, proj_url, tokens, case, done["position"], done["version"])
+        done = json.loads(content)
+    seen = await until_visible(proj, tokens, case, done["position"], done["version"])
     if seen is None:
         results.lost += 1
     else:
@@ -185,6 +231,8 @@ async def drive(ports: dict[str, int], seconds: float, rate: int) -> tuple[Resul
         cases = await open_cases(http, base["YIZHAN_INTAKE_HTTP_PORT"], ref, tokens,
                                  n=rate * 2)
         log.warning("bench.cases_open", cases=len(cases))
+        cases_http = Connections(base["YIZHAN_CASES_PORT"])
+        proj_http = Connections(base["YIZHAN_PROJECTIONS_PORT"])
         results = Results()
         total = int(seconds * rate)
         started = time.perf_counter()
@@ -194,8 +242,7 @@ async def drive(ports: dict[str, int], seconds: float, rate: int) -> tuple[Resul
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one_command(
-                http, base["YIZHAN_CASES_PORT"], base["YIZHAN_PROJECTIONS_PORT"], tokens,
-                cases[i % len(cases)], results)))
+                cases_http, proj_http, tokens, cases[i % len(cases)], results)))
         sent_in = time.perf_counter() - started
         await asyncio.gather(*tasks)
     return results, total / sent_in
@@ -213,7 +260,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--rate", type=int, default=RATE)
     args = parser.parse_args()
-    configure_logging("console" if sys.stderr.isatty() else "json", "warning")
+    configure_logging("console" if sys.stderr.isatty() else "json",
+                      os.environ.get("BENCH_LOG_LEVEL", "warning"))
     seconds = args.seconds or (20.0 if args.quick else 60.0)
     ports = {"YIZHAN_CASES_PORT": free_port(), "YIZHAN_PROJECTIONS_PORT": free_port(),
              "YIZHAN_INTAKE_HTTP_PORT": free_port()}
