@@ -154,23 +154,18 @@ class Connections:
     async def _request(self, method: str, path: str, body: Any,
                        headers: dict[str, str]) -> tuple[int, Any]:
         data = b"" if body is None else json.dumps(body).encode()
-        while self.idle:  # an idle connection the server may have closed meanwhile
-            conn = self.idle.pop()
+        while True:
+            reused = bool(self.idle)  # an idle connection the server may since have closed
+            conn = self.idle.pop() if reused else KeepAlive(self.host, self.port)
             try:
                 status, content = await conn.request(method, path, data, headers)
             except (OSError, IndexError, asyncio.IncompleteReadError):
                 await conn.close()
-                continue
+                if reused:
+                    continue
+                raise
             self.idle.append(conn)
             return status, content
-        conn = KeepAlive(self.host, self.port)
-        try:
-            status, content = await conn.request(method, path, data, headers)
-        except BaseException:
-            await conn.close()
-            raise
-        self.idle.append(conn)
-        return status, content
 
 
 async def until_visible(proj: Connections, tokens: Tokens, case: Case,

@@ -146,17 +146,19 @@ class RecordedEvent:
                 wire = orjson.loads(text[:meta_at] + "}")
                 metadata_json = text[meta_at + len(_META):data_at]
                 data_json = text[data_at + len(_DATA):-1]
+                position, version = int(wire["position"]), int(wire["version"])
+                schema_version = int(wire["schema_version"])
+                stream_id, type_ = wire["stream_id"], wire["type"]
                 occurred, recorded = wire["occurred_at"], wire["recorded_at"]
-                body = canonical_bytes(
-                    int(wire["position"]), wire["stream_id"], int(wire["version"]),
-                    wire["event_id"], wire["type"], int(wire["schema_version"]), occurred,
-                    recorded, metadata_json, data_json)
+                body = canonical_bytes(position, stream_id, version, wire["event_id"], type_,
+                                       schema_version, occurred, recorded, metadata_json,
+                                       data_json)
                 if chain_hash(wire["prev_hash"], body) == wire["hash"]:
                     return cls(
-                        int(wire["position"]), wire["stream_id"], int(wire["version"]),
-                        uuid.UUID(wire["event_id"]), wire["type"], int(wire["schema_version"]),
-                        data_json, metadata_json, datetime.fromisoformat(occurred),
-                        datetime.fromisoformat(recorded), wire["prev_hash"], wire["hash"])
+                        position, stream_id, version, uuid.UUID(wire["event_id"]), type_,
+                        schema_version, data_json, metadata_json,
+                        datetime.fromisoformat(occurred), datetime.fromisoformat(recorded),
+                        wire["prev_hash"], wire["hash"])
         event = cls.from_wire(loads(text))  # the json module: integers of any size
         if chain_hash(event.prev_hash, event.canonical_bytes()) != event.hash:
             raise HashMismatch(f"hash mismatch at position {event.position}")
