@@ -17,10 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from structlog.contextvars import bind_contextvars
 
 from shared.eventstore.checkpoints import (
     CheckpointSigner,
@@ -64,14 +68,15 @@ def warn_on_dev_key(settings: Settings, ep: Endpoints) -> None:
 
 
 Runner = Callable[[asyncio.Event], Awaitable[None]]
+T = TypeVar("T")
 
 
-async def run_until_signal(main: Runner) -> None:
+async def run_until_signal(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await main(stop)
+    return await main(stop)
 
 
 async def serve_relay(settings: Settings, ep: Endpoints, stop: asyncio.Event) -> None:
@@ -103,6 +108,7 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def cmd_relay(settings: Settings, _: argparse.Namespace) -> int:
+    bind_contextvars(service="relay")  # every log line of this process names it
     with endpoints(settings, kafka=True) as ep:
         if settings.migrate_on_start:
             asyncio.run(prepare_database(ep))
@@ -111,26 +117,55 @@ def cmd_relay(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
+    """Start (or find) PostgreSQL and the broker, migrate, then run each service in its own
+    process (``services.supervisor``) until Ctrl-C."""
     from services.intake.settings import IntakeSettings
+    from services.supervisor import Supervisor, yizhan_children
 
     with endpoints(settings, kafka=True, start_kafka=True) as ep:
         asyncio.run(prepare_database(ep))
-        runners = service_runners(settings, ep)
         host = settings.http_host
+        urls = {"intake": f"http://{host}:{IntakeSettings().http_port}",
+                "cases": f"http://{host}:{settings.cases_port}",
+                "projections": f"http://{host}:{settings.projections_port}"}
         print(f"PostgreSQL   {ep.service_url}  (admin: {ep.admin_url})")
         print(f"Kafka        {ep.kafka_bootstrap}")
-        print(f"intake       http://{host}:{IntakeSettings().http_port}/docs")
-        print(f"cases        http://{host}:{settings.cases_port}/docs")
-        print(f"projections  http://{host}:{settings.projections_port}/docs")
-        print("relay and checkpoint signer running; Ctrl-C stops everything", flush=True)
+        for name, url in urls.items():
+            print(f"{name:<12} {url}/docs")
+        print("relay and checkpoint signer in their own process; Ctrl-C stops everything",
+              flush=True)
+        # the children find these servers as any `yizhan` command does (data folder, or the
+        # configured URLs); the database is migrated already
+        env = dict(os.environ) | {"YIZHAN_MIGRATE_ON_START": "false"}
+        supervisor = Supervisor(yizhan_children(), env)
 
-        async def everything(stop: asyncio.Event) -> None:
-            await asyncio.gather(serve_relay(settings, ep, stop),
-                                 *(run(stop) for run in runners.values()))
+        async def everything(stop: asyncio.Event) -> int:
+            announce = asyncio.create_task(announce_ready(urls, stop))
+            try:
+                return await supervisor.run(stop)
+            finally:
+                announce.cancel()
 
-        asyncio.run(run_until_signal(everything))
+        code = asyncio.run(run_until_signal(everything))
     print("stopped")
-    return 0
+    return code
+
+
+async def announce_ready(urls: dict[str, str], stop: asyncio.Event) -> None:
+    """Print once every service answers ``/readyz``."""
+    import httpx
+
+    started = time.monotonic()
+    async with httpx.AsyncClient(timeout=2) as http:
+        waiting = dict(urls)
+        while waiting and not stop.is_set():
+            for name, url in list(waiting.items()):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(url + "/readyz")).status_code == 200:
+                        del waiting[name]
+            await asyncio.sleep(0.5)
+    if not waiting:
+        print(f"all services ready ({time.monotonic() - started:.1f} s)", flush=True)
 
 
 def service_runners(settings: Settings, ep: Endpoints) -> dict[str, Runner]:
@@ -151,6 +186,7 @@ def service_runners(settings: Settings, ep: Endpoints) -> dict[str, Runner]:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    bind_contextvars(service=args.service)  # every log line of this process names it
     with endpoints(settings, kafka=True) as ep:
         if settings.migrate_on_start:
             asyncio.run(prepare_database(ep))

@@ -215,18 +215,19 @@ class Relay:
         last: dict[int, tuple[int, int]] = {}
         for event, ack in zip(batch, acks, strict=True):
             last[ack.partition] = (ack.offset, event.position)
-        async with conn.transaction():
-            await conn.execute(
-                "UPDATE relay_positions SET position = $2, updated_at = now() WHERE relay = $1",
-                self.config.name, position,
-            )
-            await conn.executemany(
-                "INSERT INTO relay_partition_offsets (relay, topic, partition, last_offset,"
-                " position) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (relay, topic, partition)"
-                " DO UPDATE SET last_offset = EXCLUDED.last_offset, position = EXCLUDED.position",
-                [(self.config.name, self.config.topic, p, o, pos)
-                 for p, (o, pos) in last.items()],
-            )
+        parts = sorted(last)
+        # one statement (one round trip, atomic by itself): the position and the offsets
+        await conn.execute(
+            "WITH moved AS (UPDATE relay_positions SET position = $2, updated_at = now()"
+            " WHERE relay = $1)"
+            " INSERT INTO relay_partition_offsets (relay, topic, partition, last_offset,"
+            " position) SELECT $1, $3, p, o, pos"
+            " FROM unnest($4::integer[], $5::bigint[], $6::bigint[]) AS t(p, o, pos)"
+            " ON CONFLICT (relay, topic, partition)"
+            " DO UPDATE SET last_offset = EXCLUDED.last_offset, position = EXCLUDED.position",
+            self.config.name, position, self.config.topic, parts,
+            [last[p][0] for p in parts], [last[p][1] for p in parts],
+        )
         for p, (o, _) in last.items():
             offsets[p] = o
         self.stats.published += len(batch)

@@ -14,9 +14,10 @@ module builds an app configured for our stack, declares idempotent batch agents 
 Correctness comes from PostgreSQL, never from Kafka (see DESIGN, "Known pitfalls"):
 
 - Every message is taken without auto-ack (``Stream.noack_take``), decoded, grouped by
-  partition and applied through ``IdempotentConsumer.apply`` with scope = topic/partition: one
-  transaction checks and advances the stored position and applies the writes. Only then are
-  the batch's messages acked, so Faust never commits an offset past an unapplied event.
+  partition and applied through ``IdempotentConsumer.apply_scopes`` with scope =
+  topic/partition: one transaction checks and advances each partition's stored position and
+  applies the writes of the whole batch. Only then are the batch's messages acked, so Faust
+  never commits an offset past an unapplied event.
 - A failing ``apply`` is retried in place with backoff, holding the batch: later messages of
   the partition are not applied before it (which would advance the stored position past it and
   lose it on redelivery). If the app stops meanwhile, nothing of that batch was acked and the
@@ -44,7 +45,7 @@ import json
 import tempfile
 import traceback
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -300,6 +301,8 @@ class EventAgent:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.stats = StreamStats()
+        self.on_applied: Callable[[], None] | None = None
+        """Called after a batch is applied and acked (e.g. to wake readers in this process)."""
         self.topic = app.topic(
             topic, key_type=bytes, value_type=bytes, key_serializer="raw",
             value_serializer="raw", partitions=app.conf.topic_partitions, internal=False,
@@ -354,13 +357,13 @@ class EventAgent:
         return groups
 
     async def apply_groups(self, stream: StreamT[bytes], groups: Groups) -> None:
-        """Apply each partition's events in one transaction (in position order), then ack."""
-        for tp, (acks, by_position) in groups.items():
-            scope = scope_for(tp.topic, tp.partition)
-            events = [by_position[p] for p in sorted(by_position)]
-            fresh = await self._apply_until_done(tp, scope, events)
-            if fresh is None:
-                continue  # the partition went to another worker: it applies these
+        """Apply every partition's events in one transaction (in position order), then ack."""
+        pending = {scope_for(tp.topic, tp.partition): tp for tp in groups}
+        fresh_by_scope = await self._apply_until_done(pending, {
+            scope: [groups[tp][1][p] for p in sorted(groups[tp][1])]
+            for scope, tp in pending.items()})
+        for scope, fresh in fresh_by_scope.items():
+            acks = groups[pending[scope]][0]
             self.stats.applied += len(fresh)
             self.stats.duplicates += len(acks) - len(fresh)
             if fresh:
@@ -369,37 +372,44 @@ class EventAgent:
                 self.stats.last_position = max(self.stats.last_position, last)
             for event in acks:
                 await stream.ack(event)
+        if self.on_applied is not None and fresh_by_scope:
+            self.on_applied()
 
     async def _apply_until_done(
-        self, tp: TP, scope: str, events: list[RecordedEvent]
-    ) -> list[RecordedEvent] | None:
-        """Apply, retrying with backoff until it succeeds (the fresh events) or the partition
-        is no longer assigned to this worker (None: nothing acked, redelivered elsewhere)."""
+        self, tps: dict[str, TP], batches: dict[str, list[RecordedEvent]]
+    ) -> dict[str, list[RecordedEvent]]:
+        """Apply, retrying with backoff until it succeeds (the fresh events per scope). A
+        partition no longer assigned to this worker while retrying is dropped from the batch
+        (nothing of it acked: it is redelivered to its new worker)."""
         delay = self.retry_initial_s
         attempt = 0
-        while True:
+        while batches:
             try:
-                fresh = await self.consumer.apply(scope, events, self.apply)
+                fresh = await self.consumer.apply_scopes(batches, self.apply)
             except Exception as exc:  # retried: the batch is held, never skipped
                 attempt += 1
                 self.stats.apply_errors += 1
                 self.stats.retrying = True
-                log.error("streaming.apply_failed", agent=self.name, scope=scope,
-                          first=events[0].position, last=events[-1].position,
-                          attempt=attempt, error=repr(exc), retry_in_s=delay,
+                first = min(events[0].position for events in batches.values() if events)
+                last = max(events[-1].position for events in batches.values() if events)
+                log.error("streaming.apply_failed", agent=self.name, scopes=sorted(batches),
+                          first=first, last=last, attempt=attempt, error=repr(exc),
+                          retry_in_s=delay,
                           # one plain traceback per held batch: no frame locals (events,
                           # personal data) in the log, and cheap in any renderer
                           traceback=_plain_traceback(exc) if attempt == 1 else None)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
-                if tp not in self.app.consumer.assignment():
-                    self.stats.retrying = False
+                assigned = self.app.consumer.assignment()
+                for scope in [s for s in batches if tps[s] not in assigned]:
+                    del batches[scope]
                     log.warning("streaming.batch_released", agent=self.name, scope=scope,
                                 reason="partition revoked while retrying")
-                    return None
             else:
                 self.stats.retrying = False
                 return fresh
+        self.stats.retrying = False
+        return {}
 
     def _park(self, topic: str, partition: int, offset: int, reason: str) -> None:
         self.stats.parked += 1
@@ -430,7 +440,8 @@ def idempotent_agent(
     """Declare an agent on ``topic`` (pre-created, key = stream id, value = JSON envelope) that
     applies events exactly once through ``consumer`` (or ``IdempotentConsumer(pool,
     consumer_name)``) with ``apply(conn, events)`` — events in position order, one call per
-    partition and batch, inside the transaction that advances the stored position.
+    batch (every partition's fresh events merged), inside the transaction that advances the
+    stored positions.
 
     Batches hold up to ``batch_size`` messages or what arrived within ``max_wait_s``. Call
     before the app starts. ``name`` (default: the consumer name) must be unique in the app."""

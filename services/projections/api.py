@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import heapq
+import itertools
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -26,12 +27,14 @@ from services.projections import queries as q
 from services.projections.live import LiveStats
 from services.projections.metrics import render
 from services.projections.progress import Progress, advance_watermark, read_progress
-from services.projections.schema import active_schema
 from shared.auth import CurrentPrincipal, Principal
 from shared.eventstore.postgres import Conn
 from shared.http import ProblemError
+from shared.logging import get_logger
 from shared.reference.org import OrgTree
 from shared.reference.staff import Role
+
+log = get_logger(__name__)
 
 router = APIRouter(prefix="/v1/projections", tags=["read models"])
 public = APIRouter(prefix="/v1/public", tags=["public"])
@@ -47,8 +50,13 @@ class Reader:
     max_wait_s: float = 5.0
     live: LiveStats | None = None
     envelopes_parked: Callable[[], int] = field(default=lambda: 0)
-    _advancing: asyncio.Future[int] | None = field(default=None, init=False, repr=False)
+    tick_s: float = 0.05  # how often waiters refresh without word from the live path
     _reached: int = field(default=0, init=False, repr=False)  # the last watermark seen
+    _waiters: list[tuple[int, int, asyncio.Future[None]]] = field(
+        default_factory=list, init=False, repr=False)  # a heap by min_position
+    _order: Iterator[int] = field(default_factory=itertools.count, init=False, repr=False)
+    _kick: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _refresher: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     def scope(self, who: Principal, unit: str | None) -> q.Scope:
         """The jurisdiction to read: ``unit`` (default: the caller's own), which must lie
@@ -71,49 +79,72 @@ class Reader:
         return any(u is not None and self.org.is_within(u, who.unit) for u in units)
 
     @contextlib.asynccontextmanager
-    async def reading(self, min_position: int | None) -> AsyncIterator[tuple[Conn, str,
-                                                                             Progress]]:
-        """A consistent read-only snapshot of the active set, once it has reached
-        ``min_position`` (or 504 after ``max_wait_s``)."""
+    async def reading(self, min_position: int | None, *, snapshot: bool = True,
+                      ) -> AsyncIterator[tuple[Conn, str, Progress]]:
+        """A read of the active set, once it has reached ``min_position`` (or 504 after
+        ``max_wait_s``). ``snapshot``: one repeatable-read snapshot for the progress and every
+        query (answers of several queries); without, for an answer of one query, the progress
+        is read just before it, so the position stated is one the data has at least reached
+        (and two round trips, BEGIN and COMMIT, are saved)."""
         if min_position is not None:
             await self._wait(min_position)  # holding no connection while it waits
         async with self.pool.acquire() as conn:
-            progress = await read_progress(conn)
+            if not snapshot:
+                progress = await read_progress(conn)
+                yield conn, progress.schema, progress
+                return
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                yield conn, await active_schema(conn), progress
+                progress = await read_progress(conn)
+                yield conn, progress.schema, progress
+
+    def applied(self) -> None:
+        """The live path (same process) has committed a batch: refresh the waiters now rather
+        than at the next tick."""
+        self._kick.set()
 
     async def _wait(self, min_position: int) -> None:
-        """Wait until the watermark reaches ``min_position``. Every waiter shares one refresh
-        (advance the watermark, read it) at a time: they finish a refresh together, pause
-        together and join the next one, so a hundred waiters cost what one does, not a
-        hundred queries every tick (which, under load, fed the very backlog they waited on)."""
+        """Wait until the watermark reaches ``min_position``. One refresher serves every
+        waiter: it advances the watermark when the live path commits a batch (``applied``)
+        or every ``tick_s``, and wakes the waiters it has passed. A hundred waiters cost what
+        one does, not a hundred queries every tick (which, under load, fed the very backlog
+        they waited on)."""
         if min_position <= self._reached:
             return  # a watermark only moves on (a swap sets the new set's at the head)
-        deadline = time.monotonic() + self.max_wait_s
-        while (reached := await self._advance()) < min_position:
-            if time.monotonic() > deadline:
-                raise ProblemError(
-                    504, "Projection behind", f"the read models have reached position "
-                    f"{reached}, not {min_position}, within {self.max_wait_s} s",
-                    errors=[{"field": "query:min_position", "message": "not reached yet"}],
-                    projection={"position": reached})
-            await asyncio.sleep(0.02)
+        waiter = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (min_position, next(self._order), waiter))
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.create_task(self._refresh_while_waited())
+        try:
+            await asyncio.wait_for(waiter, self.max_wait_s)
+        except TimeoutError:
+            raise ProblemError(
+                504, "Projection behind", f"the read models have reached position "
+                f"{self._reached}, not {min_position}, within {self.max_wait_s} s",
+                errors=[{"field": "query:min_position", "message": "not reached yet"}],
+                projection={"position": self._reached}) from None
 
-    async def _advance(self) -> int:
-        """Move the watermark on and return it; concurrent callers share one advance (it locks
-        one row, and a hundred waiters taking turns on it would starve every other query)."""
-        if self._advancing is None or self._advancing.done():
-            self._advancing = asyncio.ensure_future(self._advance_now())
-        return await asyncio.shield(self._advancing)
+    async def _refresh_while_waited(self) -> None:
+        while self._waiters:
+            self._kick.clear()
+            try:
+                async with self.pool.acquire() as conn:
+                    self._reached = max(self._reached, await advance_watermark(conn))
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning("projections.watermark_failed", error=repr(exc))
+            while self._waiters and (self._waiters[0][0] <= self._reached
+                                     or self._waiters[0][2].done()):
+                waiter = heapq.heappop(self._waiters)[2]
+                if not waiter.done():
+                    waiter.set_result(None)
+            if any(w.done() for _, _, w in self._waiters):  # timed out, deeper in the heap
+                self._waiters = [w for w in self._waiters if not w[2].done()]
+                heapq.heapify(self._waiters)
+            if self._waiters:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), self.tick_s)
 
-    async def _advance_now(self) -> int:
-        async with self.pool.acquire() as conn:
-            reached = await advance_watermark(conn)
-        self._reached = max(self._reached, reached)
-        return reached
 
-
-def reader_of(request: Request) -> Reader:
+async def reader_of(request: Request) -> Reader:  # async: no thread hop per request
     reader = request.app.state.projections
     assert isinstance(reader, Reader)
     return reader
@@ -263,7 +294,7 @@ async def _visible_case(reader: Reader, conn: Conn, schema: str, who: Principal,
 @router.get("/cases/{case_id}", summary="One case's summary")
 async def case_summary(case_id: uuid.UUID, who: CurrentPrincipal, reader: Read,
                        response: Response, min_position: MinPosition = None) -> dict[str, Any]:
-    async with reader.reading(min_position) as (conn, schema, progress):
+    async with reader.reading(min_position, snapshot=False) as (conn, schema, progress):
         case = await _visible_case(reader, conn, schema, who, case_id)
     return answer(response, progress, {"case": case})
 
@@ -282,7 +313,7 @@ async def case_timeline(case_id: uuid.UUID, who: CurrentPrincipal, reader: Read,
 
 @router.get("/status", summary="The projection's position, head and lag")
 async def status(who: CurrentPrincipal, reader: Read, response: Response) -> dict[str, Any]:
-    async with reader.reading(None) as (_, _schema, progress):
+    async with reader.reading(None, snapshot=False) as (_, _schema, progress):
         return answer(response, progress, {"parked": progress.parked})
 
 

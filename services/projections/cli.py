@@ -38,6 +38,7 @@ async def serve(
                           bootstrap_servers=bootstrap_servers)
     service.reader.live = worker.live.stats
     service.reader.envelopes_parked = lambda: worker.agent.stats.parked
+    worker.agent.on_applied = service.reader.applied  # read-your-writes waiters wake at once
     try:
         async with running(worker, service.pool):
             await serve_http(build_app(service), host, port, stop, name="projections")

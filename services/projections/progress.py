@@ -18,7 +18,7 @@ from shared.eventstore.postgres import Conn
 SCAN = 5_000
 
 _ADVANCE = """
-WITH w AS (SELECT position FROM {s}.progress WHERE name = 'watermark' FOR UPDATE),
+WITH w AS (SELECT position FROM {s}.progress WHERE name = 'watermark'),
 ev AS (SELECT e.position, e.stream_id, e.version FROM events e
        WHERE e.position > (SELECT position FROM w) ORDER BY e.position LIMIT $1),
 chk AS (SELECT ev.position,
@@ -27,24 +27,15 @@ chk AS (SELECT ev.position,
         FROM ev
         LEFT JOIN {s}.case_summary cs ON cs.case_id = CASE
             WHEN ev.stream_id ~ '^case-[0-9a-fA-F-]{{36}}$' THEN substr(ev.stream_id, 6)::uuid END
-        LEFT JOIN projections.parked p ON p.position = ev.position)
-UPDATE {s}.progress SET position = coalesce(
-        (SELECT min(position) - 1 FROM chk WHERE NOT done),
-        (SELECT max(position) FROM chk), progress.position),
-    updated_at = now()
-WHERE name = 'watermark'
-RETURNING position
+        LEFT JOIN projections.parked p ON p.position = ev.position),
+target AS (SELECT coalesce((SELECT min(position) - 1 FROM chk WHERE NOT done),
+                           (SELECT max(position) FROM chk)) AS position),
+moved AS (UPDATE {s}.progress p SET position = t.position, updated_at = now() FROM target t
+          WHERE p.name = 'watermark' AND t.position > p.position RETURNING p.position)
+SELECT coalesce((SELECT position FROM moved), (SELECT position FROM w))
 """
 
-_STATUS = """
-SELECT p.position AS watermark, p.updated_at,
-       (SELECT coalesce(max(position), 0) FROM events) AS head,
-       (SELECT recorded_at FROM events WHERE position = p.position + 1) AS next_recorded_at,
-       (SELECT generation FROM projections.state WHERE name = 'main') AS generation,
-       (SELECT count(*) FROM projections.parked) AS parked,
-       clock_timestamp() AS now
-FROM {s}.progress p WHERE name = 'watermark'
-"""
+_STATUS = "SELECT * FROM projections.read_status()"  # migration 0002
 
 
 @dataclass(frozen=True)
@@ -66,17 +57,21 @@ class Progress:
 
 
 async def advance_watermark(conn: Conn, schema: str | None = None) -> int:
-    """Move the active set's watermark over every applied event (one transaction)."""
-    async with conn.transaction():
-        name = schema or await active_schema(conn, lock=True)
-        value = await conn.fetchval(_ADVANCE.format(s=name), SCAN)
+    """Move the active set's watermark over every applied event; return it (or a value it
+    has since passed). One statement, and it only writes when the watermark moves: advancers
+    running at once each move it forward only (the row lock of the UPDATE orders them, and
+    its condition is checked again on the row they waited for), and an advance that finds
+    nothing new writes nothing, so it costs no commit to disk."""
+    name = schema or await active_schema(conn)
+    value = await conn.fetchval(_ADVANCE.format(s=name), SCAN)
     return int(value or 0)
 
 
 async def read_progress(conn: Conn) -> Progress:
-    schema = await active_schema(conn)
-    row = await conn.fetchrow(_STATUS.format(s=schema))
+    """The active set and how far it has got (one round trip)."""
+    row = await conn.fetchrow(_STATUS)
     assert row is not None
+    schema = str(row["active_schema"])
     position, head = int(row["watermark"]), int(row["head"])
     lag_s = 0.0
     if head > position and row["next_recorded_at"] is not None:
