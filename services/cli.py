@@ -39,6 +39,7 @@ from shared.kafka import ensure_topics, topic_specs
 from shared.logging import configure_logging, get_logger
 from shared.relay import Relay, RelayConfig
 from shared.runtime import SERVICE_ROLE
+from shared.service import tuned_gc
 from shared.settings import Settings, get_settings
 from shared.stack import Endpoints, endpoints
 
@@ -88,11 +89,12 @@ async def serve_relay(settings: Settings, ep: Endpoints, stop: asyncio.Event) ->
     signer = CheckpointSigner(settings.checkpoint_signing_key)
     warn_on_dev_key(settings, ep)
     try:
-        await asyncio.gather(
-            Relay(store, relay_config(settings, ep.kafka_bootstrap)).run(stop),
-            run_checkpointer(pool, signer, settings.checkpoint_every_events,
-                             settings.checkpoint_every_s, stop),
-        )
+        with tuned_gc():
+            await asyncio.gather(
+                Relay(store, relay_config(settings, ep.kafka_bootstrap)).run(stop),
+                run_checkpointer(pool, signer, settings.checkpoint_every_events,
+                                 settings.checkpoint_every_s, stop),
+            )
     finally:
         await store.close()
         await pool.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -19,6 +20,32 @@ from shared.logging import get_logger
 log = get_logger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]  # None = ready, else what is missing
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc(young: int = GC_YOUNG_THRESHOLD) -> tuple[int, int, int]:
+    """For a long-running service: every request and message allocates hundreds of short-lived
+    objects; with Python's default young-generation threshold (700) the collector ran ~800
+    times per 6,000 messages, and full collections re-scanned everything loaded at start-up
+    (reference data, modules, Faust): about a fifth of the intake worker's event loop, measured.
+    Everything alive now is frozen (not scanned again) and the young generation is collected
+    every ``young`` allocations. Returns the thresholds to restore (with ``gc.unfreeze()``)."""
+    previous = gc.get_threshold()
+    gc.collect()  # (garbage is not frozen)
+    gc.freeze()
+    gc.set_threshold(max(previous[0], young), *previous[1:])
+    return previous
+
+
+@contextlib.contextmanager
+def tuned_gc(young: int = GC_YOUNG_THRESHOLD) -> Iterator[None]:
+    """``tune_gc`` for the block, then the thresholds restored and the frozen objects let go."""
+    previous = tune_gc(young)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+        gc.unfreeze()
 
 
 def create_app(

@@ -8,7 +8,7 @@ from services.cases.agents import build_faust
 from services.cases.bootstrap import bootstrap, build_app
 from shared.kafka import ensure_topics, topic_specs
 from shared.logging import get_logger
-from shared.service import serve_http
+from shared.service import serve_http, tuned_gc
 from shared.settings import Settings
 from shared.stack import Endpoints
 from shared.streaming import running_app
@@ -23,8 +23,9 @@ async def serve(settings: Settings, ep: Endpoints, stop: asyncio.Event) -> None:
     service = await bootstrap(settings, ep.service_url)
     faust_app, _ = build_faust(service, ep.kafka_bootstrap)
     try:
-        async with running_app(faust_app):
-            await serve_http(build_app(service), settings.http_host, settings.cases_port, stop,
-                             name="cases")
+        with tuned_gc():  # after start-up: what is loaded now is frozen
+            async with running_app(faust_app):
+                await serve_http(build_app(service), settings.http_host, settings.cases_port,
+                                 stop, name="cases")
     finally:
         await service.close()

@@ -24,7 +24,7 @@ from services.intake.sources import SourceRegistry, load_sources
 from shared.eventstore.postgres import PostgresEventStore, create_pool
 from shared.logging import get_logger
 from shared.reference import Reference, load_reference
-from shared.service import create_app, database_ready
+from shared.service import create_app, database_ready, tune_gc
 from shared.settings import Settings
 from shared.streaming import make_app, running_app
 
@@ -104,7 +104,7 @@ async def running_worker(
     publisher = KafkaRejectionPublisher(bootstrap_servers,
                                         rejected_topic or settings.topic_intake_rejected)
     await publisher.start()
-    previous_gc = _tune_gc()
+    previous_gc = tune_gc()
     try:
         app = make_app(group or intake.consumer_group, settings=settings,
                        bootstrap_servers=bootstrap_servers, partitions=partitions)
@@ -120,18 +120,3 @@ async def running_worker(
         await publisher.stop()
 
 
-GC_YOUNG_THRESHOLD = 10_000
-
-
-def _tune_gc() -> tuple[int, int, int]:
-    """The worker allocates hundreds of short-lived objects per message; with Python's default
-    young-generation threshold (700) the collector ran ~800 times per 6,000 messages and full
-    collections re-scanned everything loaded at start-up (reference data, modules, Faust):
-    about a fifth of the event loop's CPU. Everything alive now is frozen (not scanned again
-    while the worker runs) and the young generation is collected every 10,000 allocations.
-    Returns the thresholds to restore (and the worker unfreezes on exit)."""
-    previous = gc.get_threshold()
-    gc.collect()  # (garbage is not frozen)
-    gc.freeze()
-    gc.set_threshold(max(previous[0], GC_YOUNG_THRESHOLD), *previous[1:])
-    return previous

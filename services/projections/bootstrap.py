@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from services.projections.api import Reader, operations, public, router
 from services.projections.audit_api import audit_router
+from services.projections.fastpath import CaseReadFastPath
 from services.projections.live import LiveStats
 from services.projections.projectors import UnitPaths
 from services.projections.schema import active_schema, ensure_tables
@@ -49,11 +50,13 @@ async def bootstrap(settings: Settings, service_url: str, *, ref: Reference | No
     return ProjectionsService(settings, pool, reference, UnitPaths(reference.org), reader)
 
 
-def build_app(service: ProjectionsService) -> FastAPI:
+def build_app(service: ProjectionsService, *, fast_path: bool = True) -> FastAPI:
+    """``fast_path``: the lean path for the case read (``services.projections.fastpath``)."""
     return create_app(
         "Yizhan projections", [router, public, operations, audit_router],
         state={"settings": service.settings, "projections": service.reader},
         readiness=[database_ready(service.pool)],
+        middleware=[CaseReadFastPath] if fast_path else [],
         description="Read models for every level: queues, counts by status and service for "
                     "each unit and its subtree, overdue cases, SLA statistics, hand-off "
                     "delays, timelines, and the public status by tracking number. Every answer "

@@ -19,7 +19,7 @@ from shared.eventstore.postgres import create_pool
 from shared.kafka import ensure_topics, topic_specs
 from shared.logging import get_logger
 from shared.reference import Reference, load_reference
-from shared.service import serve_http
+from shared.service import serve_http, tuned_gc
 from shared.settings import Settings
 
 log = get_logger("yizhan.projections")
@@ -40,8 +40,9 @@ async def serve(
     service.reader.envelopes_parked = lambda: worker.agent.stats.parked
     worker.agent.on_applied = service.reader.applied  # read-your-writes waiters wake at once
     try:
-        async with running(worker, service.pool):
-            await serve_http(build_app(service), host, port, stop, name="projections")
+        with tuned_gc():  # after start-up: what is loaded now is frozen
+            async with running(worker, service.pool):
+                await serve_http(build_app(service), host, port, stop, name="projections")
     finally:
         await service.close()
 
