@@ -112,6 +112,7 @@ def make_app(
     heartbeat_interval_ms: int | None = None,
     web_port: int | None = None,
     datadir: Path | None = None,
+    fetch_max_wait_ms: int | None = None,
     **overrides: Any,
 ) -> faust.App:
     """A Faust app configured for our stack. ``app_id`` is also the Kafka consumer group.
@@ -161,7 +162,7 @@ def make_app(
     conf.update(overrides)
     app = faust.App(app_id, **conf)
     _use_our_fetch_wait()
-    setattr(app, _FETCH_WAIT, settings.kafka_fetch_max_wait_ms)
+    setattr(app, _FETCH_WAIT, fetch_max_wait_ms or settings.kafka_fetch_max_wait_ms)
     return app
 
 

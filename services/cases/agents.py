@@ -22,10 +22,14 @@ def build_faust(
     app_id: str = "yizhan-cases",
 ) -> tuple[faust.App, EventAgent]:
     settings = service.settings
-    app = make_app(app_id, settings=settings, bootstrap_servers=bootstrap_servers)
+    # due times are kept for a timer ticking every sla_tick_s: no one waits on this consumer
+    background = settings.kafka_background_fetch_max_wait_ms
+    app = make_app(app_id, settings=settings, bootstrap_servers=bootstrap_servers,
+                   fetch_max_wait_ms=background)
     assert service.pool is not None
     agent = idempotent_agent(app, topic=settings.topic_case_events, pool=service.pool,
-                             consumer_name=SLA_CONSUMER, apply=apply_sla_events)
+                             consumer_name=SLA_CONSUMER, apply=apply_sla_events,
+                             max_wait_s=background / 1000)
     now = clock or service.clock
 
     async def fire_sla_timers() -> None:
