@@ -5,8 +5,9 @@ until each command's effect is visible in the township read model.
     python bench/e2e.py            # 200 commands/s for 60 s
     python bench/e2e.py --quick    # 200 commands/s for 20 s (under a minute in all)
 
-`yizhan up` runs as a subprocess (embedded PostgreSQL with fsync on, memory broker, relay,
-intake, cases, projections in one process) on a temporary data folder and free ports. Setup
+`yizhan up` runs as a subprocess (embedded PostgreSQL with fsync on, memory broker; relay,
+intake, cases and projections each in its own process) on a temporary data folder and free
+ports. Setup
 opens cases over intake's HTTP API (SYNTHETIC applicants, labour exchange: decided at the
 township). Then a fixed-rate schedule sends, per case in turn, hand-off (clerk) → receive
 (township officer) → notes (township officer) … one request per command, and for each command a

