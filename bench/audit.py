@@ -16,7 +16,6 @@ Progress goes to stderr; the table and the last line ``RESULT {json}`` to stdout
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import os
@@ -41,6 +40,7 @@ from shared.reference import Role, load_reference
 
 # The workload generator is the projections benchmark's (run from a checkout)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import run as bench_run
 from bench.projections import create_database, generate, load_events, with_db
 
 log = get_logger("bench.audit")
@@ -147,7 +147,7 @@ def main() -> None:
             server = EmbeddedPostgres(Path(tmp) / "postgres", durable=False).start()
             url = server.admin_url
         try:
-            result = asyncio.run(run(url, cases, 3))
+            result = bench_run(run(url, cases, 3))
         finally:
             if server is not None:
                 server.stop()

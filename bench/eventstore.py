@@ -37,8 +37,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import asyncpg
 
+from bench import run as bench_run
 from shared.contracts.canonical import canonical_json
 from shared.contracts.envelope import NewEvent
 from shared.eventstore.migrate import ensure_service_role, migrate
@@ -742,7 +744,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure_logging("console" if sys.stderr.isatty() else "json", args.log_level)
     started = time.perf_counter()
-    result = asyncio.run(main_async(args))
+    result = bench_run(main_async(args))
     log.info("bench.finished", seconds=round(time.perf_counter() - started, 1))
     sys.stderr.flush()
     print("RESULT " + json.dumps(result, sort_keys=False), flush=True)

@@ -51,6 +51,7 @@ from shared.settings import Settings
 
 # The synthetic residents and Kafka workload are the integration tests' own (run from a checkout)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import run as bench_run
 from tests.integration.intake.kafka_support import produce, visit_body, workload
 from tests.unit.intake.people import synthetic_person
 
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
                                                               "warning"))
     args = parser.parse_args(argv)
     configure_logging("console" if sys.stderr.isatty() else "json", args.log_level)
-    result = asyncio.run(main_async(args))
+    result = bench_run(main_async(args))
     print("RESULT " + json.dumps({k: result[k] for k in RESULT_KEYS}), flush=True)
 
 

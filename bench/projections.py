@@ -22,6 +22,7 @@ import json
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -31,6 +32,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from bench import run as bench_run
 from services.cases.domain import (
     AcceptCase,
     AddNote,
@@ -615,7 +618,7 @@ def main() -> None:
                         help="embedded PostgreSQL without fsync (CPU-bound ceiling)")
     args = parser.parse_args()
     configure_logging("console", "info")
-    result = asyncio.run(main_async(args))
+    result = bench_run(main_async(args))
     print("RESULT " + json.dumps(result), flush=True)
 
 
