@@ -57,7 +57,7 @@ def relay_config(settings: Settings, bootstrap: str) -> RelayConfig:
     return RelayConfig(
         bootstrap_servers=bootstrap, topic=settings.topic_case_events,
         partitions=settings.topic_partitions, batch_size=settings.relay_batch_size,
-        poll_interval_s=settings.relay_poll_interval_s,
+        poll_interval_s=settings.relay_poll_interval_s, linger_s=settings.relay_linger_ms / 1000,
         probe_interval_s=settings.relay_probe_interval_s,
     )
 

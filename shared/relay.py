@@ -48,6 +48,7 @@ class RelayConfig:
     name: str = "case.events"
     batch_size: int = 1000
     poll_interval_s: float = 0.5
+    linger_s: float = 0.0  # after a batch short of batch_size, wait this long before the next
     probe_interval_s: float = 5.0
     standby_interval_s: float = 1.0
     request_timeout_ms: int = 5000
@@ -180,7 +181,13 @@ class Relay:
                 "SELECT position FROM relay_positions WHERE relay = $1", cfg.name)
             offsets = await self._load_offsets(conn)
             last_probe = time.monotonic()
+            linger_until = 0.0
             while not stop.is_set():
+                # Under a steady trickle every commit would be a batch of its own, each paying
+                # a read, a broker check, a produce and a save: let a few gather first (after a
+                # quiet spell the first event goes at once; catching up never waits)
+                if (wait := linger_until - time.monotonic()) > 0:
+                    await _wait_any(asyncio.Event(), stop, wait)
                 self._wake.clear()
                 batch = await self.store.read_batch(position, cfg.batch_size)
                 if time.monotonic() - last_probe > cfg.probe_interval_s or batch:
@@ -193,6 +200,8 @@ class Relay:
                 _check_acks(acks, offsets)
                 position = batch[-1].position
                 await self._save(conn, position, batch, acks, offsets)
+                if len(batch) < cfg.batch_size:
+                    linger_until = time.monotonic() + cfg.linger_s
         finally:
             await producer.stop()
 

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
 
     relay_batch_size: int = Field(default=1000, ge=1)
     relay_poll_interval_s: float = Field(default=0.5, gt=0)
+    relay_linger_ms: float = Field(
+        default=10, ge=0, le=1000, description="After a short batch the relay waits this long "
+        "before reading the next, so a steady trickle of commits goes out in fewer, larger "
+        "batches (after a quiet spell the first event goes at once).")
     relay_probe_interval_s: float = Field(default=5.0, gt=0)
 
     jwt_secret: str = Field(
