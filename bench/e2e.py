@@ -278,7 +278,7 @@ def main() -> None:
                       os.environ.get("BENCH_LOG_LEVEL", "warning"))
     seconds = args.seconds or (20.0 if args.quick else 60.0)
     ports = {"YIZHAN_CASES_PORT": free_port(), "YIZHAN_PROJECTIONS_PORT": free_port(),
-             "YIZHAN_INTAKE_HTTP_PORT": free_port()}
+             "YIZHAN_INTAKE_HTTP_PORT": free_port(), "YIZHAN_RELAY_PORT": free_port()}
     with tempfile.TemporaryDirectory(prefix="yizhan-bench-e2e-") as tmp:
         proc = start_stack(Path(tmp) / "data", ports)
         try:

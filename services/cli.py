@@ -39,7 +39,7 @@ from shared.kafka import ensure_topics, topic_specs
 from shared.logging import configure_logging, get_logger
 from shared.relay import Relay, RelayConfig
 from shared.runtime import SERVICE_ROLE
-from shared.service import tuned_gc
+from shared.service import serve_http, tuned_gc
 from shared.settings import Settings, get_settings
 from shared.stack import Endpoints, endpoints
 
@@ -81,19 +81,26 @@ async def run_until_signal(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
 
 
 async def serve_relay(settings: Settings, ep: Endpoints, stop: asyncio.Event) -> None:
+    """The relay (one leads, others stand by), the checkpoint signer, and the relay's health
+    and metrics on ``relay_port``."""
+    from shared.relay_http import relay_app
+
     assert ep.kafka_bootstrap is not None
     await ensure_topics(ep.kafka_bootstrap, topic_specs(settings),
                         replication_factor=settings.topic_replication_factor)
     pool = await create_pool(ep.service_url, min_size=2, max_size=4)
     store = PostgresEventStore(pool)
     signer = CheckpointSigner(settings.checkpoint_signing_key)
+    relay = Relay(store, relay_config(settings, ep.kafka_bootstrap))
     warn_on_dev_key(settings, ep)
     try:
         with tuned_gc():
             await asyncio.gather(
-                Relay(store, relay_config(settings, ep.kafka_bootstrap)).run(stop),
+                relay.run(stop),
                 run_checkpointer(pool, signer, settings.checkpoint_every_events,
                                  settings.checkpoint_every_s, stop),
+                serve_http(relay_app(relay, pool), settings.http_host, settings.relay_port,
+                           stop, name="relay"),
             )
     finally:
         await store.close()
@@ -129,13 +136,14 @@ def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
         host = settings.http_host
         urls = {"intake": f"http://{host}:{IntakeSettings().http_port}",
                 "cases": f"http://{host}:{settings.cases_port}",
-                "projections": f"http://{host}:{settings.projections_port}"}
+                "projections": f"http://{host}:{settings.projections_port}",
+                "relay": f"http://{host}:{settings.relay_port}"}
         print(f"PostgreSQL   {ep.service_url}  (admin: {ep.admin_url})")
         print(f"Kafka        {ep.kafka_bootstrap}")
         for name, url in urls.items():
-            print(f"{name:<12} {url}/docs")
-        print("relay and checkpoint signer in their own process; Ctrl-C stops everything",
-              flush=True)
+            print(f"{name:<12} {url}/" + ("metrics  (publishes the log, signs checkpoints)"
+                                          if name == "relay" else "docs"))
+        print("each in its own process; Ctrl-C stops everything", flush=True)
         # the children find these servers as any `yizhan` command does (data folder, or the
         # configured URLs); the database is migrated already
         env = dict(os.environ) | {"YIZHAN_MIGRATE_ON_START": "false"}

@@ -66,6 +66,8 @@ class RelayStats:
     leader_since: float | None = None
     errors: int = 0
     position: int = 0
+    failing_since: float | None = None  # wall time of the first failure in a row (None: fine)
+    last_error: str | None = None
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -101,10 +103,14 @@ class Relay:
                 led = await self._term(stop)
                 backoff = 0.2
                 if not led:
+                    self._fine()  # standing by: another relay leads
                     await _sleep_or_stop(stop, self.config.standby_interval_s)
             except (KafkaError, OSError, asyncpg.PostgresError,
                     asyncpg.InterfaceError, TimeoutError) as exc:
                 self.stats.errors += 1
+                self.stats.last_error = repr(exc)
+                if self.stats.failing_since is None:
+                    self.stats.failing_since = time.time()
                 log.warning("relay.error", error=repr(exc), retry_in_s=backoff)
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, self.config.max_backoff_s)
@@ -151,6 +157,7 @@ class Relay:
             while not stop.is_set():
                 try:
                     await self._check_broker(conn, admin)
+                    self._fine()  # leading, the broker answering
                     await self._publish_until_stopped(conn, admin, stop)
                 except BrokerLostLog as lost:
                     await self._start_over(conn, admin, str(lost))
@@ -165,6 +172,9 @@ class Relay:
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
+
+    def _fine(self) -> None:
+        self.stats.failing_since = None
 
     async def _publish_until_stopped(
         self, conn: Conn, admin: AIOKafkaAdminClient, stop: asyncio.Event

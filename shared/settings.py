@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     cases_port: int = Field(default=8001, ge=1, le=65535)
     projections_port: int = Field(default=8003, ge=1, le=65535)
+    relay_port: int = Field(default=8004, ge=1, le=65535,
+                            description="The relay's /healthz, /readyz and /metrics.")
     # intake's port is YIZHAN_INTAKE_HTTP_PORT (services/intake/settings.py, default 8002)
     sla_tick_s: float = Field(default=5.0, gt=0, description="How often due SLA timers fire.")
 

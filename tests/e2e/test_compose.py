@@ -17,7 +17,8 @@ from shared.settings import Settings
 yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).resolve().parents[2]
 YIZHAN = ("migrate", "relay", "intake", "cases", "projections")
-HTTP = {"intake": "intake_http_port", "cases": "cases_port", "projections": "projections_port"}
+HTTP = {"intake": "intake_http_port", "cases": "cases_port", "projections": "projections_port",
+        "relay": "relay_port"}
 REQUIRED = ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "YIZHAN_ENV",
             "YIZHAN_JWT_SECRET", "YIZHAN_CHECKPOINT_SIGNING_KEY")
 INTAKE_REQUIRED = ("YIZHAN_INTAKE_MASTER_KEY", "YIZHAN_INTAKE_ID_HASH_KEY",
@@ -108,7 +109,8 @@ def test_ports_hosts_and_health_checks_agree(compose: dict[str, Any]) -> None:
         env = env_of(compose, service)
         settings = Settings.model_validate({
             "cases_port": env["YIZHAN_CASES_PORT"],
-            "projections_port": env["YIZHAN_PROJECTIONS_PORT"]})
+            "projections_port": env["YIZHAN_PROJECTIONS_PORT"],
+            "relay_port": env["YIZHAN_RELAY_PORT"]})
         intake = IntakeSettings.model_validate({"http_port": env["YIZHAN_INTAKE_HTTP_PORT"]})
         port = getattr(intake if service == "intake" else settings, field.replace(
             "intake_http_port", "http_port"))

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -34,12 +35,12 @@ UP = [sys.executable, "-c", "from services.cli import main; main()", "up"]
 
 
 class Stack:
-    """One `yizhan up` on a data folder and three free ports."""
+    """One `yizhan up` on a data folder and four free ports (intake, cases, projections, relay)."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.ports = {"YIZHAN_CASES_PORT": free_port(), "YIZHAN_PROJECTIONS_PORT": free_port(),
-                      "YIZHAN_INTAKE_HTTP_PORT": free_port()}
+                      "YIZHAN_INTAKE_HTTP_PORT": free_port(), "YIZHAN_RELAY_PORT": free_port()}
         self.proc: subprocess.Popen[bytes] | None = None
         self.ref = load_reference()
         self.settings = Settings(_env_file=None)
@@ -192,4 +193,9 @@ def test_up_keeps_every_case_across_a_restart_and_refills_the_broker(stack: Stac
     seen = asyncio.run(positions_on_broker(stack.broker(), stack.settings.topic_partitions,
                                            head))
     assert set(range(1, head + 1)) <= seen, f"missing {sorted(set(range(1, head + 1)) - seen)}"
+    # the relay, in its own process, reports the same on its metrics endpoint
+    metrics = httpx.get(f"{stack.url('YIZHAN_RELAY_PORT')}/metrics", timeout=10).text
+    assert re.search(r"^yizhan_relay_leader 1$", metrics, re.MULTILINE), metrics
+    relayed = re.search(r"^yizhan_relay_position (\d+)$", metrics, re.MULTILINE)
+    assert relayed is not None and int(relayed[1]) >= head, metrics
     assert stack.interrupt() == 0
