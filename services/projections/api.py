@@ -129,7 +129,8 @@ class Reader:
             try:
                 async with self.pool.acquire() as conn:
                     self._reached = max(self._reached, await advance_watermark(conn))
-            except (asyncpg.PostgresError, OSError) as exc:
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+                    TimeoutError) as exc:  # the waiters time out on their own, if need be
                 log.warning("projections.watermark_failed", error=repr(exc))
             while self._waiters and (self._waiters[0][0] <= self._reached
                                      or self._waiters[0][2].done()):
