@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shared.logging import get_logger
 from shared.runtime import die_with_parent
@@ -47,7 +47,6 @@ class _Child:
     restarts: int = 0
     backoff_s: float = 1.0
     restart_at: float | None = None
-    exits: list[int] = field(default_factory=list)
 
 
 def yizhan_children() -> list[ChildSpec]:
@@ -64,21 +63,16 @@ class Supervisor:
 
     def __init__(
         self, specs: Sequence[ChildSpec], env: Mapping[str, str], *,
-        stop_timeout_s: float = 20.0, max_backoff_s: float = 30.0, stable_after_s: float = 60.0,
-        poll_s: float = 0.2,
+        stop_timeout_s: float = 20.0, first_backoff_s: float = 1.0, max_backoff_s: float = 30.0,
+        stable_after_s: float = 60.0, poll_s: float = 0.2,
     ) -> None:
-        self.children = [_Child(spec) for spec in specs]
+        self.first_backoff_s = first_backoff_s
+        self.children = [_Child(spec, backoff_s=first_backoff_s) for spec in specs]
         self.env = dict(env)
         self.stop_timeout_s = stop_timeout_s
         self.max_backoff_s = max_backoff_s
         self.stable_after_s = stable_after_s
         self.poll_s = poll_s
-
-    def pids(self) -> dict[str, int]:
-        return {c.spec.name: c.proc.pid for c in self.children if c.proc is not None}
-
-    def restarts(self) -> dict[str, int]:
-        return {c.spec.name: c.restarts for c in self.children}
 
     def _start(self, child: _Child) -> None:
         child.proc = subprocess.Popen(
@@ -87,7 +81,8 @@ class Supervisor:
         )
         child.started_at = time.monotonic()
         child.restart_at = None
-        log.info("up.started", service=child.spec.name, pid=child.proc.pid)
+        log.info("up.started", service=child.spec.name, pid=child.proc.pid,
+                 restarts=child.restarts)
 
     def _check(self, child: _Child, now: float) -> None:
         if child.proc is None:
@@ -99,8 +94,7 @@ class Supervisor:
         if code is None:
             return
         ran = now - child.started_at
-        child.backoff_s = 1.0 if ran >= self.stable_after_s else child.backoff_s
-        child.exits.append(code)
+        child.backoff_s = self.first_backoff_s if ran >= self.stable_after_s else child.backoff_s
         child.proc = None
         child.restart_at = now + child.backoff_s
         log.error("up.exited", service=child.spec.name, code=code, ran_s=round(ran, 1),

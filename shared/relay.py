@@ -197,7 +197,7 @@ class Relay:
                 # a read, a broker check, a produce and a save: let a few gather first (after a
                 # quiet spell the first event goes at once; catching up never waits)
                 if (wait := linger_until - time.monotonic()) > 0:
-                    await _wait_any(asyncio.Event(), stop, wait)
+                    await _sleep_or_stop(stop, wait)
                 self._wake.clear()
                 batch = await self.store.read_batch(position, cfg.batch_size)
                 if time.monotonic() - last_probe > cfg.probe_interval_s or batch:
