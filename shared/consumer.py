@@ -55,23 +55,7 @@ class IdempotentConsumer:
         """In one transaction: lock this scope's position, call ``apply`` with the events after
         it (in position order), advance the position. Returns the events applied (maybe none).
         If ``apply`` raises, nothing is written and the position stays."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            # one round trip: create the row if new, lock it (as FOR UPDATE would), read it
-            current = await conn.fetchval(
-                "INSERT INTO consumer_positions AS c (consumer, scope, position)"
-                " VALUES ($1, $2, 0) ON CONFLICT (consumer, scope)"
-                " DO UPDATE SET position = c.position RETURNING position", self.name, scope,
-            )
-            # by position: a republished log can hold one position twice in a batch
-            unique = {e.position: e for e in events if e.position > current}
-            fresh = [unique[p] for p in sorted(unique)]
-            if fresh:
-                await apply(conn, fresh)
-                await conn.execute(
-                    "UPDATE consumer_positions SET position = $3, updated_at = now()"
-                    " WHERE consumer = $1 AND scope = $2", self.name, scope, fresh[-1].position,
-                )
-            return fresh
+        return (await self.apply_scopes({scope: events}, apply))[scope]
 
     async def apply_scopes(
         self, batches: Mapping[str, Sequence[RecordedEvent]], apply: Apply

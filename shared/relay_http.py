@@ -17,7 +17,13 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
 from shared.relay import Relay
-from shared.service import ReadinessCheck, create_app, database_ready
+from shared.service import (
+    PROMETHEUS_TEXT,
+    ReadinessCheck,
+    create_app,
+    database_ready,
+    prometheus_metric,
+)
 
 _PROGRESS = """
 SELECT (SELECT coalesce(max(position), 0) FROM events) AS head,
@@ -26,10 +32,6 @@ SELECT (SELECT coalesce(max(position), 0) FROM events) AS head,
 """
 
 operations = APIRouter(tags=["operations"])
-
-
-def _metric(name: str, kind: str, help_: str, value: float) -> list[str]:
-    return [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
 
 
 @operations.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
@@ -41,29 +43,30 @@ async def metrics(request: Request) -> PlainTextResponse:
     head, relayed, signed = int(row["head"]), int(row["relayed"] or 0), int(row["signed"])
     stats = relay.stats
     lines: list[str] = []
-    lines += _metric("yizhan_relay_leader", "gauge",
-                     "1 while this process leads (publishes), 0 while it stands by.",
-                     int(relay.is_leader))
-    lines += _metric("yizhan_relay_head_position", "gauge", "Last position of the event log.",
-                     head)
-    lines += _metric("yizhan_relay_position", "gauge",
-                     "Last position published to Kafka (by whichever relay leads).", relayed)
-    lines += _metric("yizhan_relay_lag_events", "gauge", "Events in the log not yet published.",
-                     max(0, head - relayed))
-    lines += _metric("yizhan_relay_published_total", "counter",
-                     "Events this process has published.", stats.published)
-    lines += _metric("yizhan_relay_republished_from_zero_total", "counter",
-                     "Times this process found a broker that lost its log and published "
-                     "everything again.", stats.republished_from_zero)
-    lines += _metric("yizhan_relay_errors_total", "counter",
-                     "Failed attempts (broker or database), each retried with back-off.",
-                     stats.errors)
-    lines += _metric("yizhan_checkpoint_position", "gauge",
-                     "Last position covered by a signed checkpoint.", signed)
-    lines += _metric("yizhan_checkpoint_lag_events", "gauge",
-                     "Events not yet covered by a signed checkpoint.", max(0, head - signed))
-    return PlainTextResponse("\n".join(lines) + "\n",
-                             media_type="text/plain; version=0.0.4")
+    lines += prometheus_metric("yizhan_relay_leader", "gauge",
+                               "1 while this process leads (publishes), 0 while it stands by.",
+                               int(relay.is_leader))
+    lines += prometheus_metric("yizhan_relay_head_position", "gauge",
+                               "Last position of the event log.", head)
+    lines += prometheus_metric("yizhan_relay_position", "gauge",
+                               "Last position published to Kafka (by whichever relay leads).",
+                               relayed)
+    lines += prometheus_metric("yizhan_relay_lag_events", "gauge",
+                               "Events in the log not yet published.", max(0, head - relayed))
+    lines += prometheus_metric("yizhan_relay_published_total", "counter",
+                               "Events this process has published.", stats.published)
+    lines += prometheus_metric("yizhan_relay_republished_from_zero_total", "counter",
+                               "Times this process found a broker that lost its log and published "
+                               "everything again.", stats.republished_from_zero)
+    lines += prometheus_metric("yizhan_relay_errors_total", "counter",
+                               "Failed attempts (broker or database), each retried with back-off.",
+                               stats.errors)
+    lines += prometheus_metric("yizhan_checkpoint_position", "gauge",
+                               "Last position covered by a signed checkpoint.", signed)
+    lines += prometheus_metric("yizhan_checkpoint_lag_events", "gauge",
+                               "Events not yet covered by a signed checkpoint.",
+                               max(0, head - signed))
+    return PlainTextResponse("\n".join(lines) + "\n", media_type=PROMETHEUS_TEXT)
 
 
 def relay_ready(relay: Relay) -> ReadinessCheck:

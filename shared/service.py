@@ -20,6 +20,12 @@ from shared.logging import get_logger
 log = get_logger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]  # None = ready, else what is missing
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"
+
+
+def prometheus_metric(name: str, kind: str, help_: str, value: float) -> list[str]:
+    """One metric in the Prometheus text format: its HELP, TYPE and sample lines."""
+    return [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
 GC_YOUNG_THRESHOLD = 10_000
 
 

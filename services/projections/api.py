@@ -33,6 +33,7 @@ from shared.http import ProblemError
 from shared.logging import get_logger
 from shared.reference.org import OrgTree
 from shared.reference.staff import Role
+from shared.service import PROMETHEUS_TEXT
 
 log = get_logger(__name__)
 
@@ -337,4 +338,4 @@ async def metrics(reader: Read) -> PlainTextResponse:
     async with reader.pool.acquire() as conn:
         progress = await read_progress(conn)
     return PlainTextResponse(render(progress, reader.live, reader.envelopes_parked()),
-                             media_type="text/plain; version=0.0.4")
+                             media_type=PROMETHEUS_TEXT)
