@@ -75,7 +75,9 @@ class Settings(BaseSettings):
     # intake's port is YIZHAN_INTAKE_HTTP_PORT (services/intake/settings.py, default 8002)
     sla_tick_s: float = Field(default=5.0, gt=0, description="How often due SLA timers fire.")
 
-    db_pool_min: int = Field(default=2, ge=1)
+    db_pool_min: int | None = Field(
+        default=None, ge=1, description="Connections a service opens at start-up (default: "
+        "db_pool_max, so that no connection is opened, and warmed, under load).")
     db_pool_max: int = Field(default=10, ge=1)
     append_max_batch: int = Field(default=500, ge=1, le=10_000)
 
@@ -124,6 +126,11 @@ class Settings(BaseSettings):
     @property
     def admin_url(self) -> str | None:
         return self.database_admin_url or self.database_url
+
+    @property
+    def pool_min(self) -> int:
+        """Connections to open at start-up: ``db_pool_min``, or the whole pool."""
+        return min(self.db_pool_min or self.db_pool_max, self.db_pool_max)
 
     @property
     def uses_dev_signing_key(self) -> bool:

@@ -45,7 +45,7 @@ async def bootstrap(
     settings: Settings, service_url: str, *, ref: Reference | None = None,
     clock: Clock = system_clock,
 ) -> CasesService:
-    pool = await create_pool(service_url, min_size=settings.db_pool_min,
+    pool = await create_pool(service_url, min_size=settings.pool_min,
                              max_size=settings.db_pool_max)
     store = PostgresEventStore(pool, max_batch=settings.append_max_batch)
     reference = ref or load_reference()

@@ -62,7 +62,7 @@ async def bootstrap(
     if intake.uses_development_keys:
         log.warning("intake.development_keys", hint="set YIZHAN_INTAKE_MASTER_KEY, "
                     "_ID_HASH_KEY and _QUARANTINE_KEY: the development keys are public")
-    pool = await create_pool(service_url, min_size=settings.db_pool_min,
+    pool = await create_pool(service_url, min_size=settings.pool_min,
                              max_size=settings.db_pool_max)
     store = PostgresEventStore(pool, max_batch=settings.append_max_batch)
     privacy = Privacy(KeyVault(pool, Sealer.from_settings(intake)))

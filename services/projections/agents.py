@@ -30,7 +30,7 @@ class Worker:
 def build_worker(
     settings: Settings, pool: asyncpg.Pool, paths: UnitPaths, *, bootstrap_servers: str,
     topic: str | None = None, group: str = GROUP, batch_size: int = 500,
-    max_wait_s: float = 0.05, partitions: int | None = None,
+    max_wait_s: float = 0.01, partitions: int | None = None,
 ) -> Worker:
     """A Faust app with the projections agent (not started)."""
     app = make_app(group, settings=settings, bootstrap_servers=bootstrap_servers,

@@ -42,7 +42,7 @@ async def prepare_tables(pool: asyncpg.Pool) -> str:
 async def bootstrap(settings: Settings, service_url: str, *, ref: Reference | None = None,
                     max_wait_s: float = 5.0, live: LiveStats | None = None,
                     ) -> ProjectionsService:
-    pool = await create_pool(service_url, min_size=settings.db_pool_min,
+    pool = await create_pool(service_url, min_size=settings.pool_min,
                              max_size=settings.db_pool_max)
     reference = ref or load_reference()
     await prepare_tables(pool)

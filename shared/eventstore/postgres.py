@@ -107,11 +107,25 @@ async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     or end the session before releasing."""
 
 
+# Every array type our statements pass or return. asyncpg has no built-in codec for them and
+# looks each one up in the catalog (a recursive query, the heaviest a cold backend runs) the
+# first time a statement of that connection uses it: under load, a pool growing by a dozen
+# connections ran a few dozen of those lookups at the worst moment. One statement naming them
+# all, run when a connection opens, does it once per connection, before it is handed out.
+_ARRAY_TYPES = ("uuid[]", "bigint[]", "integer[]", "text[]", "bytea[]", "json[]",
+                "timestamptz[]")
+_WARM_TYPES = "SELECT " + ", ".join(f"NULL::{t}" for t in _ARRAY_TYPES)
+
+
+async def _warm_types(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    await conn.fetchrow(_WARM_TYPES)
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections name themselves in pg_stat_activity (release: see
-    ``_keep_session``)."""
+    """A pool whose connections name themselves in pg_stat_activity, know our array types
+    from the start (``_WARM_TYPES``) and are released without a reset (``_keep_session``)."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size,
+        dsn, min_size=min_size, max_size=max_size, init=_warm_types,
         server_settings={"application_name": "yizhan"}, reset=_keep_session,
     )
     assert pool is not None
