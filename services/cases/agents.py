@@ -1,15 +1,18 @@
-"""Faust entrypoints of the cases service: the agent that keeps SLA due times from the log,
-and the timer that fires them. Both only translate; the work is in ``sla_clock``."""
+"""Faust entrypoints of the cases service: the agent that keeps SLA due times from the log (and
+feeds the command cache, ``CaseCommands.observe``), and the timer that fires them. Both only
+translate; the work is in ``sla_clock`` and ``handlers``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import faust
 
 from services.cases.bootstrap import CasesService
 from services.cases.sla_clock import apply_sla_events, fire_due
+from shared.contracts.envelope import RecordedEvent
+from shared.eventstore.postgres import Conn
 from shared.logging import get_logger
 from shared.streaming import EventAgent, idempotent_agent, make_app
 
@@ -27,8 +30,14 @@ def build_faust(
     app = make_app(app_id, settings=settings, bootstrap_servers=bootstrap_servers,
                    fetch_max_wait_ms=background)
     assert service.pool is not None
+    commands = service.commands
+
+    async def apply(conn: Conn, events: Sequence[RecordedEvent]) -> None:
+        await apply_sla_events(conn, events)
+        commands.observe(events)  # the command cache learns new cases before their commands
+
     agent = idempotent_agent(app, topic=settings.topic_case_events, pool=service.pool,
-                             consumer_name=SLA_CONSUMER, apply=apply_sla_events,
+                             consumer_name=SLA_CONSUMER, apply=apply,
                              max_wait_s=background / 1000)
     now = clock or service.clock
 

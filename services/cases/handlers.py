@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,12 +20,16 @@ from shared.contracts.envelope import RecordedEvent
 from shared.contracts.registry import DomainEvent, registry, to_new_event
 from shared.eventstore.errors import WrongExpectedVersion
 from shared.eventstore.port import EventStore
-from shared.logging import current_correlation_id
+from shared.logging import current_correlation_id, get_logger
 from shared.reference import Reference
+
+log = get_logger(__name__)
+
+STREAM_PREFIX = "case-"
 
 
 def stream_id(case_id: uuid.UUID) -> str:
-    return f"case-{case_id}"
+    return f"{STREAM_PREFIX}{case_id}"
 
 
 def event_id(command_id: uuid.UUID, index: int) -> uuid.UUID:
@@ -117,6 +122,36 @@ class CaseCommands:
         if current.state is not None:
             self._remember(case_id, current)
         return current
+
+    def observe(self, recorded: Iterable[RecordedEvent]) -> int:
+        """Fold events of the log read elsewhere (the SLA agent's, from Kafka) into the cache,
+        so that the first command on a case opened by intake finds it folded, not in the
+        store. A case whose first event this is becomes known; a known case moves on only by
+        its next version; anything else is left to the next load, which reads the store. Never
+        reads, never raises (an event it cannot fold drops the case from the cache). How many
+        events were folded."""
+        folded = 0
+        for event in recorded:
+            if not event.stream_id.startswith(STREAM_PREFIX):
+                continue
+            try:
+                case_id = uuid.UUID(event.stream_id[len(STREAM_PREFIX):])
+            except ValueError:
+                continue
+            known = self._cache.get(case_id)
+            if known is None and event.version == 1:
+                known = EMPTY
+            elif known is None or known.version != event.version - 1:
+                continue
+            try:
+                self._remember(case_id, known.then([event]))
+            except Exception as exc:  # an unknown or unfoldable event: the store decides later
+                self._cache.pop(case_id, None)
+                log.warning("cases.observe_dropped", case_id=str(case_id),
+                            position=event.position, error=repr(exc))
+                continue
+            folded += 1
+        return folded
 
     def _remember(self, case_id: uuid.UUID, loaded: Loaded) -> None:
         self._cache[case_id] = loaded
