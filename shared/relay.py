@@ -30,7 +30,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
 from shared.contracts.envelope import RecordedEvent
-from shared.eventstore.postgres import NOTIFY_CHANNEL, Conn, PostgresEventStore
+from shared.eventstore.postgres import NO_FLUSH_WAIT, NOTIFY_CHANNEL, Conn, PostgresEventStore
 from shared.kafka import broker_state, recreate_topic
 from shared.logging import get_logger
 
@@ -235,13 +235,17 @@ class Relay:
         for event, ack in zip(batch, acks, strict=True):
             last[ack.partition] = (ack.offset, event.position)
         parts = sorted(last)
-        # one statement (one round trip, atomic by itself): the position and the offsets
+        # One statement (one round trip, atomic by itself): the position and the offsets. Its
+        # commit does not wait for the WAL flush (NO_FLUSH_WAIT): should the database crash
+        # right after, the relay restarts from the position before and publishes those events
+        # again, which every consumer skips by position.
         await conn.execute(
             "WITH moved AS (UPDATE relay_positions SET position = $2, updated_at = now()"
             " WHERE relay = $1)"
             " INSERT INTO relay_partition_offsets (relay, topic, partition, last_offset,"
             " position) SELECT $1, $3, p, o, pos"
-            " FROM unnest($4::integer[], $5::bigint[], $6::bigint[]) AS t(p, o, pos)"
+            " FROM unnest($4::integer[], $5::bigint[], $6::bigint[]) AS t(p, o, pos),"
+            f" ({NO_FLUSH_WAIT}) AS no_flush_wait"
             " ON CONFLICT (relay, topic, partition)"
             " DO UPDATE SET last_offset = EXCLUDED.last_offset, position = EXCLUDED.position",
             self.config.name, position, self.config.topic, parts,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.projections.schema import active_schema
-from shared.eventstore.postgres import Conn
+from shared.eventstore.postgres import NO_FLUSH_WAIT, Conn
 
 SCAN = 5_000
 
@@ -33,6 +33,7 @@ target AS (SELECT coalesce((SELECT min(position) - 1 FROM chk WHERE NOT done),
 moved AS (UPDATE {s}.progress p SET position = t.position, updated_at = now() FROM target t
           WHERE p.name = 'watermark' AND t.position > p.position RETURNING p.position)
 SELECT coalesce((SELECT position FROM moved), (SELECT position FROM w))
+FROM ({no_flush_wait}) AS no_flush_wait
 """
 
 _STATUS = "SELECT * FROM projections.read_status()"  # migration 0002
@@ -61,9 +62,11 @@ async def advance_watermark(conn: Conn, schema: str | None = None) -> int:
     has since passed). One statement, and it only writes when the watermark moves: advancers
     running at once each move it forward only (the row lock of the UPDATE orders them, and
     its condition is checked again on the row they waited for), and an advance that finds
-    nothing new writes nothing, so it costs no commit to disk."""
+    nothing new writes nothing, so it costs no commit to disk. Nor does it wait for its own
+    commit's flush (``NO_FLUSH_WAIT``): a watermark lost in a database crash is recomputed by
+    the next advance, from the read models themselves."""
     name = schema or await active_schema(conn)
-    value = await conn.fetchval(_ADVANCE.format(s=name), SCAN)
+    value = await conn.fetchval(_ADVANCE.format(s=name, no_flush_wait=NO_FLUSH_WAIT), SCAN)
     return int(value or 0)
 
 

@@ -40,6 +40,11 @@ from shared.logging import get_logger
 log = get_logger(__name__)
 
 APPEND_LOCK = 0x59_5A_41_50  # "YZAP": the one lock every append takes
+# A sub-select that lets the statement it is part of commit without waiting for its WAL to
+# reach disk (synchronous_commit off for that statement's own transaction). Only for writes
+# that can be lost in a database crash without harm, because they are recomputed or redone:
+# progress markers, never events or anything a consumer acknowledges after.
+NO_FLUSH_WAIT = "SELECT set_config('synchronous_commit', 'off', true)"
 NOTIFY_CHANNEL = "yizhan_events"
 
 _COLUMNS = (
