@@ -9,9 +9,22 @@ CREATE UNIQUE INDEX IF NOT EXISTS sla_breaches_pk ON {schema}.sla_breaches (case
 CREATE UNIQUE INDEX IF NOT EXISTS moves_pk ON {schema}.moves (case_id, version);
 CREATE INDEX IF NOT EXISTS case_summary_tracking ON {schema}.case_summary (tracking_no);
 CREATE INDEX IF NOT EXISTS case_summary_unit ON {schema}.case_summary (unit, last_change_at);
-CREATE INDEX IF NOT EXISTS case_summary_county ON {schema}.case_summary (county, last_change_at);
-CREATE INDEX IF NOT EXISTS case_summary_township
-    ON {schema}.case_summary (township, last_change_at);
+-- A county's or township's case list, a page in any of the three usual orders: read in index
+-- order, never sorted (list_cases orders by exactly these columns; due_at ascending only)
+CREATE INDEX IF NOT EXISTS case_summary_county_changed
+    ON {schema}.case_summary (county, last_change_at, case_id);
+CREATE INDEX IF NOT EXISTS case_summary_county_submitted
+    ON {schema}.case_summary (county, submitted_at, case_id);
+CREATE INDEX IF NOT EXISTS case_summary_county_due
+    ON {schema}.case_summary (county, due_at, case_id);
+CREATE INDEX IF NOT EXISTS case_summary_township_changed
+    ON {schema}.case_summary (township, last_change_at, case_id);
+CREATE INDEX IF NOT EXISTS case_summary_township_submitted
+    ON {schema}.case_summary (township, submitted_at, case_id);
+CREATE INDEX IF NOT EXISTS case_summary_township_due
+    ON {schema}.case_summary (township, due_at, case_id);
+DROP INDEX IF EXISTS {schema}.case_summary_county;  -- superseded by the ones above
+DROP INDEX IF EXISTS {schema}.case_summary_township;
 CREATE INDEX IF NOT EXISTS case_summary_community
     ON {schema}.case_summary (community, last_change_at);
 CREATE INDEX IF NOT EXISTS case_summary_due ON {schema}.case_summary (due_at)
