@@ -58,8 +58,8 @@ from shared.contracts.envelope import (
     GENESIS_HASH,
     EncodedEvent,
     canonical_bytes,
+    canonical_time,
     chain_hash,
-    iso,
 )
 from shared.contracts.registry import to_new_event
 from shared.logging import configure_logging, get_logger
@@ -273,8 +273,8 @@ def chained(rows: Sequence[Row], recorded_from: datetime) -> Iterator[tuple[Any,
         position = i + 1
         recorded = recorded_from + step * i
         digest = chain_hash(prev, canonical_bytes(
-            position, stream, version, str(event_id), type_, schema, iso(occurred),
-            iso(recorded), meta, data))
+            position, stream, version, str(event_id), type_, schema, canonical_time(occurred),
+            canonical_time(recorded), meta, data))
         yield (position, stream, version, event_id, type_, schema, data, meta, occurred,
                recorded, prev, digest)
         prev = digest

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.contracts.envelope import canonical_bytes, chain_hash, iso
+from shared.contracts.envelope import canonical_bytes, canonical_time, chain_hash
 
 _DISABLE = "ALTER TABLE {t} DISABLE TRIGGER USER"
 _ENABLE = "ALTER TABLE {t} ENABLE TRIGGER USER"
@@ -49,7 +49,8 @@ async def rewrite_chain_from(admin: asyncpg.Pool, position: int) -> None:
             " WHERE position >= $1 ORDER BY position", position)
         for r in rows:
             digest = chain_hash(prev, canonical_bytes(
-                r[0], r[1], r[2], r[3], r[4], r[5], iso(r[6]), iso(r[7]), r[8], r[9]))
+                r[0], r[1], r[2], r[3], r[4], r[5], canonical_time(r[6]), canonical_time(r[7]),
+                r[8], r[9]))
             await conn.execute("UPDATE events SET prev_hash = $2, hash = $3 WHERE position = $1",
                                r[0], prev, digest)
             prev = digest

@@ -24,7 +24,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.audit.export import FORMAT, Segment
-from shared.contracts.envelope import RecordedEvent, chain_hash
+from shared.contracts.envelope import CANONICAL_FORMAT, RecordedEvent, chain_hash
 from shared.eventstore.checkpoints import Checkpoint, signature_valid
 
 
@@ -122,7 +122,7 @@ def _check_segment(seg: Segment, lines: Sequence[_Line], signed: dict[int, Check
             report.fail(expected, f"position {expected} is missing from the chain (found "
                         f"{line.position} in its place): lines were removed, added or reordered")
             return False
-        if not line.body.startswith(f"yizhan-event-v1\n{line.position}\n".encode()):
+        if not line.body.startswith(f"{CANONICAL_FORMAT}\n{line.position}\n".encode()):
             report.fail(expected, "the line's content names another position")
             return False
         if line.prev_hash != prev:

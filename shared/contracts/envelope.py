@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -20,7 +20,9 @@ import orjson
 from shared.contracts.canonical import canonical_json, loads
 
 GENESIS_HASH = "0" * 64
-CANONICAL_FORMAT = "yizhan-event-v1"
+CANONICAL_FORMAT = "yizhan-event-v2"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def utc(dt: datetime) -> datetime:
@@ -36,6 +38,15 @@ def iso(dt: datetime) -> str:
     if dt.tzinfo is not UTC:
         dt = utc(dt)
     return dt.isoformat(timespec="microseconds")[:-6] + "Z"  # drop "+00:00"
+
+
+def canonical_time(dt: datetime) -> str:
+    """A timestamp as the hash covers it: whole microseconds since 1970-01-01T00:00:00Z, in
+    decimal (exact, the same in any language, and what PostgreSQL's
+    ``(extract(epoch FROM t) * 1000000)::bigint`` writes; verify builds it so)."""
+    if dt.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return str((dt - _EPOCH) // _MICROSECOND)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +118,8 @@ class RecordedEvent:
     def canonical_bytes(self) -> bytes:
         return canonical_bytes(
             self.position, self.stream_id, self.version, str(self.event_id), self.type,
-            self.schema_version, iso(self.occurred_at), iso(self.recorded_at),
-            self.metadata_json, self.data_json,
+            self.schema_version, canonical_time(self.occurred_at),
+            canonical_time(self.recorded_at), self.metadata_json, self.data_json,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -149,16 +160,16 @@ class RecordedEvent:
                 position, version = int(wire["position"]), int(wire["version"])
                 schema_version = int(wire["schema_version"])
                 stream_id, type_ = wire["stream_id"], wire["type"]
-                occurred, recorded = wire["occurred_at"], wire["recorded_at"]
+                occurred = datetime.fromisoformat(wire["occurred_at"])
+                recorded = datetime.fromisoformat(wire["recorded_at"])
                 body = canonical_bytes(position, stream_id, version, wire["event_id"], type_,
-                                       schema_version, occurred, recorded, metadata_json,
-                                       data_json)
+                                       schema_version, canonical_time(occurred),
+                                       canonical_time(recorded), metadata_json, data_json)
                 if chain_hash(wire["prev_hash"], body) == wire["hash"]:
                     return cls(
                         position, stream_id, version, uuid.UUID(wire["event_id"]), type_,
                         schema_version, data_json, metadata_json,
-                        datetime.fromisoformat(occurred), datetime.fromisoformat(recorded),
-                        wire["prev_hash"], wire["hash"])
+                        occurred, recorded, wire["prev_hash"], wire["hash"])
         event = cls.from_wire(loads(text))  # the json module: integers of any size
         if chain_hash(event.prev_hash, event.canonical_bytes()) != event.hash:
             raise HashMismatch(f"hash mismatch at position {event.position}")
@@ -188,8 +199,9 @@ def canonical_bytes(
     position: int, stream_id: str, version: int, event_id: str, type_: str,
     schema_version: int, occurred_at: str, recorded_at: str, metadata_json: str, data_json: str,
 ) -> bytes:
-    """The bytes an event's hash covers: a format tag, the envelope fields one per line, then
-    metadata and data as their stored canonical JSON (which holds no raw newline)."""
+    """The bytes an event's hash covers: a format tag, the envelope fields one per line (the
+    two timestamps as ``canonical_time`` writes them), then metadata and data as their stored
+    canonical JSON (which holds no raw newline)."""
     return (
         f"{CANONICAL_FORMAT}\n{position}\n{stream_id}\n{version}\n{event_id}\n{type_}\n"
         f"{schema_version}\n{occurred_at}\n{recorded_at}\n{metadata_json}\n{data_json}"

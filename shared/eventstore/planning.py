@@ -18,8 +18,8 @@ from shared.contracts.envelope import (
     NewEvent,
     RecordedEvent,
     canonical_bytes,
+    canonical_time,
     chain_hash,
-    iso,
 )
 from shared.eventstore.errors import AppendError, EventIdReused, WrongExpectedVersion
 from shared.eventstore.port import AppendResult, StreamAppend
@@ -75,7 +75,7 @@ def plan_batch(
     current = dict(versions)
     known = dict(stored_ids)
     position, prev = head_position, head_hash
-    now_text = iso(now)  # every event of a batch is recorded at the same moment
+    now_text = canonical_time(now)  # every event of a batch is recorded at the same moment
     for appends in batch:
         try:
             replay = _already_applied(appends, known)
@@ -100,7 +100,8 @@ def plan_batch(
                 occurred = ev.occurred_at or now
                 digest = chain_hash(prev, canonical_bytes(
                     position, part.stream_id, version, str(ev.event_id), ev.type,
-                    ev.schema_version, now_text if occurred is now else iso(occurred), now_text,
+                    ev.schema_version,
+                    now_text if occurred is now else canonical_time(occurred), now_text,
                     ev.metadata_json, ev.data_json,
                 ))
                 plan.rows.append(RecordedEvent(

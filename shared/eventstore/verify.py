@@ -5,7 +5,7 @@ Anyone can recompute a hash chain, so a thorough forger could rewrite every hash
 signed checkpoints are what pins the chain down. Events after the last checkpoint are held only
 by the chain until the next checkpoint is signed.
 
-How it goes fast: PostgreSQL assembles each event's canonical bytes, a range of events (2,000)
+How it goes fast: PostgreSQL assembles each event's canonical bytes, a range of events (4,000)
 at a time in pieces of 100, each piece one row; two connections each build a range while Python
 hashes the one before. Python recomputes every hash from those bytes and checks each piece as a
 whole. A piece that does not hold, in any way, is read again event by event from its start by
@@ -29,12 +29,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from shared.contracts.envelope import CANONICAL_FORMAT, GENESIS_HASH
 from shared.eventstore.checkpoints import Checkpoint, read_checkpoints, signature_valid
 
-_ISO = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+# envelope.canonical_time: whole microseconds since the Unix epoch (extract is exact numeric,
+# and a third of the cost of writing the timestamp as text, which was a quarter of the whole)
+_MICROS = "(extract(epoch FROM {}) * 1000000)::bigint"
 # PostgreSQL assembles each event's canonical bytes (envelope.canonical_bytes, same format);
 # Python recomputes the hash from them. What is hashed is still exactly what is stored.
 _CANONICAL = f"""concat_ws(E'\\n', '{CANONICAL_FORMAT}', position, stream_id, version, event_id,
-                          type, schema_version, {_ISO.format("occurred_at")},
-                          {_ISO.format("recorded_at")}, metadata::text, data::text)"""
+                          type, schema_version, {_MICROS.format("occurred_at")},
+                          {_MICROS.format("recorded_at")}, metadata::text, data::text)"""
 # Event by event: the reference check, from the first piece that does not hold (and for
 # whatever was appended after verification started).
 _READ = f"""
@@ -172,7 +174,7 @@ async def verify_log(
     public_key: Ed25519PublicKey | None,
     *,
     from_checkpoint: bool = False,
-    batch_size: int = 2_000,
+    batch_size: int = 4_000,
     progress: Progress | None = None,
 ) -> VerifyReport:
     """Check the chain and checkpoints. ``from_checkpoint`` starts at the latest checkpoint whose

@@ -7,17 +7,19 @@ import asyncio
 import itertools
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.contracts.canonical import canonical_json
-from shared.contracts.envelope import NewEvent
+from shared.contracts.envelope import NewEvent, chain_hash
 from shared.contracts.registry import DomainEvent, EventRegistry, to_new_event
+from shared.eventstore import verify
 from shared.eventstore.checkpoints import CheckpointSigner, write_checkpoint
 from shared.eventstore.errors import WrongExpectedVersion
 from shared.eventstore.port import NO_STREAM
@@ -226,6 +228,33 @@ def test_canonical_text_survives_postgres_exactly(pg_cluster: PgCluster) -> None
                 assert canonical_json(got.data) == got.data_json
 
             round_trip()
+        finally:
+            runner.run(context.__aexit__(None, None, None))
+
+
+def test_postgres_builds_the_canonical_bytes_python_hashes(pg_cluster: PgCluster) -> None:
+    """Verify has PostgreSQL assemble each event's canonical bytes: for any moment from year 1
+    to 9999, in any offset, they are exactly the bytes the event was hashed over (a single
+    microsecond off would read as tampering)."""
+    moments = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                           timezones=st.sampled_from([UTC, timezone(timedelta(hours=8)),
+                                                      timezone(-timedelta(hours=9, minutes=30))]))
+    with asyncio.Runner() as runner:
+        context = postgres_store(pg_cluster)
+        store = runner.run(context.__aenter__())
+        try:
+            @settings(max_examples=150, deadline=None)
+            @given(occurred=moments, data=json_objects)
+            def same_bytes(occurred: datetime, data: dict[str, Any]) -> None:
+                event = NewEvent("Anything", data, occurred_at=occurred)
+                result = runner.run(store.append(f"case-{event.event_id}", NO_STREAM, [event]))
+                rows = runner.run(store.pool.fetch(verify._READ, result.position - 1, 1))
+                (got,) = runner.run(store.read_stream(f"case-{event.event_id}"))
+                assert got.occurred_at == occurred
+                assert rows[0][4] == got.canonical_bytes()
+                assert chain_hash(rows[0][2], rows[0][4]) == rows[0][3] == got.hash
+
+            same_bytes()
         finally:
             runner.run(context.__aexit__(None, None, None))
 

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from bench.projections import metadata_of
-from shared.contracts.envelope import canonical_bytes, chain_hash, iso
+from shared.contracts.envelope import canonical_bytes, canonical_time, chain_hash
 from shared.contracts.registry import to_new_event
 from shared.eventstore.checkpoints import CheckpointSigner, write_checkpoint
 from shared.eventstore.postgres import PostgresEventStore
@@ -48,8 +48,8 @@ async def forged_row(admin: asyncpg.Pool, position: int, prev_hash: str) -> tupl
     data = '{"note":"forged"}'
     meta = '{"actor_id":"forger"}'
     digest = chain_hash(prev_hash, canonical_bytes(position, stream, 1, str(event_id),
-                                                   "NoteAdded", 1, iso(occurred),
-                                                   iso(recorded), meta, data))
+                                                   "NoteAdded", 1, canonical_time(occurred),
+                                                   canonical_time(recorded), meta, data))
     return (position, stream, 1, event_id, "NoteAdded", 1, data, meta, occurred, recorded,
             prev_hash, digest)
 
