@@ -19,3 +19,16 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
         return uvloop.run(main)
     return asyncio.run(main)
+
+
+def libpq_params(dsn: str) -> tuple[str, str, int, str, str]:
+    """(dbname, host, port, user, password) of a ``postgresql://`` URL, for the peers' drivers.
+    The host is the socket folder when the URL names one (``?host=/folder&port=N``, as the
+    embedded server's URLs do), so a peer connects the way our side does."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    parts = urlsplit(dsn)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    return (parts.path.lstrip("/"), query.get("host") or parts.hostname or "127.0.0.1",
+            int(query.get("port") or parts.port or 5432), unquote(parts.username or "postgres"),
+            unquote(parts.password or ""))

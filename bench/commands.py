@@ -42,6 +42,8 @@ from typing import Any
 
 import aiohttp
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from bench import libpq_params
 from services.cases.bootstrap import bootstrap
 from services.cases.domain import SubmitCase
 from shared.auth import Principal, mint_token
@@ -213,7 +215,7 @@ async def drive(base: str, settings: Settings, ref: Reference, ids: list[uuid.UU
     return latencies, failures, elapsed
 
 
-def peer(dsn_parts: dict[str, str], n_cases: int) -> float:
+def peer(dsn: str, n_cases: int) -> float:
     """The same six commands per case through the eventsourcing library's PostgreSQL recorder,
     in-process: repository.get → aggregate method → save, 32 threads."""
     from eventsourcing.application import Application
@@ -241,9 +243,10 @@ def peer(dsn_parts: dict[str, str], n_cases: int) -> float:
         def decide(self, outcome: str, basis: str) -> None:
             self.status = outcome
 
-    env = {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": dsn_parts["db"],
-           "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": dsn_parts["port"],
-           "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "x",
+    dbname, host, port, user, _ = libpq_params(dsn)  # as our side connects (socket or TCP)
+    env = {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": dbname,
+           "POSTGRES_HOST": host, "POSTGRES_PORT": str(port),
+           "POSTGRES_USER": user, "POSTGRES_PASSWORD": "x",
            "POSTGRES_POOL_SIZE": "40", "POSTGRES_MAX_OVERFLOW": "10",
            "CREATE_TABLE": "y"}
     app: Application[Any] = Application(env=env)
@@ -380,7 +383,7 @@ def main() -> None:
             for p in procs:
                 p.wait(30)
         log.warning("bench.peer", cases=n_cases)
-        peer_cps = peer({"db": pg.database, "port": str(pg.port)}, n_cases)
+        peer_cps = peer(pg.admin_url, n_cases)
         kafka.stop()
         pg.stop()
     cps = len(latencies) / elapsed

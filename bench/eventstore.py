@@ -35,11 +35,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import asyncpg
 
+from bench import libpq_params
 from bench import run as bench_run
 from shared.contracts.canonical import canonical_json
 from shared.contracts.envelope import NewEvent
@@ -512,9 +513,7 @@ def bench_peer(dsn: str, admin_dsn: str, work: Workload, n: int) -> list[Measure
     except ImportError as exc:  # pragma: no cover - the bench extra is missing
         raise SystemExit("the peer needs the bench extra: pip install -e '.[bench]'") from exc
 
-    parts = urlsplit(dsn)
-    dbname, host, port = parts.path.lstrip("/"), parts.hostname or "127.0.0.1", parts.port or 5432
-    user, password = unquote(parts.username or "postgres"), unquote(parts.password or "")
+    dbname, host, port, user, password = libpq_params(dsn)
 
     def recorder_for(threads: int) -> tuple[PostgresDatastore, PostgresApplicationRecorder]:
         datastore = PostgresDatastore(dbname, host, port, user, password, pool_size=threads,

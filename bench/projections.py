@@ -397,28 +397,52 @@ async def empty_active_set(pool: Any) -> None:
         await conn.execute("DELETE FROM consumer_positions WHERE consumer = 'projections'")
 
 
-async def measure_live(pool: Any, paths: Any, bootstrap: str, head: int,
+def relay_process(dsn: str, bootstrap: str, topic: str, partitions: int) -> None:
+    """The relay in a process of its own, as ``yizhan relay`` runs it beside the projections
+    service (``yizhan up``); SIGTERM stops it."""
+    import signal
+
+    from shared.eventstore.postgres import PostgresEventStore, create_pool
+    from shared.relay import Relay, RelayConfig
+
+    configure_logging("console", "warning")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        pool = await create_pool(dsn, min_size=2, max_size=4)
+        store = PostgresEventStore(pool)
+        try:
+            await Relay(store, RelayConfig(bootstrap_servers=bootstrap, topic=topic,
+                                           partitions=partitions, batch_size=2000,
+                                           poll_interval_s=0.05)).run(stop)
+        finally:
+            await store.close()
+            await pool.close()
+
+    bench_run(main())
+
+
+async def measure_live(pool: Any, dsn: str, paths: Any, bootstrap: str, head: int,
                        partitions: int) -> tuple[float, dict[str, Any]]:
-    """Relay → Kafka → Faust → read models, one worker, all running: events / seconds from
-    the first applied event until the watermark reaches the head."""
+    """Relay → Kafka → Faust → read models, one worker, all running (the relay in its own
+    process, as deployed): events / seconds from the first applied event until the watermark
+    reaches the head."""
+    import multiprocessing
+
     from services.projections.agents import build_worker, running
     from services.projections.progress import advance_watermark
-    from shared.eventstore.postgres import PostgresEventStore
     from shared.kafka import ensure_topics
-    from shared.relay import Relay, RelayConfig
     from shared.settings import Settings
 
     topic = f"case.events.bench.{uuid.uuid4().hex[:6]}"
     await ensure_topics(bootstrap, {topic: partitions})
-    store = PostgresEventStore(pool)
-    relay = Relay(store, RelayConfig(bootstrap_servers=bootstrap, topic=topic,
-                                     partitions=partitions, batch_size=2000,
-                                     poll_interval_s=0.05))
     worker = build_worker(Settings(), pool, paths, bootstrap_servers=bootstrap, topic=topic,
                           group=f"bench-{uuid.uuid4().hex[:6]}", batch_size=2000,
                           max_wait_s=0.1, partitions=partitions)
-    stop = asyncio.Event()
-    relaying = asyncio.create_task(relay.run(stop))
+    relaying = multiprocessing.get_context("spawn").Process(
+        target=relay_process, args=(dsn, bootstrap, topic, partitions), name="bench-relay")
+    relaying.start()
     first = None
     try:
         async with running(worker, pool):
@@ -433,13 +457,12 @@ async def measure_live(pool: Any, paths: Any, bootstrap: str, head: int,
                     break
                 if time.monotonic() - last_log > 5:
                     last_log = time.monotonic()
-                    log.info("bench.live.progress", applied=applied, watermark=mark,
-                             relayed=relay.stats.position)
+                    log.info("bench.live.progress", applied=applied, watermark=mark)
                 await asyncio.sleep(0.25)
             ended = time.perf_counter()
     finally:
-        stop.set()
-        await asyncio.wait_for(relaying, 30)
+        relaying.terminate()
+        await asyncio.to_thread(relaying.join, 30)
     assert first is not None
     eps = (head - first[1]) / (ended - first[0])
     stats = {"batches": worker.live.stats.batches, "duplicates": worker.live.stats.duplicates}
@@ -490,16 +513,14 @@ async def measure_county_queries(service: Any, ref: Reference, requests: int,
 def measure_peer_read(dsn: str, rows: Sequence[Row]) -> float:
     """The eventsourcing library's PostgresApplicationRecorder holding the same events (loaded
     untimed), read back through select_notifications pages of 1,000."""
-    from urllib.parse import unquote, urlsplit
-
     from eventsourcing.persistence import StoredEvent
     from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
-    parts = urlsplit(dsn)
-    datastore = PostgresDatastore(
-        dbname=parts.path.lstrip("/"), host=parts.hostname or "127.0.0.1",
-        port=parts.port or 5432, user=unquote(parts.username or "postgres"),
-        password=unquote(parts.password or ""), pool_size=2)
+    from bench import libpq_params
+
+    dbname, host, port, user, password = libpq_params(dsn)
+    datastore = PostgresDatastore(dbname=dbname, host=host, port=port, user=user,
+                                  password=password, pool_size=2)
     try:
         recorder = PostgresApplicationRecorder(datastore)
         recorder.create_table()
@@ -566,7 +587,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
             figures["county_query_p50_ms"], figures["county_query_p99_ms"] = p50, p99
             await empty_active_set(pool)
             figures["live_eps"], notes["live"] = await measure_live(
-                pool, paths, bootstrap_servers, head, args.partitions)
+                pool, service_dsn, paths, bootstrap_servers, head, args.partitions)
         finally:
             await pool.close()
         figures["peer_read_eps"] = await asyncio.to_thread(

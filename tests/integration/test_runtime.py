@@ -69,6 +69,26 @@ def test_restart_keeps_the_data(tmp_path: Path) -> None:
         again.stop()
 
 
+def test_clients_use_the_unix_socket_where_its_path_fits(tmp_path: Path) -> None:
+    from shared.runtime import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(tmp_path / "pg", durable=False).start()
+    try:
+        over_socket = subprocess.run([_psql(), pg.admin_url, "-tAc",
+                                      "SELECT inet_server_addr() IS NULL"],
+                                     check=True, capture_output=True, text=True)
+        assert over_socket.stdout.strip() == "t"  # no server address: a Unix socket
+        # A socket path longer than the system allows: the same server over TCP
+        far = EmbeddedPostgres(tmp_path / ("x" * 100), port=pg.port)
+        assert far.url().startswith(f"postgresql://postgres@127.0.0.1:{pg.port}/")
+        over_tcp = subprocess.run([_psql(), far.url(), "-tAc",
+                                   "SELECT host(inet_server_addr())"],
+                                  check=True, capture_output=True, text=True)
+        assert over_tcp.stdout.strip() == "127.0.0.1"
+    finally:
+        pg.stop()
+
+
 def _psql() -> str:
     from shared.runtime import _embedded_postgres
 
