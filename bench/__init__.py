@@ -32,3 +32,13 @@ def libpq_params(dsn: str) -> tuple[str, str, int, str, str]:
     return (parts.path.lstrip("/"), query.get("host") or parts.hostname or "127.0.0.1",
             int(query.get("port") or parts.port or 5432), unquote(parts.username or "postgres"),
             unquote(parts.password or ""))
+
+
+def with_db(url: str, database: str, user: str | None = None) -> str:
+    """``url`` naming another database (and, given ``user``, another role); its query (a
+    socket folder, a port) is kept."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc if user is None else f"{user}@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit((parts.scheme, netloc, f"/{database}", parts.query, parts.fragment))

@@ -35,12 +35,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import asyncpg
 
-from bench import libpq_params
+from bench import libpq_params, with_db
 from bench import run as bench_run
 from shared.contracts.canonical import canonical_json
 from shared.contracts.envelope import NewEvent
@@ -174,14 +173,6 @@ def event_sizes(events: Sequence[NewEvent]) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------ the server
-
-
-def with_db(url: str, database: str, user: str | None = None) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if user is not None:
-        netloc = f"{user}@{netloc.rpartition('@')[2]}"
-    return urlunsplit((parts.scheme, netloc, f"/{database}", parts.query, parts.fragment))
 
 
 @contextlib.contextmanager

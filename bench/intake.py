@@ -52,6 +52,7 @@ from shared.settings import Settings
 # The synthetic residents and Kafka workload are the integration tests' own (run from a checkout)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import run as bench_run
+from bench import with_db
 from tests.integration.intake.kafka_support import produce, visit_body, workload
 from tests.unit.intake.people import synthetic_person
 
@@ -100,12 +101,11 @@ async def scratch_database(admin_url: str) -> AsyncIterator[tuple[str, str]]:
     conn = await asyncpg.connect(admin_url)
     await conn.execute(f'CREATE DATABASE "{name}"')
     await conn.close()
-    dsn = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    dsn = with_db(admin_url, name)
     try:
         await migrate(dsn)
         await ensure_service_role(dsn, SERVICE_ROLE)
-        host = dsn.split("@", 1)[1] if "@" in dsn else dsn.split("//", 1)[1]
-        yield dsn, f"postgresql://{SERVICE_ROLE}@{host}"
+        yield dsn, with_db(admin_url, name, SERVICE_ROLE)
     finally:
         conn = await asyncpg.connect(admin_url)
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -34,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from bench import run as bench_run
+from bench import with_db
 from services.cases.domain import (
     AcceptCase,
     AddNote,
@@ -306,14 +307,6 @@ def servers(no_fsync: bool) -> Iterator[tuple[str, str]]:
             stack.callback(broker.stop)
             kafka = broker.bootstrap_servers
         yield url, kafka
-
-
-def with_db(url: str, database: str, user: str | None = None) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    netloc = parts.netloc if user is None else f"{user}@{parts.netloc.rpartition('@')[2]}"
-    return urlunsplit((parts.scheme, netloc, f"/{database}", parts.query, parts.fragment))
 
 
 async def create_database(admin_url: str, prefix: str) -> str:
