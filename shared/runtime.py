@@ -126,7 +126,7 @@ class EmbeddedPostgres:
         this machine, and a Unix socket costs each side less per message and per byte than
         loopback TCP (verifying the log: a third less CPU in the client)."""
         database = database or self.database
-        folder = self.data_dir / "pgdata"
+        folder = self.data_dir.resolve() / "pgdata"  # (relative: a server found, not started)
         if len(os.fsencode(folder / f".s.PGSQL.{self.port}")) <= _SOCKET_PATH_MAX:
             return f"postgresql://{user}@/{database}?host={quote(str(folder))}&port={self.port}"
         return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"

@@ -52,11 +52,12 @@ class Stack:
         env = {k: v for k, v in os.environ.items()
                if k not in ("DATABASE_URL", "DATABASE_ADMIN_URL", "KAFKA_BOOTSTRAP_SERVERS")}
         env |= {k: str(v) for k, v in self.ports.items()}
-        env |= {"YIZHAN_DATA_DIR": str(self.data_dir), "YIZHAN_LOG_FORMAT": "json",
+        # The data folder named relative to the working directory, as the default `.yizhan` is
+        env |= {"YIZHAN_DATA_DIR": self.data_dir.name, "YIZHAN_LOG_FORMAT": "json",
                 "YIZHAN_LOG_LEVEL": "warning"}
         log = open(self.data_dir.parent / "up.log", "ab")  # noqa: SIM115 - kept for the child
         self.proc = subprocess.Popen(UP, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, cwd=self.data_dir.parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log_tail()

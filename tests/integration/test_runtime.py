@@ -69,7 +69,9 @@ def test_restart_keeps_the_data(tmp_path: Path) -> None:
         again.stop()
 
 
-def test_clients_use_the_unix_socket_where_its_path_fits(tmp_path: Path) -> None:
+def test_clients_use_the_unix_socket_where_its_path_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from shared.runtime import EmbeddedPostgres
 
     pg = EmbeddedPostgres(tmp_path / "pg", durable=False).start()
@@ -85,6 +87,13 @@ def test_clients_use_the_unix_socket_where_its_path_fits(tmp_path: Path) -> None
                                    "SELECT host(inet_server_addr())"],
                                   check=True, capture_output=True, text=True)
         assert over_tcp.stdout.strip() == "127.0.0.1"
+        # A server found by its data folder, named relative to the working directory (as
+        # `yizhan up`'s children find theirs): the socket folder in its URL is absolute
+        monkeypatch.chdir(tmp_path)
+        found = EmbeddedPostgres(Path("pg"), port=pg.port)
+        assert f"host={tmp_path.resolve()}/pg/pgdata&" in found.url()
+        subprocess.run([_psql(), found.url(), "-tAc", "SELECT 1"], check=True,
+                       capture_output=True)
     finally:
         pg.stop()
 
