@@ -6,7 +6,7 @@ signed checkpoints are what pins the chain down. Events after the last checkpoin
 by the chain until the next checkpoint is signed.
 
 How it goes fast: PostgreSQL assembles each event's canonical bytes, a range of events (4,000)
-at a time in pieces of 100, each piece one row; two connections each build a range while Python
+at a time in pieces of 200, each piece one row; two connections each build a range while Python
 hashes the one before. Python recomputes every hash from those bytes and checks each piece as a
 whole. A piece that does not hold, in any way, is read again event by event from its start by
 the plain per-event check, which names the first bad position: the same checks, the same words.
@@ -49,8 +49,9 @@ FROM events WHERE position > $1 ORDER BY position LIMIT $2
 # fails the piece); textsend gives the text in the client's encoding, which asyncpg always sets
 # to UTF-8 (so: convert_to(..., 'UTF8'), minus looking the encoding up by name for each event).
 # All aggregates take the rows in one order; the positions say which (Python checks them).
-# Pieces stay small (~100 kB) so that neither side keeps mapping fresh memory for them.
-_PIECE = 100
+# Pieces stay small (~200 kB) so that neither side keeps mapping fresh memory for them; 200
+# events a piece beat 100 (5-15% more events/s here: fewer rows, fewer index descents) and 400.
+_PIECE = 200
 _READ_RANGE = f"""
 SELECT p.* FROM generate_series($1::bigint, $2::bigint - 1, {_PIECE}) AS g(lo), LATERAL (
   SELECT array_agg(position), string_agg(prev_hash, ','), string_agg(hash, ','),
