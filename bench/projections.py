@@ -448,6 +448,8 @@ async def measure_live(pool: Any, dsn: str, paths: Any, bootstrap: str, head: in
                     mark = await advance_watermark(conn)
                 if mark >= head:
                     break
+                if not relaying.is_alive():
+                    raise SystemExit(f"the relay process exited ({relaying.exitcode})")
                 if time.monotonic() - last_log > 5:
                     last_log = time.monotonic()
                     log.info("bench.live.progress", applied=applied, watermark=mark)

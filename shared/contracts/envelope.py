@@ -33,8 +33,8 @@ def utc(dt: datetime) -> datetime:
 
 
 def iso(dt: datetime) -> str:
-    """The canonical text of a timestamp: UTC, four-digit year, always six fractional digits
-    (as PostgreSQL's ``to_char(…, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`` writes it)."""
+    """A timestamp as envelopes on the wire and in exports write it: UTC, four-digit year,
+    always six fractional digits, ``Z``. (The hash covers ``canonical_time`` instead.)"""
     if dt.tzinfo is not UTC:
         dt = utc(dt)
     return dt.isoformat(timespec="microseconds")[:-6] + "Z"  # drop "+00:00"
