@@ -14,6 +14,7 @@ import uuid
 import asyncpg
 import pytest
 
+from services.projections import writer
 from services.projections.agents import build_worker, running
 from services.projections.bootstrap import prepare_tables
 from services.projections.live import LiveProjection
@@ -46,10 +47,13 @@ async def apply_live(pool: asyncpg.Pool, live: LiveProjection, events: list) -> 
         await live.apply(conn, events)
 
 
+@pytest.mark.parametrize("copy_from", [writer.COPY_FROM, 1], ids=["insert", "copy"])
 async def test_redelivered_and_reordered_batches_change_nothing(
     pool: asyncpg.Pool, admin_pool: asyncpg.Pool, pg_store: PostgresEventStore,
-    prepared: str, ref: Reference,
+    prepared: str, ref: Reference, copy_from: int, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Batches written row by row (a live batch's usual size) or with COPY alike."""
+    monkeypatch.setattr(writer, "COPY_FROM", copy_from)
     head = await load_simulated(admin_pool, 80)
     events = await pg_store.read_batch(0, head)
     live = LiveProjection(UnitPaths(ref.org))
