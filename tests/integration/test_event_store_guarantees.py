@@ -4,9 +4,10 @@ exact round trips. Each test fails if the guarantee it names is broken."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -209,27 +210,37 @@ async def test_even_the_owner_is_refused_by_the_trigger(
     assert (await pg_store.read_stream("case-a"))[0].data == {"n": 1}
 
 
-def test_canonical_text_survives_postgres_exactly(pg_cluster: PgCluster) -> None:
-    """Arbitrary nested data (Chinese, NUL, huge ints, floats) comes back byte for byte."""
+@contextlib.contextmanager
+def store_on_a_runner(
+    pg_cluster: PgCluster,
+) -> Iterator[tuple[asyncio.Runner, PostgresEventStore]]:
+    """A store on a database of its own, and the event loop it runs on, for Hypothesis tests
+    (whose examples are plain functions that run coroutines on it)."""
     with asyncio.Runner() as runner:
         context = postgres_store(pg_cluster)
         store = runner.run(context.__aenter__())
         try:
-            @settings(max_examples=150, deadline=None)
-            @given(data=json_objects, metadata=json_objects)
-            def round_trip(data: dict[str, Any], metadata: dict[str, Any]) -> None:
-                event = NewEvent("Anything", data, metadata=metadata)
-                result = runner.run(store.append(f"case-{event.event_id}", NO_STREAM, [event]))
-                (got,) = runner.run(store.read_stream(f"case-{event.event_id}"))
-                assert got.position == result.position
-                assert got.data_json == canonical_json(data)
-                assert got.metadata_json == canonical_json(metadata)
-                assert got.data == data and got.metadata == metadata
-                assert canonical_json(got.data) == got.data_json
-
-            round_trip()
+            yield runner, store
         finally:
             runner.run(context.__aexit__(None, None, None))
+
+
+def test_canonical_text_survives_postgres_exactly(pg_cluster: PgCluster) -> None:
+    """Arbitrary nested data (Chinese, NUL, huge ints, floats) comes back byte for byte."""
+    with store_on_a_runner(pg_cluster) as (runner, store):
+        @settings(max_examples=150, deadline=None)
+        @given(data=json_objects, metadata=json_objects)
+        def round_trip(data: dict[str, Any], metadata: dict[str, Any]) -> None:
+            event = NewEvent("Anything", data, metadata=metadata)
+            result = runner.run(store.append(f"case-{event.event_id}", NO_STREAM, [event]))
+            (got,) = runner.run(store.read_stream(f"case-{event.event_id}"))
+            assert got.position == result.position
+            assert got.data_json == canonical_json(data)
+            assert got.metadata_json == canonical_json(metadata)
+            assert got.data == data and got.metadata == metadata
+            assert canonical_json(got.data) == got.data_json
+
+        round_trip()
 
 
 def test_postgres_builds_the_canonical_bytes_python_hashes(pg_cluster: PgCluster) -> None:
@@ -239,24 +250,19 @@ def test_postgres_builds_the_canonical_bytes_python_hashes(pg_cluster: PgCluster
     moments = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
                            timezones=st.sampled_from([UTC, timezone(timedelta(hours=8)),
                                                       timezone(-timedelta(hours=9, minutes=30))]))
-    with asyncio.Runner() as runner:
-        context = postgres_store(pg_cluster)
-        store = runner.run(context.__aenter__())
-        try:
-            @settings(max_examples=150, deadline=None)
-            @given(occurred=moments, data=json_objects)
-            def same_bytes(occurred: datetime, data: dict[str, Any]) -> None:
-                event = NewEvent("Anything", data, occurred_at=occurred)
-                result = runner.run(store.append(f"case-{event.event_id}", NO_STREAM, [event]))
-                rows = runner.run(store.pool.fetch(verify._READ, result.position - 1, 1))
-                (got,) = runner.run(store.read_stream(f"case-{event.event_id}"))
-                assert got.occurred_at == occurred
-                assert rows[0][4] == got.canonical_bytes()
-                assert chain_hash(rows[0][2], rows[0][4]) == rows[0][3] == got.hash
+    with store_on_a_runner(pg_cluster) as (runner, store):
+        @settings(max_examples=150, deadline=None)
+        @given(occurred=moments, data=json_objects)
+        def same_bytes(occurred: datetime, data: dict[str, Any]) -> None:
+            event = NewEvent("Anything", data, occurred_at=occurred)
+            result = runner.run(store.append(f"case-{event.event_id}", NO_STREAM, [event]))
+            rows = runner.run(store.pool.fetch(verify._READ, result.position - 1, 1))
+            (got,) = runner.run(store.read_stream(f"case-{event.event_id}"))
+            assert got.occurred_at == occurred
+            assert rows[0][4] == got.canonical_bytes()
+            assert chain_hash(rows[0][2], rows[0][4]) == rows[0][3] == got.hash
 
-            same_bytes()
-        finally:
-            runner.run(context.__aexit__(None, None, None))
+        same_bytes()
 
 
 async def test_typed_event_with_decimal_and_upcaster_round_trips(
