@@ -16,6 +16,7 @@ from typing import Any
 
 from services.cases.domain import Case, Command, Rejection, decide, fold
 from shared.contracts import cases as _events  # noqa: F401  (registers the case events)
+from shared.contracts.cases import case_of_stream, case_stream
 from shared.contracts.envelope import RecordedEvent
 from shared.contracts.registry import DomainEvent, registry, to_new_event
 from shared.eventstore.errors import WrongExpectedVersion
@@ -25,11 +26,7 @@ from shared.reference import Reference
 
 log = get_logger(__name__)
 
-STREAM_PREFIX = "case-"
-
-
-def stream_id(case_id: uuid.UUID) -> str:
-    return f"{STREAM_PREFIX}{case_id}"
+stream_id = case_stream  # the name the cases service and intake use
 
 
 def event_id(command_id: uuid.UUID, index: int) -> uuid.UUID:
@@ -132,11 +129,8 @@ class CaseCommands:
         events were folded."""
         folded = 0
         for event in recorded:
-            if not event.stream_id.startswith(STREAM_PREFIX):
-                continue
-            try:
-                case_id = uuid.UUID(event.stream_id[len(STREAM_PREFIX):])
-            except ValueError:
+            case_id = case_of_stream(event.stream_id)
+            if case_id is None:
                 continue
             known = self._cache.get(case_id)
             if known is None and event.version == 1:

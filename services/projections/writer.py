@@ -19,7 +19,7 @@ from services.projections.projectors import (
     own_deltas,
     subtree_deltas,
 )
-from services.projections.projectors.events import CASE_PREFIX
+from shared.contracts.cases import case_of_stream
 from shared.eventstore.postgres import Conn
 from shared.logging import get_logger
 
@@ -78,7 +78,7 @@ async def fold_batch(conn: Conn, schema: str, events: Sequence[RawEvent],
     """Offer ``events`` (in position order) to the rows of their cases, filling gaps from the
     events table. Returns the folder and how many missing events were read. ``strict``: raise
     ``Unprojectable`` instead of parking (a rebuild)."""
-    ids = {_case_id(e.stream_id) for e in events}
+    ids = {case_of_stream(e.stream_id) for e in events}
     ids.discard(None)
     folder = CaseFolder(paths, await load_rows(conn, schema, [i for i in ids if i]),
                         strict=strict)
@@ -98,13 +98,6 @@ async def fold_batch(conn: Conn, schema: str, events: Sequence[RawEvent],
             log.warning("projections.gap_filled", stream_id=event.stream_id,
                         after=outcome.after, before=outcome.before, read=len(missing))
     return folder, filled
-
-
-def _case_id(stream_id: str) -> UUID | None:
-    try:
-        return UUID(stream_id[len(CASE_PREFIX):]) if stream_id.startswith(CASE_PREFIX) else None
-    except ValueError:
-        return None
 
 
 async def write(conn: Conn, schema: str, folder: CaseFolder, paths: UnitPaths) -> None:

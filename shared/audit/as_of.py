@@ -17,9 +17,9 @@ from uuid import UUID
 
 import asyncpg
 
-from shared.audit.history import CaseNotFound, case_stream
+from shared.audit.history import CaseNotFound
 from shared.contracts import cases as _cases  # noqa: F401  (registers the case events)
-from shared.contracts.cases import CaseStatus
+from shared.contracts.cases import CASE_STREAM_PREFIX, CaseStatus, case_stream
 from shared.contracts.envelope import RecordedEvent
 from shared.contracts.registry import DomainEvent, registry
 from shared.eventstore.port import EventStore
@@ -87,7 +87,7 @@ async def queue_as_of(store: EventStore, unit: str, position: int,
     states: dict[str, Q] = {}
     async for batch in store.read_all(0, batch_size=5000, to_position=position):
         for event in batch:
-            if event.stream_id.startswith("case-"):
+            if event.stream_id.startswith(CASE_STREAM_PREFIX):
                 states[event.stream_id] = evolve(states.get(event.stream_id),
                                                  registry.decode(event))
     held = tuple(s for s in states.values() if s.unit == unit and s.status not in CLOSED)

@@ -33,8 +33,9 @@ from uuid import UUID
 
 import asyncpg
 
-from shared.audit.history import CaseNotFound, case_stream
+from shared.audit.history import CaseNotFound
 from shared.contracts.canonical import canonical_json
+from shared.contracts.cases import case_stream
 from shared.contracts.envelope import RecordedEvent, iso
 from shared.eventstore.checkpoints import Checkpoint, read_checkpoints
 from shared.eventstore.postgres import PostgresEventStore

@@ -11,6 +11,7 @@ from typing import Any
 from uuid import UUID
 
 from shared.contracts import cases as _cases  # noqa: F401  (registers the case events)
+from shared.contracts.cases import case_stream
 from shared.contracts.envelope import RecordedEvent, iso
 from shared.contracts.registry import registry
 from shared.eventstore.port import EventStore
@@ -113,11 +114,6 @@ def history_of(case_id: UUID, events: Sequence[RecordedEvent]) -> CaseHistory:
     first = entries[0].details if entries[0].type == "CaseSubmitted" else {}
     return CaseHistory(case_id, first.get("tracking_no"), first.get("service_code"),
                        first.get("subject_id"), entries)
-
-
-def case_stream(case_id: UUID) -> str:
-    """The stream id of a case."""
-    return f"case-{case_id}"
 
 
 async def load_history(store: EventStore, case_id: UUID,

@@ -331,3 +331,21 @@ CASE_EVENTS: tuple[type[CaseEvent], ...] = (
 
 MOVES = (CaseHandedOff, CaseReturned, CaseEscalated)
 """Events that move a case between units (each names from_unit and to_unit)."""
+
+CASE_STREAM_PREFIX = "case-"
+"""Every case's events are one stream, named this and the case id."""
+
+
+def case_stream(case_id: UUID) -> str:
+    """The stream id of a case."""
+    return f"{CASE_STREAM_PREFIX}{case_id}"
+
+
+def case_of_stream(stream_id: str) -> UUID | None:
+    """The case whose stream ``stream_id`` is; None for any other stream (or a malformed id)."""
+    if not stream_id.startswith(CASE_STREAM_PREFIX):
+        return None
+    try:
+        return UUID(stream_id[len(CASE_STREAM_PREFIX):])
+    except ValueError:
+        return None

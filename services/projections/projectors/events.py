@@ -13,10 +13,11 @@ import orjson
 
 from shared.contracts import cases as _cases  # noqa: F401  (registers the case events)
 from shared.contracts.canonical import loads
+from shared.contracts.cases import CASE_STREAM_PREFIX
 from shared.contracts.envelope import RecordedEvent
 from shared.contracts.registry import UnknownEventType, registry
 
-CASE_PREFIX = "case-"
+CASE_PREFIX = CASE_STREAM_PREFIX
 
 
 class Unprojectable(ValueError):
