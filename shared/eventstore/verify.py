@@ -7,9 +7,10 @@ by the chain until the next checkpoint is signed.
 
 How it goes fast: PostgreSQL assembles each event's canonical bytes, a range of events (4,000)
 at a time in pieces of 200, each piece one row; two connections each build a range while Python
-hashes the one before. Python recomputes every hash from those bytes and checks each piece as a
-whole. A piece that does not hold, in any way, is read again event by event from its start by
-the plain per-event check, which names the first bad position: the same checks, the same words.
+hashes the one before, a piece at a time (taking in what arrives between pieces). Python
+recomputes every hash from those bytes and checks each piece as a whole. A piece that does not
+hold, in any way, is read again event by event from its start by the plain per-event check,
+which names the first bad position: the same checks, the same words.
 """
 
 from __future__ import annotations
@@ -259,6 +260,10 @@ async def _verify_ranges(statements: list[Any], chain: _Chain, head: int, batch_
             for piece in pieces:
                 if not chain.take_range(piece, min(chain.position + _PIECE, hi)):
                     return
+                # between pieces the loop takes in what the other connection has sent: the
+                # server can run only a socket buffer (~200 kB, ~250 events) ahead of what is
+                # read, and hashing a whole range without a turn stalled it (+9-14% events/s)
+                await asyncio.sleep(0)
             if chain.position != hi:
                 return
             if progress is not None:
