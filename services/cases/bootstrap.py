@@ -47,7 +47,8 @@ async def bootstrap(
 ) -> CasesService:
     pool = await create_pool(service_url, min_size=settings.pool_min,
                              max_size=settings.db_pool_max)
-    store = PostgresEventStore(pool, max_batch=settings.append_max_batch)
+    store = PostgresEventStore(pool, max_batch=settings.append_max_batch,
+                               writers=settings.append_writers)
     reference = ref or load_reference()
     return CasesService(settings, store, reference, CaseCommands(store, reference), clock, pool)
 

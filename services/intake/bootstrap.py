@@ -64,7 +64,10 @@ async def bootstrap(
                     "_ID_HASH_KEY and _QUARANTINE_KEY: the development keys are public")
     pool = await create_pool(service_url, min_size=settings.pool_min,
                              max_size=settings.db_pool_max)
-    store = PostgresEventStore(pool, max_batch=settings.append_max_batch)
+    # One writer: the agent already pipelines two batches of visits, and each batch's appends
+    # come at once; a second writer only split them in two transactions (measured: 1,123-1,132
+    # submissions/s against 1,183-1,373 with one, interleaved runs of bench/intake.py)
+    store = PostgresEventStore(pool, max_batch=settings.append_max_batch, writers=1)
     privacy = Privacy(KeyVault(pool, Sealer.from_settings(intake)))
     handler = IntakeHandler(store, reference, privacy, IdempotencyLog(pool), clock)
     return IntakeService(settings, intake, pool, store, reference, sources, privacy, handler,

@@ -149,17 +149,21 @@ class PostgresEventStore:
     """The event store on PostgreSQL. Create with a pool; ``close()`` stops its writer task."""
 
     def __init__(
-        self, pool: asyncpg.Pool, *, max_batch: int = 500, writers: int | None = None,
+        self, pool: asyncpg.Pool, *, max_batch: int = 500, writers: int = 2,
         optimistic: bool = True,
     ) -> None:
+        if writers < 1:
+            raise ValueError("writers must be at least 1")
         self.pool = pool
         self.max_batch = max_batch
         self.optimistic = optimistic  # False: every batch planned under the lock
-        # One writer by default. A second pipelines (it plans and sends the next half of the
-        # queue while the first half is in the database, holding a connection only while there
-        # is work), but measured on 2 cores it cost the server 2.5x the CPU per event for a
-        # gain lost in the noise; where PostgreSQL has cores to spare, try writers=2.
-        self.writers = writers or 1
+        # Two writers by default: the second plans and sends the next half of the queue while
+        # the first half is in the database (holding a connection only while there is work),
+        # so the callers' Python work and the database's overlap. Measured on 2 cores, 64
+        # concurrent single-event appends, interleaved runs: median 17,557 events/s with two,
+        # 10,974 with one; server CPU per event 30-39 µs against 26-33. Where appends come in
+        # large batches that are already pipelined (intake), one writer is better.
+        self.writers = writers
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._writer_tasks: list[asyncio.Task[None]] = []
         self._idle = 0  # writers waiting for work
