@@ -19,6 +19,7 @@ from services.projections.projectors import (
     own_deltas,
     subtree_deltas,
 )
+from services.projections.schema import KEYED_ONLY
 from shared.contracts.cases import case_of_stream
 from shared.eventstore.postgres import Conn
 from shared.logging import get_logger
@@ -193,6 +194,7 @@ async def _write_facts(conn: Conn, schema: str, folder: CaseFolder) -> None:
 async def apply_batch(conn: Conn, schema: str, events: Sequence[RawEvent],
                       paths: UnitPaths, *, strict: bool = False) -> BatchResult:
     """Fold and write ``events`` into ``schema`` (inside the caller's transaction)."""
+    await conn.execute(KEYED_ONLY)
     folder, filled = await fold_batch(conn, schema, events, paths, strict=strict)
     await write(conn, schema, folder, paths)
     return BatchResult(applied=len(folder.changes), duplicates=folder.duplicates,

@@ -23,7 +23,7 @@ from shared.contracts.registry import DomainEvent, EventRegistry, to_new_event
 from shared.eventstore import verify
 from shared.eventstore.checkpoints import CheckpointSigner, write_checkpoint
 from shared.eventstore.errors import WrongExpectedVersion
-from shared.eventstore.port import NO_STREAM
+from shared.eventstore.port import NO_STREAM, StreamAppend
 from shared.eventstore.postgres import PostgresEventStore, create_pool
 from shared.settings import DEV_SIGNING_KEY
 from tests.conftest import Db, PgCluster, postgres_store
@@ -179,6 +179,45 @@ async def test_a_writer_wrong_about_the_log_plans_again_and_nothing_is_lost(
     assert all(x["recorded_at"] <= y["recorded_at"] for x, y in itertools.pairwise(rows))
     assert all(r["recorded_at"] <= datetime.now(UTC) for r in rows)  # no stamp from the future
     assert b._skew < timedelta(seconds=1)  # b learnt the database clock
+
+
+async def test_appends_look_ids_up_by_index_however_small_the_log_was_when_planned(
+    database: Db, pg_store: PostgresEventStore,
+) -> None:
+    """A connection keeps the plans yizhan_append's queries got the first time it ran them.
+    Planned generically on a nearly empty log (the worst case, forced here), a look-up of the
+    batch's event ids by ``= ANY(...)`` got a sequential scan, and every later append on that
+    connection scanned the whole table. Those look-ups must be planned for the log as it is:
+    once it has grown, neither the check before inserting nor the answer to a writer wrong
+    about the log scans the table."""
+    conn = await asyncpg.connect(database.service_dsn)
+    try:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+
+        async def call(*, wrong_head: bool = False) -> bool:
+            head = await conn.fetchrow("SELECT position, hash FROM events "
+                                       "ORDER BY position DESC LIMIT 1")
+            position, digest = (head["position"], head["hash"]) if head else (0, "0" * 64)
+            now = await conn.fetchval("SELECT clock_timestamp()")
+            row = await conn.fetchrow(
+                "SELECT * FROM yizhan_append($1, $2, $3, $4, $5, $6, '{}', '{}', '{}', '{}', "
+                "'{}', '{}', '{}', '{}', '{}', '{}', '{}')",
+                position + wrong_head, digest, now, ["case-probe"], [0], [uuid.uuid4()])
+            return bool(row["r_ok"])
+
+        assert all([await call() for _ in range(6)])  # plans made on an empty log
+        for chunk in range(6):  # the log grows (a few hundred pages)
+            await pg_store.append_streams([StreamAppend(f"case-{chunk}-{i}", NO_STREAM,
+                                                        [ev(i=i)]) for i in range(500)])
+        for wrong_head in (False, True):
+            async with conn.transaction():
+                assert await call(wrong_head=wrong_head) is not wrong_head
+                scans = await conn.fetchval(
+                    "SELECT pg_stat_get_xact_numscans('events'::regclass)")
+                assert scans == 0, f"{scans} sequential scan(s) of events (wrong head: " \
+                                   f"{wrong_head})"
+    finally:
+        await conn.close()
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from services.projections import writer
 from services.projections.agents import build_worker, running
 from services.projections.bootstrap import prepare_tables
 from services.projections.live import LiveProjection
+from services.projections.progress import advance_watermark
 from services.projections.projectors import UnitPaths, Unprojectable
 from services.projections.rebuild import rebuild
 from services.projections.schema import active_schema, other
@@ -71,6 +72,38 @@ async def test_redelivered_and_reordered_batches_change_nothing(
     report = await rebuild(pool, UnitPaths(ref.org), batch_size=500, swap=False)
     assert report.position == head
     assert await digests(pool, other(prepared)) == before  # live == rebuild
+
+
+async def test_batches_and_the_watermark_find_rows_by_key_however_small_the_set_was(
+    pool: asyncpg.Pool, admin_pool: asyncpg.Pool, pg_store: PostgresEventStore,
+    prepared: str, ref: Reference,
+) -> None:
+    """A connection keeps the plans its statements got first. Planned generically on a nearly
+    empty table set (the worst case, forced here), the case rows and counts were looked up by
+    scanning their tables, on every batch, however large they grew. Once the set has grown,
+    neither a batch nor an advance of the watermark may scan a read-model table."""
+    head = await load_simulated(admin_pool, 400)
+    events = await pg_store.read_batch(0, head)
+    live = LiveProjection(UnitPaths(ref.org))
+    tables = ("case_summary", "unit_counts", "subtree_counts")
+    async with pool.acquire() as conn:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        try:
+            for start in range(0, 60, 10):  # plans made while the set is nearly empty
+                async with conn.transaction():
+                    await live.apply(conn, events[start:start + 10])
+                await advance_watermark(conn)
+            async with conn.transaction():  # the set grows
+                await live.apply(conn, events[60:-50])
+            async with conn.transaction():
+                await live.apply(conn, events[-50:])
+                await advance_watermark(conn)
+                scans = {t: await conn.fetchval("SELECT pg_stat_get_xact_numscans($1::regclass)",
+                                                f"{prepared}.{t}") for t in tables}
+        finally:
+            await conn.execute("RESET plan_cache_mode")
+    assert scans == dict.fromkeys(tables, 0)
+    assert live.stats.applied == head
 
 
 async def test_gaps_are_filled_from_the_store(
