@@ -187,9 +187,8 @@ async def test_appends_look_ids_up_by_index_however_small_the_log_was_when_plann
     """A connection keeps the plans yizhan_append's queries got the first time it ran them.
     Planned generically on a nearly empty log (the worst case, forced here), a look-up of the
     batch's event ids by ``= ANY(...)`` got a sequential scan, and every later append on that
-    connection scanned the whole table. Those look-ups must be planned for the log as it is:
-    once it has grown, neither the check before inserting nor the answer to a writer wrong
-    about the log scans the table."""
+    connection scanned the whole table. Once the log has grown, neither the check before
+    inserting nor the answer to a writer wrong about the log may scan the table."""
     conn = await asyncpg.connect(database.service_dsn)
     try:
         await conn.execute("SET plan_cache_mode = force_generic_plan")
