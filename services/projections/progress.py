@@ -59,7 +59,8 @@ class Progress:
 
 async def advance_watermark(conn: Conn, schema: str | None = None) -> int:
     """Move the active set's watermark over every applied event; return it (or a value it
-    has since passed). One statement, and it only writes when the watermark moves: advancers
+    has since passed). One statement (in a transaction of its own that first prices sequential
+    scans out, ``KEYED_ONLY``), and it only writes when the watermark moves: advancers
     running at once each move it forward only (the row lock of the UPDATE orders them, and
     its condition is checked again on the row they waited for), and an advance that finds
     nothing new writes nothing, so it costs no commit to disk. Nor does it wait for its own
@@ -67,9 +68,7 @@ async def advance_watermark(conn: Conn, schema: str | None = None) -> int:
     the next advance, from the read models themselves."""
     name = schema or await active_schema(conn)
     async with conn.transaction():
-        # case rows by their key, however small case_summary was when this connection first
-        # planned the statement (a scan of it ran on every advance)
-        await conn.execute(KEYED_ONLY)
+        await conn.execute(KEYED_ONLY)  # else a plan made on a near-empty case_summary scans it
         value = await conn.fetchval(_ADVANCE.format(s=name, no_flush_wait=NO_FLUSH_WAIT), SCAN)
     return int(value or 0)
 
