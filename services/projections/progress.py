@@ -44,12 +44,13 @@ the events in position order, each looked up by key in the case rows and the par
 (scalar subqueries: no join to plan, so no sort and no hash of a whole table), stopping at the
 first open one. An advance so reads only what was applied since the last one, plus one; it
 used to check every event up to the head, each time, while behind. The watermark moves to just
-before the open event, or over all ``SCAN`` if none is open (positions have no holes: the store
-assigns them in commit order under a lock). ``target`` is materialized, or the UPDATE evaluated
-it twice (in SET and in WHERE). A case stream's id is checked with ``pg_input_is_valid``
-(PostgreSQL 16+), not a regular expression: about 0.7 against 6-9 us a row here."""
+before the open event, or ``SCAN`` positions on (capped at the head) if none is open: the
+``SCAN`` events read hold every position up to there. ``target`` is materialized, or the
+UPDATE evaluated it twice (in SET and in WHERE). A case stream's id is checked with
+``pg_input_is_valid`` (PostgreSQL 16+), not a regular expression: about 0.7 against 6-9 us a
+row here."""
 
-_STATUS = "SELECT * FROM projections.read_status()"  # migration 0002
+_STATUS = "SELECT * FROM projections.read_status()"  # migrations 0002, 0003
 
 
 @dataclass(frozen=True)
