@@ -18,8 +18,25 @@ _MIGRATION_LOCK = 0x59_5A_4D_49  # "YZMI"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
+MIN_SERVER_MAJOR = 16
+"""The oldest PostgreSQL the migrations and queries need (``pg_input_is_valid``, in the
+projections' watermark advance, came with 16)."""
+
+
 class MigrationChanged(RuntimeError):
     """An already-applied migration file no longer matches what was applied."""
+
+
+class UnsupportedServer(RuntimeError):
+    """The PostgreSQL server is older than ``MIN_SERVER_MAJOR``."""
+
+
+def require_supported_server(major: int, version: str) -> None:
+    """Refuse a server older than ``MIN_SERVER_MAJOR`` before anything is applied: on an older
+    one the migrations would pass and a query fail later, in a running service."""
+    if major < MIN_SERVER_MAJOR:
+        raise UnsupportedServer(f"PostgreSQL {MIN_SERVER_MAJOR} or later is required; this "
+                                f"server is {version}")
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,8 @@ async def migrate(dsn: str, components: list[tuple[str, str]] | None = None) -> 
     applied_now: list[str] = []
     conn = await asyncpg.connect(dsn)
     try:
+        server = conn.get_server_version()
+        require_supported_server(server.major, f"{server.major}.{server.minor}")
         await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
         await conn.execute(
             """CREATE TABLE IF NOT EXISTS schema_migrations (
