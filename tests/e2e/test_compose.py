@@ -179,3 +179,12 @@ def test_order_of_start_volumes_and_image(compose: dict[str, Any]) -> None:
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert "COPY data" in dockerfile, "the image needs data/ (reference data)"
     assert 'ENTRYPOINT ["yizhan"]' in dockerfile
+
+
+def test_the_postgresql_image_is_one_the_migrations_accept(compose: dict[str, Any]) -> None:
+    from shared.eventstore.migrate import MIN_SERVER_MAJOR
+
+    image = compose["services"]["postgres"]["image"]
+    found = re.fullmatch(r"postgres:(\d+)(\.\d+)?(-[\w.-]+)?", image)
+    assert found, f"unexpected PostgreSQL image {image}"
+    assert int(found[1]) >= MIN_SERVER_MAJOR
