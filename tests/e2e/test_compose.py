@@ -12,6 +12,7 @@ import pytest
 
 from services.cli import build_parser
 from services.intake.settings import IntakeSettings
+from shared.eventstore.migrate import MIN_SERVER_MAJOR
 from shared.settings import Settings
 
 yaml = pytest.importorskip("yaml")
@@ -182,8 +183,6 @@ def test_order_of_start_volumes_and_image(compose: dict[str, Any]) -> None:
 
 
 def test_the_postgresql_image_is_one_the_migrations_accept(compose: dict[str, Any]) -> None:
-    from shared.eventstore.migrate import MIN_SERVER_MAJOR
-
     image = compose["services"]["postgres"]["image"]
     found = re.fullmatch(r"postgres:(\d+)(\.\d+)?(-[\w.-]+)?", image)
     assert found, f"unexpected PostgreSQL image {image}"
