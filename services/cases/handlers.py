@@ -126,7 +126,8 @@ class CaseCommands:
         store. A case whose first event this is becomes known; a known case moves on only by
         its next version; anything else is left to the next load, which reads the store. Never
         reads, never raises (an event it cannot fold drops the case from the cache). How many
-        events were folded."""
+        events were folded. A batch may end inside a transaction; ``handle`` decides such a
+        state again on the store's when the domain cannot decide on it."""
         folded = 0
         for event in recorded:
             case_id = case_of_stream(event.stream_id)
@@ -183,6 +184,16 @@ class CaseCommands:
                 if fresh:
                     raise
                 fresh = True  # a cached state may be behind: refuse only on the store's
+                continue
+            except Exception as exc:
+                # The cache learns the log in Kafka's batches (``observe``), which may end
+                # inside a transaction: a state no transaction left (e.g. accepted, its SLA
+                # clock not yet seen), that the domain rightly refuses to decide on.
+                if fresh:
+                    raise
+                log.info("cases.cached_state_undecidable", case_id=str(command.case_id),
+                         version=version, error=repr(exc))
+                fresh = True
                 continue
             if not events:
                 if fresh:

@@ -102,3 +102,25 @@ async def test_whatever_the_cache_is_shown_commands_decide_on_the_stores_state(
     assert store.stream_reads > 0  # the cached fold was behind: the store's events were read
     fresh = CaseCommands(store, ref)
     assert await commands.load(case_id) == await fresh.load(case_id)
+
+
+async def test_a_cached_fold_holding_part_of_a_transaction_is_decided_again_on_the_store(
+    ref: Reference,
+) -> None:
+    """The log reaches the cache in Kafka's batches, which may end inside a transaction: here
+    the acceptance without the SLA clock committed with it, a state no transaction left.
+    A command the domain cannot decide on that state is decided on the store's."""
+    store, case_id = CountingStore(), uuid.uuid4()
+    log = await opened_elsewhere(store, ref, case_id)
+    accepted = next(i for i, e in enumerate(log) if e.type == "CaseAccepted")
+    assert log[accepted + 1].type == "SlaTimerScheduled"  # committed with the acceptance
+    commands = CaseCommands(store, ref)
+    assert commands.observe(log[:accepted + 1]) == accepted + 1  # the batch ends between them
+    store.stream_reads = 0
+    done = await commands.handle(
+        HandOffCase(case_id=case_id, at=T0 + timedelta(minutes=2), actor=CLERK, note="转乡镇"),
+        command_id=uuid.uuid4())
+    assert store.stream_reads == 1
+    assert done.version == len(log) + len(done.events)
+    fresh = CaseCommands(store, ref)
+    assert await commands.load(case_id) == await fresh.load(case_id)
