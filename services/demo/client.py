@@ -1,12 +1,14 @@
 """The demo's HTTP side: a clerk's visit to intake, an officer's command to cases, a
 supervisor's read of the projections. Transport errors, 409 (busy) and 5xx are retried with
-the same Idempotency-Key, so a retry never applies a command twice."""
+the same Idempotency-Key, so a retry never applies a command twice; every retried answer is
+counted (``Api.retried``), so that a server error a retry got past is still reported."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -40,6 +42,17 @@ class Answer:
         return str(self.body.get("title") or self.body.get("detail") or self.status)
 
 
+class Retried(NamedTuple):
+    """An answer that was retried (status 0: a transport error, ``problem`` its kind)."""
+
+    endpoint: str
+    status: int
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.endpoint}: {self.status or 'transport error'} {self.problem}"
+
+
 class Api:
     """One HTTP client for the three services, authenticating as any staff member."""
 
@@ -48,6 +61,8 @@ class Api:
         limits = httpx.Limits(max_connections=connections,
                               max_keepalive_connections=connections)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(30.0), limits=limits)
+        self.retried: Counter[Retried] = Counter()
+        """Answers that were retried, by endpoint, status and problem."""
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -82,13 +97,24 @@ class Api:
             except httpx.TransportError as exc:
                 if attempt == RETRIES:
                     return Answer(599, {"title": f"transport error: {exc!r}"})
+                self.retried[Retried(f"{method} {_route_of(url)}", 0, type(exc).__name__)] += 1
                 await asyncio.sleep(0.2 * (attempt + 1))
                 continue
             if _retryable(response) and attempt < RETRIES:
+                answer = Answer(response.status_code, _json(response))
+                self.retried[Retried(f"{method} {_route_of(url)}", answer.status,
+                                     answer.problem)] += 1
                 await asyncio.sleep(0.2 * (attempt + 1))
                 continue
             return Answer(response.status_code, _json(response))
         raise AssertionError("unreachable")
+
+
+def _route_of(url: str) -> str:
+    """``/v1/cases/<id>/decide`` → ``/v1/cases/{id}/decide``: one key per endpoint."""
+    path = httpx.URL(url).path
+    return "/".join("{id}" if len(part) >= 32 or part.isdigit() else part
+                    for part in path.split("/"))
 
 
 def _retryable(response: httpx.Response) -> bool:

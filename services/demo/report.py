@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.demo.client import Retried
+
 
 @dataclass
 class UnitSummary:
@@ -34,6 +36,8 @@ class Tally:
     cases_kafka: int = 0
     commands: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
+    retried: Counter[Retried] = field(default_factory=Counter)
+    """Answers a retry got past (409 clashes, 504 waits, transport errors, 5xx)."""
     endings: Counter[str] = field(default_factory=Counter)
     kafka_results: int = 0
     kafka_malformed: int = 0
@@ -84,7 +88,13 @@ class DemoReport:
     @property
     def ok(self) -> bool:
         return (self.audit.ok and self.counts_match and not self.tally.failures
+                and not self.server_errors
                 and self.rejected_seen == self.tally.kafka_malformed)
+
+    @property
+    def server_errors(self) -> int:
+        """500s a retry got past: each is a defect, whatever the retry then got."""
+        return sum(n for key, n in self.tally.retried.items() if key.status == 500)
 
 
 def _work(r: DemoReport) -> list[str]:
@@ -105,6 +115,10 @@ def _work(r: DemoReport) -> list[str]:
         f"  where the cases ended: {endings}",
         f"  failed requests: {sum(t.failures.values()):,}"
         + ("".join(f"\n    {n:,} × {k}" for k, n in t.failures.most_common(8))),
+        f"  retried requests: {sum(t.retried.values()):,}"
+        + (f" ({r.server_errors:,} server errors: see the services' logs)"
+           if r.server_errors else "")
+        + ("".join(f"\n    {n:,} × {k}" for k, n in t.retried.most_common(8))),
     ]
 
 

@@ -307,6 +307,7 @@ async def run_demo(settings: Settings, endpoints: Endpoints, *, days: int = 1,
     finally:
         await api.close()
         await pool.close()
+    demo.tally.retried.update(api.retried)
     return DemoReport(
         days=days, scale=scale, seed=seed, run=run, elapsed_s=time.monotonic() - started,
         tally=demo.tally, rejections=Counter(code for codes in rejections.values()

@@ -200,3 +200,40 @@ def test_up_keeps_every_case_across_a_restart_and_refills_the_broker(stack: Stac
     relayed = re.search(r"^yizhan_relay_position (\d+)$", metrics, re.MULTILINE)
     assert relayed is not None and int(relayed[1]) >= head, metrics
     assert stack.interrupt() == 0
+
+
+DEMO = [sys.executable, "-c", "from services.cli import main; main()", "demo"]
+
+
+def test_the_demo_drives_a_day_through_up_and_prints_what_the_store_and_api_hold(
+    stack: Stack,
+) -> None:
+    """`yizhan demo` on a running `up`: exit 0 only when its own checks pass (counts against
+    the projections API, event count, verify, no failed request, no server error a retry got
+    past); and the figures it prints are the store's and the API's, read here again."""
+    stack.start()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "DATABASE_ADMIN_URL", "KAFKA_BOOTSTRAP_SERVERS")}
+    env |= {k: str(v) for k, v in stack.ports.items()}
+    env |= {"YIZHAN_DATA_DIR": stack.data_dir.name, "YIZHAN_LOG_FORMAT": "json",
+            "YIZHAN_LOG_LEVEL": "warning"}
+    done = subprocess.run([*DEMO, "--days", "1", "--scale", "0.04", "--seed", "11"], env=env,
+                          cwd=stack.data_dir.parent, capture_output=True, text=True,
+                          timeout=150, check=False)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr[-3000:]
+    assert "failed requests: 0" in out and "server errors" not in out, out
+    grew = re.search(r"event store\s+([\d,]+) → ([\d,]+) events", out)
+    cases = re.search(r"city cases\s+([\d,]+) → ([\d,]+) .*: match", out)
+    assert grew is not None and cases is not None, out
+    events_after, city_after = (int(m[2].replace(",", "")) for m in (grew, cases))
+    status = httpx.get(f"{stack.url('YIZHAN_PROJECTIONS_PORT')}/v1/projections/status",
+                       headers=stack.auth("supervisor.530100.a"), timeout=10).json()
+    assert int(status["projection"]["head"]) == events_after
+    counts = httpx.get(
+        f"{stack.url('YIZHAN_PROJECTIONS_PORT')}/v1/projections/units/530100/counts",
+        params={"min_position": events_after}, headers=stack.auth("supervisor.530100.a"),
+        timeout=15)
+    assert counts.status_code == 200, counts.text
+    assert counts.json()["subtree_total"] == city_after, counts.text
+    assert stack.interrupt() == 0
