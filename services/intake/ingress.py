@@ -3,10 +3,14 @@
 
 For each message, once: read it (size, source, signature, JSON, schema), open its visit or
 attach its result, and record the outcome in ``intake_messages`` keyed by (topic, partition,
-offset) — accepted, duplicate or rejected with reasons. Rejections are then published to
-``intake.rejected`` (original bytes sealed, reasons, source, offset) and marked published. A
+offset, digest of the message) — accepted, duplicate or rejected with reasons. Rejections are
+then published to ``intake.rejected`` (original bytes sealed, reasons, source, offset) and
+marked published. A
 redelivered message finds its outcome and is not applied or published again; a crash between
 the record and the publication publishes it on redelivery (at least once, never silently lost).
+A broker that lost its log (a restarted memory broker, a recreated topic) hands out offsets
+again from 0: a message at a known offset but with another digest is a new message, handled as
+such (and counted, ``offsets_reused``), never skipped as a redelivery.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class RejectionPublisher(Protocol):
 @dataclass
 class Outcome:
     where: Where
+    digest: bytes
     kind: OutcomeKind
     source: str | None = None
     key: str | None = None
@@ -80,6 +85,8 @@ class IngressStats:
     redelivered: int = 0
     published: int = 0
     batches: int = 0
+    offsets_reused: int = 0
+    """Messages at an offset that held another message before: the broker lost its log."""
 
 
 class OutcomeLog:
@@ -88,17 +95,29 @@ class OutcomeLog:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def known(self, wheres: Sequence[Where]) -> dict[Where, dict[str, Any] | None]:
-        """Messages already handled: their unpublished rejection (else None)."""
+    async def known(self, messages: Sequence[RawMessage]
+                    ) -> tuple[dict[Where, dict[str, Any] | None], list[RawMessage]]:
+        """Messages already handled, with their unpublished rejection (else None); and those
+        at an offset that held another message (by digest) before. A row recorded before
+        digests were (an empty digest) stands for whatever message was at its offset."""
         rows = await self.pool.fetch(
             'SELECT m.topic, m.partition, m."offset", m.rejection::text AS rejection,'
-            " m.published_at IS NULL AND m.outcome = 'rejected' AS unpublished"
-            ' FROM intake_messages m JOIN unnest($1::text[], $2::int[], $3::bigint[])'
-            ' AS w(topic, partition, "offset") ON (m.topic, m.partition, m."offset")'
-            ' = (w.topic, w.partition, w."offset")',
-            [w[0] for w in wheres], [w[1] for w in wheres], [w[2] for w in wheres])
-        return {(r["topic"], r["partition"], r["offset"]):
-                json.loads(r["rejection"]) if r["unpublished"] else None for r in rows}
+            " m.published_at IS NULL AND m.outcome = 'rejected' AS unpublished,"
+            " m.digest = w.digest OR m.digest = ''::bytea AS same"
+            ' FROM intake_messages m JOIN unnest($1::text[], $2::int[], $3::bigint[],'
+            ' $4::bytea[]) AS w(topic, partition, "offset", digest)'
+            ' ON (m.topic, m.partition, m."offset") = (w.topic, w.partition, w."offset")',
+            [m.topic for m in messages], [m.partition for m in messages],
+            [m.offset for m in messages], [m.digest for m in messages])
+        known: dict[Where, dict[str, Any] | None] = {}
+        other: set[Where] = set()
+        for r in rows:
+            where = (r["topic"], r["partition"], r["offset"])
+            if r["same"]:
+                known[where] = json.loads(r["rejection"]) if r["unpublished"] else None
+            else:
+                other.add(where)
+        return known, [m for m in messages if m.where in other and m.where not in known]
 
     async def record(self, outcomes: Sequence[Outcome]) -> None:
         """Every outcome and every receipt to remember, in one transaction."""
@@ -113,26 +132,30 @@ class OutcomeLog:
                     [f for _, _, f, _ in remembered],
                     [r.model_dump_json() for _, _, _, r in remembered])
             await conn.execute(
-                'INSERT INTO intake_messages (topic, partition, "offset", source,'
+                'INSERT INTO intake_messages (topic, partition, "offset", digest, source,'
                 " idempotency_key, outcome, case_ids, reasons, rejection)"
-                " SELECT t, p, o, s, k, c, ARRAY(SELECT jsonb_array_elements_text(ids))::uuid[],"
-                " r, j FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::text[],"
-                " $6::text[], $7::jsonb[], $8::jsonb[], $9::jsonb[])"
-                " AS x(t, p, o, s, k, c, ids, r, j) ON CONFLICT DO NOTHING",
+                " SELECT t, p, o, d, s, k, c,"
+                " ARRAY(SELECT jsonb_array_elements_text(ids))::uuid[], r, j"
+                " FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[], $5::text[],"
+                " $6::text[], $7::text[], $8::jsonb[], $9::jsonb[], $10::jsonb[])"
+                " AS x(t, p, o, d, s, k, c, ids, r, j) ON CONFLICT DO NOTHING",
                 *_columns(outcomes))
 
-    async def mark_published(self, wheres: Sequence[Where]) -> None:
+    async def mark_published(self, published: Sequence[tuple[Where, bytes]]) -> None:
         await self.pool.execute(
             'UPDATE intake_messages m SET published_at = now() FROM unnest($1::text[],'
-            ' $2::int[], $3::bigint[]) AS w(topic, partition, "offset") WHERE (m.topic,'
-            ' m.partition, m."offset") = (w.topic, w.partition, w."offset")',
-            [w[0] for w in wheres], [w[1] for w in wheres], [w[2] for w in wheres])
+            ' $2::int[], $3::bigint[], $4::bytea[]) AS w(topic, partition, "offset", digest)'
+            ' WHERE (m.topic, m.partition, m."offset") = (w.topic, w.partition, w."offset")'
+            " AND (m.digest = w.digest OR m.digest = ''::bytea)",
+            [w[0] for w, _ in published], [w[1] for w, _ in published],
+            [w[2] for w, _ in published], [d for _, d in published])
 
 
 def _columns(outcomes: Sequence[Outcome]) -> list[list[Any]]:
     return [
         [o.where[0] for o in outcomes], [o.where[1] for o in outcomes],
-        [o.where[2] for o in outcomes], [o.source for o in outcomes],
+        [o.where[2] for o in outcomes], [o.digest for o in outcomes],
+        [o.source for o in outcomes],
         [o.key for o in outcomes], [o.kind for o in outcomes],
         [json.dumps([str(c) for c in o.case_ids]) for o in outcomes],
         [json.dumps([r.as_dict() for r in o.reasons]) for o in outcomes],
@@ -237,16 +260,22 @@ class KafkaIngress:
         unique = list({m.where: m for m in messages}.values())
         readings = [read_message(m, self.sources, self.max_bytes) for m in unique]
         readable = [r for r in readings if isinstance(r, Readable)]
-        known, recalled = await asyncio.gather(
-            self.outcomes.known([m.where for m in unique]),
+        (known, reused), recalled = await asyncio.gather(
+            self.outcomes.known(unique),
             self.handler.idempotency.recall(
                 [(r.scope, r.submission.idempotency_key) for r in readable]))
         self.stats.redelivered += len(known)
+        if reused:
+            self.stats.offsets_reused += len(reused)
+            log.warning("intake.offsets_reused", messages=len(reused),
+                        first=[m.where for m in reused[:3]],
+                        meaning="the broker lost its log: handled as new messages")
         decided = await self._decide([r for r in readings if r.raw.where not in known],
                                      recalled)
         await self.outcomes.record(decided)
-        pending = [o.rejection for o in decided if o.rejection is not None]
-        pending += [r for r in known.values() if r is not None]
+        pending = [(o.rejection, o.digest) for o in decided if o.rejection is not None]
+        digests = {m.where: m.digest for m in unique}
+        pending += [(r, digests[w]) for w, r in known.items() if r is not None]
         await self._publish(pending)
         self._count(decided)
 
@@ -315,7 +344,7 @@ class KafkaIngress:
         if isinstance(done, Refused):
             return self._rejected(reading.raw, reading.source.id, done.reasons)
         key = reading.submission.idempotency_key
-        return Outcome(reading.raw.where, "accepted", reading.source.id, key,
+        return Outcome(reading.raw.where, reading.raw.digest, "accepted", reading.source.id, key,
                        [c.case_id for c in done.cases],
                        remember=(reading.scope, key, reading.fingerprint, done))
 
@@ -324,7 +353,7 @@ class KafkaIngress:
             return self._rejected(reading.raw, reading.source.id, refused.reasons)
         submission = reading.submission
         assert isinstance(submission, ResultSubmission)
-        return Outcome(reading.raw.where, "accepted", reading.source.id,
+        return Outcome(reading.raw.where, reading.raw.digest, "accepted", reading.source.id,
                        submission.idempotency_key, [submission.case_id])
 
     def _repeated(self, reading: Readable, seen: Remembered) -> Outcome:
@@ -333,7 +362,7 @@ class KafkaIngress:
                 "idempotency_key_reused", "idempotency_key",
                 "this key was used before with another payload"),))
         cases = [uuid.UUID(c["case_id"]) for c in seen.receipt.get("cases", [])]
-        return Outcome(reading.raw.where, "duplicate", reading.source.id,
+        return Outcome(reading.raw.where, reading.raw.digest, "duplicate", reading.source.id,
                        reading.submission.idempotency_key, cases)
 
     def _rejected(self, raw: RawMessage, source: str | None,
@@ -346,18 +375,18 @@ class KafkaIngress:
             "rejected_at": iso(self.clock()),
             "original": self.quarantine.seal(raw.value or b"", raw.where),
         }
-        return Outcome(raw.where, "rejected", source, None, reasons=tuple(reasons),
+        return Outcome(raw.where, raw.digest, "rejected", source, None, reasons=tuple(reasons),
                        rejection=rejection)
 
-    async def _publish(self, rejections: Sequence[dict[str, Any]]) -> None:
+    async def _publish(self, rejections: Sequence[tuple[dict[str, Any], bytes]]) -> None:
         if not rejections:
             return
         await self.publisher.publish([
             (f"{r['topic']}/{r['partition']}/{r['offset']}".encode(),
              json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode())
-            for r in rejections])
+            for r, _ in rejections])
         await self.outcomes.mark_published(
-            [(r["topic"], r["partition"], r["offset"]) for r in rejections])
+            [((r["topic"], r["partition"], r["offset"]), d) for r, d in rejections])
         self.stats.published += len(rejections)
 
     def _system_actor(self, source: SourceSystem) -> Actor:

@@ -3,8 +3,9 @@ body as a typed submission. Pure: everything it refuses comes back as reasons, n
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -28,6 +29,19 @@ class RawMessage:
     offset: int
     value: bytes | None
     headers: Mapping[str, bytes]
+
+    digest: bytes = field(init=False, repr=False, compare=False)
+    """SHA-256 of the value and the headers: what tells this message from another one that a
+    broker which lost its log later hands out at the same offset."""
+
+    def __post_init__(self) -> None:
+        h = hashlib.sha256(b"v" if self.value is not None else b"n")
+        h.update(self.value or b"")
+        for name in sorted(self.headers):
+            value = self.headers[name]
+            h.update(b"\0%d:%s%d:" % (len(name.encode()), name.encode(), len(value)))
+            h.update(value)
+        object.__setattr__(self, "digest", h.digest())
 
     @property
     def where(self) -> tuple[str, int, int]:

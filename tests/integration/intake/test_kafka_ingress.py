@@ -207,3 +207,41 @@ async def test_duplicates_key_reuse_and_results_from_other_systems(
     assert stream[1].data["owner"] == ref.staff.duty_clerk("530102001001").user_id
     assert stream[0].metadata["source_system"] == "pension"
     assert stream[0].data["actor"]["role"] == "system"
+
+
+async def test_a_broker_that_lost_its_log_reuses_offsets_and_no_new_message_is_skipped(
+    service: IntakeService, kafka_bootstrap: str, topics: tuple[str, str], pool: asyncpg.Pool,
+) -> None:
+    """A restarted memory broker (or a topic made again) hands out offsets from 0 again: new
+    messages at offsets already recorded are handled, not skipped as redeliveries."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from shared.kafka import recreate_topic
+
+    before = workload(service.sources, 30, malformed_every=None, seed=1)
+    await produce(kafka_bootstrap, topics[0], before)
+    async with worker(service, kafka_bootstrap, topics, "intake-lost-1"):
+        await wait_until(pool, HANDLED, lambda n: n == len(before))
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await recreate_topic(admin, topics[0], PARTITIONS)  # the log is gone; offsets restart
+    finally:
+        await admin.close()
+    after = workload(service.sources, 30, malformed_every=10, seed=2)  # other messages
+    await produce(kafka_bootstrap, topics[0], after)
+    async with worker(service, kafka_bootstrap, topics, "intake-lost-2") as second:
+        await wait_until(pool, HANDLED, lambda n: n == len(before) + len(after))
+        reused = second.ingress.stats.offsets_reused
+    outcomes = dict(await pool.fetch(
+        "SELECT outcome, count(*) FROM intake_messages GROUP BY outcome"))
+    assert outcomes == {"accepted": 30 + 27, "rejected": 3}
+    twice = await pool.fetchval('SELECT count(*) FROM (SELECT 1 FROM intake_messages'
+                                ' GROUP BY partition, "offset" HAVING count(*) = 2) AS t')
+    assert reused == twice > 0  # each offset held a message before, now another one too
+    # and the new log's messages, redelivered, are still handled once
+    async with worker(service, kafka_bootstrap, topics, "intake-lost-3") as third:
+        await wait_until(pool, "SELECT 1", lambda _: third.ingress.stats.received >= len(after),
+                         timeout=30)
+        assert third.ingress.stats.redelivered == len(after)
+    assert await pool.fetchval(HANDLED) == len(before) + len(after)
