@@ -130,6 +130,8 @@ def timeline(after: CaseRow, event: ProjectedEvent, detail: str = "",
              from_unit: str | None = None, to_unit: str | None = None) -> TimelineRow:
     data = event.data
     actor = data["actor"]
+    if "\x00" in detail:  # free text the log holds but no PostgreSQL text column takes:
+        detail = detail.replace("\x00", "\ufffd")  # else the worker would retry it forever
     return _new_row(TimelineRow, (
         after.case_id, event.version, event.position, ts(data["at"]), event.type,
         actor["user_id"], actor["role"], actor["unit"], actor.get("acting_for"),

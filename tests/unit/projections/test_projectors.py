@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -151,3 +152,15 @@ def test_events_of_other_streams_are_passed_over_not_parked(ref: Reference) -> N
     audit_read = events_of(ref, 1)[0]._replace(stream_id="audit-access-2026-11", position=5)
     assert folder.offer(audit_read) == NOT_A_CASE
     assert folder.changes == [] and folder.duplicates == 0
+
+
+def test_free_text_with_a_nul_reaches_the_timeline_without_it(ref: Reference) -> None:
+    """The log may hold a note with U+0000 (JSON allows it; a PostgreSQL text column does
+    not): projected as U+FFFD, or the live worker would retry that batch for ever."""
+    first = events_of(ref, 1)[0]
+    data = json.loads(first.data if isinstance(first.data, str) else json.dumps(first.data))
+    note = {"case_id": data["case_id"], "at": data["at"], "actor": data["actor"],
+            "text": "缺\x00页"}
+    added = RawEvent(2, first.stream_id, 2, "NoteAdded", 1, canonical_json(note), AT)
+    _, model = fold_all(ref, [first, added])
+    assert [t.detail for t in model.timeline if t.type == "NoteAdded"] == ["缺\ufffd页"]
