@@ -187,6 +187,36 @@ async def running_app(
         yield app
 
 
+class AppCrashed(RuntimeError):
+    """The Faust app crashed (an agent or timer raised past its supervisor): its consumers and
+    timers have stopped for good, so the process must end and be started again."""
+
+
+@contextlib.asynccontextmanager
+async def stop_on_crash(app: Any, stop: asyncio.Event) -> AsyncIterator[None]:
+    """Set ``stop`` if ``app`` (a Faust app, or any ``mode`` service) crashes, and then raise
+    ``AppCrashed`` on leaving the block, so that the process exits non-zero and its supervisor
+    (``yizhan up``, an orchestrator) starts it again. Without this a crashed app left the
+    process serving HTTP and answering ready, its SLA timers dead (found in review, after a
+    database outage)."""
+
+    async def watch() -> None:
+        await app._crashed.wait()
+        log.critical("streaming.app_crashed", app=str(getattr(app, "conf", app)),
+                     reason=repr(app.crash_reason), action="stopping the process")
+        stop.set()
+
+    watcher = asyncio.create_task(watch(), name="faust-crash-watch")
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    if app.crashed:
+        raise AppCrashed(repr(app.crash_reason))
+
+
 def bootstrap_of(app: faust.App) -> str:
     return ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
 

@@ -42,12 +42,25 @@ def build_faust(
     now = clock or service.clock
 
     async def fire_sla_timers() -> None:
-        assert service.pool is not None
-        async with service.pool.acquire() as conn:
-            report = await fire_due(service.commands, conn, now())
-        if report.warnings or report.breaches:
-            log.info("sla.fired", warnings=report.warnings, breaches=report.breaches,
-                     escalations=report.escalations)
+        await fire_sla_timers_once(service, now)
 
     app.timer(interval=settings.sla_tick_s)(fire_sla_timers)
     return app, agent
+
+
+async def fire_sla_timers_once(service: CasesService, now: Callable[[], datetime]) -> bool:
+    """One tick of the SLA clock; False if it failed. A failure (the database away, a timer
+    the domain refuses) is logged and left to the next tick, which finds the same timers due:
+    an exception escaping a Faust timer crashes the whole app, and with it every later tick
+    (found in review: the clock stopped for good after a database outage)."""
+    assert service.pool is not None
+    try:
+        async with service.pool.acquire() as conn:
+            report = await fire_due(service.commands, conn, now())
+    except Exception as exc:
+        log.error("sla.tick_failed", error=repr(exc), retry_in_s=service.settings.sla_tick_s)
+        return False
+    if report.warnings or report.breaches:
+        log.info("sla.fired", warnings=report.warnings, breaches=report.breaches,
+                 escalations=report.escalations)
+    return True

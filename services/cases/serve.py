@@ -11,7 +11,7 @@ from shared.logging import get_logger
 from shared.service import serve_http, tuned_gc
 from shared.settings import Settings
 from shared.stack import Endpoints
-from shared.streaming import running_app
+from shared.streaming import running_app, stop_on_crash
 
 log = get_logger(__name__)
 
@@ -24,7 +24,7 @@ async def serve(settings: Settings, ep: Endpoints, stop: asyncio.Event) -> None:
     faust_app, _ = build_faust(service, ep.kafka_bootstrap)
     try:
         with tuned_gc():  # after start-up: what is loaded now is frozen
-            async with running_app(faust_app):
+            async with running_app(faust_app), stop_on_crash(faust_app, stop):
                 await serve_http(build_app(service), settings.http_host, settings.cases_port,
                                  stop, name="cases")
     finally:

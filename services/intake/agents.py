@@ -60,6 +60,7 @@ class SubmissionAgent:
                  retry_max_s: float = 5.0) -> None:
         if depth < 1:
             raise ValueError("depth must be >= 1")
+        self.app = app
         self.ingress = ingress
         self.depth = depth
         self.batch_size = batch_size

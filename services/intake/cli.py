@@ -14,6 +14,7 @@ from shared.logging import get_logger
 from shared.service import serve_http
 from shared.settings import Settings
 from shared.stack import Endpoints
+from shared.streaming import stop_on_crash
 
 log = get_logger(__name__)
 
@@ -28,7 +29,8 @@ async def serve(settings: Settings, endpoints: Endpoints, stop: asyncio.Event, *
                         replication_factor=settings.topic_replication_factor)
     service = await bootstrap(settings, endpoints.service_url, intake=intake)
     try:
-        async with running_worker(service, endpoints.kafka_bootstrap):
+        async with running_worker(service, endpoints.kafka_bootstrap) as worker, \
+                stop_on_crash(worker.app, stop):
             await serve_http(build_app(service), intake.http_host, intake.http_port, stop,
                              name="intake")
     finally:

@@ -21,6 +21,7 @@ from shared.logging import get_logger
 from shared.reference import Reference, load_reference
 from shared.service import serve_http, tuned_gc
 from shared.settings import Settings
+from shared.streaming import stop_on_crash
 
 log = get_logger("yizhan.projections")
 
@@ -41,7 +42,7 @@ async def serve(
     worker.agent.on_applied = service.reader.applied  # read-your-writes waiters wake at once
     try:
         with tuned_gc():  # after start-up: what is loaded now is frozen
-            async with running(worker, service.pool):
+            async with running(worker, service.pool), stop_on_crash(worker.app, stop):
                 await serve_http(build_app(service), host, port, stop, name="projections")
     finally:
         await service.close()

@@ -152,3 +152,24 @@ def test_no_escalation_where_the_catalogue_does_not_ask(story, ref):
     events = story.history_after(history, story.cmd(RecordSlaBreach, CAST.clock, 24 * 8,
                                                     timer_no=1))
     assert when_sla_breached_escalate(fold([*history, *events]), events[0], ref) == []
+
+
+async def test_a_failed_tick_of_the_sla_clock_is_logged_and_left_to_the_next() -> None:
+    """An exception out of a Faust timer crashes the whole app and every later tick with it:
+    a tick that fails (here the database is away) reports it and returns."""
+    import contextlib
+    from collections.abc import AsyncIterator
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from services.cases.agents import fire_sla_timers_once
+
+    class AwayPool:
+        @contextlib.asynccontextmanager
+        async def acquire(self) -> AsyncIterator[Any]:
+            raise OSError("connection refused")
+            yield
+
+    service = SimpleNamespace(pool=AwayPool(), commands=None,
+                              settings=SimpleNamespace(sla_tick_s=5.0))
+    assert await fire_sla_timers_once(cast(Any, service), lambda: datetime.now(CHINA_TZ)) is False

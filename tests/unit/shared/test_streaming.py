@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
+from mode import Service
 
 from shared.contracts.envelope import NewEvent, RecordedEvent
 from shared.eventstore.memory import InMemoryEventStore
 from shared.eventstore.port import NO_STREAM
 from shared.settings import Settings
-from shared.streaming import NotAnEnvelope, broker_urls, decode_envelope, make_app
+from shared.streaming import (
+    AppCrashed,
+    NotAnEnvelope,
+    broker_urls,
+    decode_envelope,
+    make_app,
+    stop_on_crash,
+)
 
 
 @pytest.fixture
@@ -94,3 +103,17 @@ def test_make_app_configures_faust_for_the_stack_without_touching_a_loop(tmp_pat
 def test_make_app_needs_bootstrap_servers(tmp_path) -> None:
     with pytest.raises(ValueError, match="bootstrap"):
         make_app("svc", settings=Settings(kafka_bootstrap_servers=None), datadir=tmp_path)
+
+
+async def test_a_crashed_app_stops_the_process_and_leaves_it_with_an_error() -> None:
+    """A Faust app that crashed has stopped its agents and timers for good: the process must
+    stop serving and exit non-zero, for its supervisor to start it again."""
+    app, stop = Service(), asyncio.Event()
+    with pytest.raises(AppCrashed, match="database away"):
+        async with stop_on_crash(app, stop):
+            await app.crash(OSError("database away"))
+            await asyncio.wait_for(stop.wait(), 5)  # what ends the HTTP server
+    running, untouched = Service(), asyncio.Event()
+    async with stop_on_crash(running, untouched):
+        await asyncio.sleep(0)
+    assert not untouched.is_set()
