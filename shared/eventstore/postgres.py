@@ -145,6 +145,16 @@ class _Pending:
         self.future = future
 
 
+def _ended(conn: PoolConnectionProxy[asyncpg.Record]) -> bool:
+    """The session behind a pool connection ended (the server closed it). asyncpg then hands
+    the connection back to the pool by itself and detaches the proxy, whose every call,
+    ``terminate()`` included, raises ``InterfaceError``."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+
+
 class PostgresEventStore:
     """The event store on PostgreSQL. Create with a pool; ``close()`` stops its writer task."""
 
@@ -220,6 +230,9 @@ class PostgresEventStore:
                     take = min(take, (self._queue.qsize() + 2) // 2)
                 while len(batch) < take and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
+                if conn is not None and _ended(conn):  # between batches: nothing was sent
+                    ended, conn = conn, None
+                    await self._give_back(ended, terminate=True)
                 try:
                     conn = conn or await self.pool.acquire()
                     outcomes = await self._write(conn, batch)
@@ -230,18 +243,32 @@ class PostgresEventStore:
                             pending.future.set_exception(exc)
                     self._head = None
                     if conn is not None:
-                        conn.terminate()
-                        await self.pool.release(conn)
-                        conn = None
+                        dropped, conn = conn, None
+                        await self._give_back(dropped, terminate=True)
                     continue
                 self._resolve(batch, outcomes)
                 if not keep_connection and self._queue.empty():
-                    await self.pool.release(conn)
-                    conn = None
+                    released, conn = conn, None
+                    await self._give_back(released, terminate=False)
         finally:
             if conn is not None:
+                await self._give_back(conn, terminate=True)
+
+    async def _give_back(self, conn: PoolConnectionProxy[asyncpg.Record], *,
+                         terminate: bool) -> None:
+        """Return a writer's connection to the pool, ending its session first if it may be
+        mid-query. Nothing here may end the writer: when the server ended the session, asyncpg
+        has already taken the connection back and ``terminate()`` raises ``InterfaceError``
+        (found in review, after a database restart: the writer task died with it, and appends
+        waited for the next one to start a new writer)."""
+        try:
+            if terminate:
                 conn.terminate()
-                await self.pool.release(conn)
+            await self.pool.release(conn)
+        except asyncpg.InterfaceError:
+            pass  # asyncpg took it back itself when the session ended (``_ended``)
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.warning("eventstore.release_failed", error=repr(exc))
 
     @staticmethod
     def _resolve(

@@ -324,3 +324,41 @@ async def test_typed_event_with_decimal_and_upcaster_round_trips(
     stored_new, stored_old = await pg_store.read_stream("case-a")
     assert registry.decode(stored_new) == granted
     assert registry.decode(stored_old) == BenefitGranted(amount=Decimal("0.30"), currency="CNY")
+
+
+async def test_writers_outlive_their_sessions_ending_and_nothing_is_appended_twice(
+    database: Db,
+) -> None:
+    """The database ends every session of the store (a restart, an admin): the appends in
+    flight may fail, the writers carry on with new sessions, and what was acknowledged is
+    there once."""
+    pool = await create_pool(database.service_dsn, min_size=2, max_size=4)
+    store = PostgresEventStore(pool, writers=2)
+    admin = await asyncpg.connect(database.admin_dsn)
+    try:
+        done: list[str] = []
+
+        async def one(i: int) -> None:
+            with contextlib.suppress(Exception):  # in flight when the session ended: any error
+                await store.append(f"case-s{i}", NO_STREAM, [ev(i=i)])
+                done.append(f"case-s{i}")
+
+        await asyncio.gather(*(one(i) for i in range(40)))
+        writers = list(store._writer_tasks)
+        for round_ in range(3):
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND usename <> current_user")
+            await asyncio.gather(*(one(1000 * (round_ + 1) + i) for i in range(40)))
+        await asyncio.gather(*(one(9000 + i) for i in range(40)))  # all sessions new by now
+        assert {f"case-s{9000 + i}" for i in range(40)} <= set(done)
+        assert not [t for t in writers if t.done()], "a writer task died"
+        rows = await admin.fetch("SELECT stream_id, count(*) AS n FROM events"
+                                 " WHERE stream_id LIKE 'case-s%' GROUP BY stream_id")
+        assert all(r["n"] == 1 for r in rows)
+        assert set(done) <= {r["stream_id"] for r in rows}
+    finally:
+        await admin.close()
+        await store.close()
+        await pool.close()
