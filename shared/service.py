@@ -26,6 +26,16 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 def prometheus_metric(name: str, kind: str, help_: str, value: float) -> list[str]:
     """One metric in the Prometheus text format: its HELP, TYPE and sample lines."""
     return [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
+
+
+def prometheus_labelled(name: str, kind: str, help_: str, label: str,
+                        values: dict[str, float]) -> list[str]:
+    """One metric with a sample per value of one label (values quoted as the format asks)."""
+    lines = [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
+    for key, value in sorted(values.items()):
+        quoted = key.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        lines.append(f'{name}{{{label}="{quoted}"}} {value:g}')
+    return lines
 GC_YOUNG_THRESHOLD = 10_000
 
 

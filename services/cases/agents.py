@@ -4,6 +4,7 @@ translate; the work is in ``sla_clock`` and ``handlers``."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -39,6 +40,7 @@ def build_faust(
     agent = idempotent_agent(app, topic=settings.topic_case_events, pool=service.pool,
                              consumer_name=SLA_CONSUMER, apply=apply,
                              max_wait_s=background / 1000)
+    service.sla_agent = agent.stats
     now = clock or service.clock
 
     async def fire_sla_timers() -> None:
@@ -54,12 +56,19 @@ async def fire_sla_timers_once(service: CasesService, now: Callable[[], datetime
     an exception escaping a Faust timer crashes the whole app, and with it every later tick
     (found in review: the clock stopped for good after a database outage)."""
     assert service.pool is not None
+    ticks = service.sla_ticks
+    ticks.ticks += 1
     try:
         async with service.pool.acquire() as conn:
             report = await fire_due(service.commands, conn, now())
     except Exception as exc:
+        ticks.failures += 1
         log.error("sla.tick_failed", error=repr(exc), retry_in_s=service.settings.sla_tick_s)
         return False
+    ticks.last_ok_at = time.time()
+    ticks.warnings += report.warnings
+    ticks.breaches += report.breaches
+    ticks.escalations += report.escalations
     if report.warnings or report.breaches:
         log.info("sla.fired", warnings=report.warnings, breaches=report.breaches,
                  escalations=report.escalations)

@@ -10,17 +10,21 @@ from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.cases.domain import commands as c
 from services.cases.domain.errors import Rejection
 from services.cases.handlers import CaseCommands, Handled, PreconditionFailed, StillConflicting
+from services.cases.metrics import render
 from shared.auth import CurrentPrincipal, Principal
 from shared.contracts.cases import Actor, Outcome
 from shared.http import ProblemError
 from shared.reference import Role
+from shared.service import PROMETHEUS_TEXT
 
 router = APIRouter(prefix="/v1/cases", tags=["cases"])
+operations = APIRouter(tags=["operations"])
 _STATUS = {"forbidden": 403, "conflict": 409, "invalid": 422, "not_found": 404}
 IDEMPOTENCY_KEY_MAX = 200
 
@@ -296,3 +300,12 @@ async def get_case(case_id: uuid.UUID, who: CurrentPrincipal, handler: Handler,
         submitted_at=state.submitted_at, last_at=state.last_at, version=version,
         position=position,
     )
+
+
+@operations.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> PlainTextResponse:
+    """The SLA clock: its timer's ticks and failures, what it fired, due timers not yet fired,
+    and the agent keeping due times (applied, parked, retrying, position per partition)."""
+    service = request.app.state.service
+    text = await render(service.sla_ticks, service.sla_agent, service.pool, service.clock())
+    return PlainTextResponse(text, media_type=PROMETHEUS_TEXT)

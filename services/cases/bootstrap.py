@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
 from fastapi import FastAPI
 
-from services.cases.api import router
+from services.cases.api import operations, router
 from services.cases.fastpath import CommandFastPath
 from services.cases.handlers import CaseCommands
+from services.cases.metrics import SlaTicks
 from shared.eventstore.port import EventStore
 from shared.eventstore.postgres import PostgresEventStore, create_pool
 from shared.reference import Reference, load_reference
 from shared.service import create_app, database_ready
 from shared.settings import Settings
+from shared.streaming import StreamStats
 
 Clock = Callable[[], datetime]
 
@@ -33,6 +35,9 @@ class CasesService:
     commands: CaseCommands
     clock: Clock
     pool: asyncpg.Pool | None = None
+    sla_ticks: SlaTicks = field(default_factory=SlaTicks)
+    sla_agent: StreamStats | None = None
+    """The SLA agent's counters, once ``services.cases.agents.build_faust`` has made it."""
 
     async def close(self) -> None:
         if isinstance(self.store, PostgresEventStore):
@@ -57,9 +62,9 @@ def build_app(service: CasesService, *, fast_path: bool = True) -> FastAPI:
     """The HTTP app; ``fast_path`` serves well-formed commands without FastAPI's per-request
     machinery (services/cases/fastpath.py; False: everything through FastAPI)."""
     return create_app(
-        "Yizhan cases", [router],
+        "Yizhan cases", [router, operations],
         state={"settings": service.settings, "case_commands": service.commands,
-               "clock": service.clock},
+               "clock": service.clock, "service": service},
         readiness=[database_ready(service.pool)] if service.pool is not None else [],
         middleware=[CommandFastPath] if fast_path else [],
         description="Officers' commands on cases: accept, request documents, hand off, "

@@ -7,6 +7,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
 from services.intake.domain import Applicant, Refused, ServiceRequest, Visit
@@ -14,13 +15,16 @@ from services.intake.domain.ids import fingerprint
 from services.intake.domain.receipts import VisitReceipt
 from services.intake.domain.submission import Code, IdempotencyKey, Strict
 from services.intake.handlers import IntakeHandler, KeyReused, VisitRequest
+from services.intake.metrics import render
 from shared.auth import CurrentPrincipal, Principal
 from shared.contracts.cases import Actor
 from shared.http import ProblemError
 from shared.logging import current_correlation_id
 from shared.reference import Role
+from shared.service import PROMETHEUS_TEXT
 
 router = APIRouter(prefix="/v1", tags=["intake"])
+operations = APIRouter(tags=["operations"])
 _STATUS = {"invalid": 422, "forbidden": 403, "conflict": 409, "not_found": 404}
 REPLAYED_HEADER = "Idempotent-Replayed"
 
@@ -112,3 +116,12 @@ def _clerk(who: Principal, acting_for: str | None) -> Actor:
                            errors=[{"field": "token:role", "message": f"role {who.role}"}])
     return Actor(user_id=who.user_id, role=Role.STATION_CLERK, unit=who.unit,
                  acting_for=acting_for)
+
+
+@operations.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> PlainTextResponse:
+    """The Kafka ingress: messages received, accepted, duplicate, rejected (and published to
+    intake.rejected), redelivered, at reused offsets; failed batches."""
+    agent = getattr(request.app.state, "submission_agent", None)
+    text = render(agent.ingress.stats if agent else None, agent.failures if agent else 0)
+    return PlainTextResponse(text, media_type=PROMETHEUS_TEXT)

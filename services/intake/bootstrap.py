@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from services.cases.handlers import CaseCommands
 from services.intake.agents import KafkaRejectionPublisher, SubmissionAgent
-from services.intake.api import router
+from services.intake.api import operations, router
 from services.intake.handlers import Clock, IdempotencyLog, IntakeHandler
 from services.intake.ingress import KafkaIngress, OutcomeLog
 from services.intake.privacy import KeyVault, Privacy, Sealer
@@ -76,7 +76,7 @@ async def bootstrap(
 
 def build_app(service: IntakeService) -> FastAPI:
     return create_app(
-        "Yizhan intake", [router],
+        "Yizhan intake", [router, operations],
         state={"settings": service.settings, "intake_handler": service.handler},
         readiness=[database_ready(service.pool)],
         description="The front door: station clerks receive residents; every service of a "

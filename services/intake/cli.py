@@ -31,8 +31,9 @@ async def serve(settings: Settings, endpoints: Endpoints, stop: asyncio.Event, *
     try:
         async with running_worker(service, endpoints.kafka_bootstrap) as worker, \
                 stop_on_crash(worker.app, stop):
-            await serve_http(build_app(service), intake.http_host, intake.http_port, stop,
-                             name="intake")
+            app = build_app(service)
+            app.state.submission_agent = worker  # its counters, for /metrics
+            await serve_http(app, intake.http_host, intake.http_port, stop, name="intake")
     finally:
         await service.close()
 

@@ -8,10 +8,11 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
+import httpx
 import pytest
 
 from services.cases.agents import SLA_CONSUMER, build_faust
-from services.cases.bootstrap import CasesService, bootstrap
+from services.cases.bootstrap import CasesService, bootstrap, build_app
 from shared.kafka import ensure_topics
 from shared.relay import Relay, RelayConfig
 from shared.settings import Settings
@@ -78,3 +79,17 @@ async def test_breach_fires_once_through_kafka_and_faust(
     position = await pool.fetchval("SELECT max(position) FROM consumer_positions"
                                    " WHERE consumer = $1", SLA_CONSUMER)
     assert position == (await service.store.head()).position
+    # what an operator sees of it: the clock ticking, what it fired, nothing left unfired
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(service)),
+                                 base_url="http://cases") as http:
+        text = (await http.get("/metrics")).text
+    metric = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+              if line and not line.startswith("#")}
+    assert metric["yizhan_cases_sla_breaches_fired_total"] == 1
+    assert metric["yizhan_cases_sla_warnings_fired_total"] == 1
+    assert metric["yizhan_cases_sla_ticks_total"] >= 3
+    assert metric["yizhan_cases_sla_tick_failures_total"] == 0
+    assert metric["yizhan_cases_sla_timers_unfired"] == 0
+    assert metric["yizhan_cases_sla_events_applied_total"] == agent.stats.applied > 0
+    assert max(v for k, v in metric.items()
+               if k.startswith("yizhan_cases_sla_consumer_position{")) == position

@@ -15,10 +15,11 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
+import httpx
 import pytest
 
 from services.intake.agents import SubmissionAgent
-from services.intake.bootstrap import IntakeService, bootstrap, running_worker
+from services.intake.bootstrap import IntakeService, bootstrap, build_app, running_worker
 from services.intake.domain.ids import case_id, visit_id
 from services.intake.messages import RawMessage
 from shared.eventstore.postgres import PostgresEventStore
@@ -233,6 +234,14 @@ async def test_a_broker_that_lost_its_log_reuses_offsets_and_no_new_message_is_s
     async with worker(service, kafka_bootstrap, topics, "intake-lost-2") as second:
         await wait_until(pool, HANDLED, lambda n: n == len(before) + len(after))
         reused = second.ingress.stats.offsets_reused
+        await wait_until(pool, "SELECT 1", lambda _: second.ingress.stats.published == 3)
+        app = build_app(service)  # and an operator sees it on /metrics
+        app.state.submission_agent = second
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://intake") as http:
+            text = (await http.get("/metrics")).text
+        assert f"yizhan_intake_messages_offsets_reused_total {reused}" in text
+        assert "yizhan_intake_messages_rejected_total 3" in text
     outcomes = dict(await pool.fetch(
         "SELECT outcome, count(*) FROM intake_messages GROUP BY outcome"))
     assert outcomes == {"accepted": 30 + 27, "rejected": 3}
@@ -241,7 +250,11 @@ async def test_a_broker_that_lost_its_log_reuses_offsets_and_no_new_message_is_s
     assert reused == twice > 0  # each offset held a message before, now another one too
     # and the new log's messages, redelivered, are still handled once
     async with worker(service, kafka_bootstrap, topics, "intake-lost-3") as third:
-        await wait_until(pool, "SELECT 1", lambda _: third.ingress.stats.received >= len(after),
-                         timeout=30)
-        assert third.ingress.stats.redelivered == len(after)
+        stats = third.ingress.stats
+
+        def settled(_: object) -> bool:
+            return stats.redelivered + stats.accepted + stats.rejected >= len(after)
+
+        await wait_until(pool, "SELECT 1", settled, timeout=30)
+        assert (stats.redelivered, stats.accepted, stats.rejected) == (len(after), 0, 0)
     assert await pool.fetchval(HANDLED) == len(before) + len(after)
