@@ -4,6 +4,8 @@ required variable set and valid, ports, topics and hosts consistent, every comma
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from pathlib import Path
 from typing import Any
@@ -167,6 +169,18 @@ def test_topics_partitions_and_replication_are_consistent(compose: dict[str, Any
     assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"  # topics are made up front
     assert "broker" in kafka["KAFKA_PROCESS_ROLES"] and "controller" in kafka[
         "KAFKA_PROCESS_ROLES"], "KRaft: no ZooKeeper"
+
+
+def test_the_kraft_cluster_id_is_a_base64url_uuid(compose: dict[str, Any]) -> None:
+    """Kafka formats its storage only with a UUID's 16 bytes in base64url (`kafka-storage.sh
+    random-uuid`); any other string stops the broker at its first start."""
+    cluster_id = interpolate(compose["services"]["kafka"]["environment"]["CLUSTER_ID"])
+    padded = cluster_id + "=" * (-len(cluster_id) % 4)
+    try:
+        raw = base64.b64decode(padded, altchars=b"-_", validate=True)
+    except binascii.Error as exc:
+        pytest.fail(f"CLUSTER_ID {cluster_id!r} is not base64url: {exc}")
+    assert len(raw) == 16, f"CLUSTER_ID {cluster_id!r} decodes to {len(raw)} bytes, not 16"
 
 
 def test_order_of_start_volumes_and_image(compose: dict[str, Any]) -> None:
