@@ -29,6 +29,7 @@ RUN pip install --no-deps -e . \
     && python -c "from shared.reference import load_reference; load_reference()"
 
 USER yizhan
-EXPOSE 8001 8002 8003
+# cases, intake, projections, and the relay's /healthz, /readyz and /metrics
+EXPOSE 8001 8002 8003 8004
 ENTRYPOINT ["yizhan"]
 CMD ["--help"]

@@ -126,6 +126,17 @@ def test_ports_hosts_and_health_checks_agree(compose: dict[str, Any]) -> None:
         assert env[host_var] == "0.0.0.0", f"{service} must listen on every interface"
 
 
+def test_the_image_exposes_every_port_a_service_listens_on(compose: dict[str, Any]) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    exposed = {int(port) for line in dockerfile.splitlines() if line.startswith("EXPOSE ")
+               for port in line.split()[1:]}
+    for service in HTTP:
+        env = env_of(compose, service)
+        port = int(env["YIZHAN_INTAKE_HTTP_PORT" if service == "intake"
+                       else f"YIZHAN_{service.upper()}_PORT"])
+        assert port in exposed, f"{service} listens on {port}; the Dockerfile exposes {exposed}"
+
+
 def test_database_and_broker_addresses_point_at_their_services(
         compose: dict[str, Any]) -> None:
     pg = compose["services"]["postgres"]["environment"]
