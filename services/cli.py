@@ -63,7 +63,9 @@ def relay_config(settings: Settings, bootstrap: str) -> RelayConfig:
 
 
 def warn_on_dev_key(settings: Settings, ep: Endpoints) -> None:
-    if settings.uses_dev_signing_key and (not ep.embedded or settings.env == "prod"):
+    """Development on external servers: the key is public. (Production never gets here: its
+    settings refuse the development key.)"""
+    if settings.uses_dev_signing_key and not ep.embedded:
         log.warning("checkpoints.dev_key", hint="set YIZHAN_CHECKPOINT_SIGNING_KEY: the "
                     "development key is public, its signatures prove nothing")
 

@@ -10,14 +10,26 @@ import base64
 import binascii
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# A well-known development key (the Ed25519 seed of 32 bytes 0x01..0x20). Production must set its
-# own; `yizhan` warns loudly when this one signs checkpoints outside the embedded default.
+# A well-known development key (the Ed25519 seed of 32 bytes 0x01..0x20) and token secret: they
+# are in the repository, so anyone can sign with them. With YIZHAN_ENV=prod the settings refuse
+# them; in development `yizhan` warns when the key signs checkpoints on external servers.
 DEV_SIGNING_KEY = base64.b64encode(bytes(range(1, 33))).decode()
+DEV_JWT_SECRET = "yizhan-development-secret-change-me-32b"
+
+
+def refuse_development_values(env: str, public: dict[str, bool]) -> None:
+    """Raise, naming every variable still at its public development value, when ``env`` is
+    ``prod``: one message, so an operator fixes them all at once (``public``: variable →
+    whether it still holds the development value)."""
+    offending = [name for name, is_public in public.items() if is_public]
+    if env == "prod" and offending:
+        raise ValueError(f"YIZHAN_ENV=prod refuses the public development value of "
+                         f"{', '.join(offending)}: set your own")
 
 
 class Settings(BaseSettings):
@@ -95,7 +107,7 @@ class Settings(BaseSettings):
     relay_probe_interval_s: float = Field(default=5.0, gt=0)
 
     jwt_secret: str = Field(
-        default="yizhan-development-secret-change-me-32b",
+        default=DEV_JWT_SECRET,
         min_length=32, description="HS256 secret for officers' bearer tokens.",
     )
     jwt_issuer: str = "yizhan"
@@ -127,6 +139,13 @@ class Settings(BaseSettings):
                 if not host or not port.isdigit():
                     raise ValueError(f"{server!r} is not host:port")
         return value
+
+    @model_validator(mode="after")
+    def _no_development_secrets_in_production(self) -> Self:
+        refuse_development_values(self.env, {
+            "YIZHAN_JWT_SECRET": self.jwt_secret == DEV_JWT_SECRET,
+            "YIZHAN_CHECKPOINT_SIGNING_KEY": self.uses_dev_signing_key})
+        return self
 
     @property
     def admin_url(self) -> str | None:

@@ -1,7 +1,8 @@
 """Settings of the intake service only (``YIZHAN_INTAKE_*``), kept apart from the shared ones.
 
 The three keys default to *public development keys* (fixed bytes below): fine for tests and the
-embedded mode, worthless in production. ``uses_development_keys`` tells the process to warn.
+embedded mode, worthless in production. With ``YIZHAN_ENV=prod`` (the shared settings' ``env``)
+the settings refuse them; in development ``uses_development_keys`` tells the process to warn.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import base64
 import binascii
 import hashlib
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.reference import default_reference_dir
+from shared.settings import refuse_development_values
 
 
 def _development_key(label: str) -> str:
@@ -31,6 +34,10 @@ class IntakeSettings(BaseSettings):
         env_prefix="YIZHAN_INTAKE_", env_file=".env", extra="ignore", frozen=True
     )
 
+    env: Literal["dev", "prod"] = Field(
+        default="dev", validation_alias=AliasChoices("YIZHAN_ENV"),
+        description="The shared YIZHAN_ENV (not YIZHAN_INTAKE_ENV): one switch for every "
+        "process.")
     master_key: str = Field(
         default=DEV_MASTER_KEY,
         description="Base64 AES-256 key that wraps every data subject's key.")
@@ -65,6 +72,14 @@ class IntakeSettings(BaseSettings):
         if len(raw) != 32:
             raise ValueError("must decode to 32 bytes")
         return value
+
+    @model_validator(mode="after")
+    def _no_development_keys_in_production(self) -> Self:
+        refuse_development_values(self.env, {
+            "YIZHAN_INTAKE_MASTER_KEY": self.master_key == DEV_MASTER_KEY,
+            "YIZHAN_INTAKE_ID_HASH_KEY": self.id_hash_key == DEV_ID_HASH_KEY,
+            "YIZHAN_INTAKE_QUARANTINE_KEY": self.quarantine_key == DEV_QUARANTINE_KEY})
+        return self
 
     @property
     def uses_development_keys(self) -> bool:
