@@ -58,7 +58,8 @@ async def bootstrap(
 ) -> IntakeService:
     intake = intake or IntakeSettings()
     reference = ref or load_reference()
-    sources = load_sources(intake.sources_file, reference.org)
+    sources = load_sources(intake.sources_file, reference.org,
+                           production=intake.env == "prod")
     if intake.uses_development_keys:
         log.warning("intake.development_keys", hint="set YIZHAN_INTAKE_MASTER_KEY, "
                     "_ID_HASH_KEY and _QUARANTINE_KEY: the development keys are public")

@@ -17,6 +17,11 @@ from shared.reference import OrgTree, ReferenceDataError
 
 Kind = Literal["visit", "result"]
 SIGNATURE_PREFIX = "sha256="
+# The registry in the repository: its secrets are public, for development and tests only, and
+# each starts with DEVELOPMENT_MARKER. Production refuses both (``load_sources(production=)``).
+SHIPPED_SOURCES_FILE = Path(__file__).resolve().parents[2] / "data" / "kunming" / \
+    "source_systems.toml"
+DEVELOPMENT_MARKER = "dev-only-"
 
 
 class SourceSystem(BaseModel):
@@ -49,12 +54,27 @@ class SourceRegistry:
         return len(self._by_id)
 
 
-def load_sources(path: Path, org: OrgTree) -> SourceRegistry:
-    """Read the registry file; every problem raises ``ReferenceDataError`` naming the entry."""
+def _entries(path: Path) -> list[dict[str, object]]:
     try:
         entries = tomllib.loads(path.read_text(encoding="utf-8")).get("source", [])
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ReferenceDataError(path, 0, "<file>", str(exc)) from exc
+    return list(entries)
+
+
+def development_secrets() -> frozenset[str]:
+    """The secrets of the registry shipped in the repository (none when an install has no
+    data/ folder: the marker check still holds)."""
+    if not SHIPPED_SOURCES_FILE.is_file():
+        return frozenset()
+    return frozenset(str(e["secret"]) for e in _entries(SHIPPED_SOURCES_FILE) if "secret" in e)
+
+
+def load_sources(path: Path, org: OrgTree, *, production: bool = False) -> SourceRegistry:
+    """Read the registry file; every problem raises ``ReferenceDataError`` naming the entry.
+    ``production`` also refuses the public development secrets (a copy of the shipped file, or
+    any secret marked ``dev-only-``): with them anyone could submit as the source."""
+    entries = _entries(path)
     sources = []
     for index, entry in enumerate(entries):
         try:
@@ -66,4 +86,12 @@ def load_sources(path: Path, org: OrgTree) -> SourceRegistry:
         if source.unit not in org:
             raise ReferenceDataError(path, 0, f"source[{index}].unit", "unknown unit")
         sources.append(source)
+    if production:
+        public = development_secrets()
+        exposed = [source.id for source in sources
+                   if source.secret in public or source.secret.startswith(DEVELOPMENT_MARKER)]
+        if exposed:
+            raise ReferenceDataError(path, 0, "secret", "YIZHAN_ENV=prod refuses the public "
+                                     f"development secrets of {', '.join(exposed)}: each source "
+                                     "needs its own (YIZHAN_INTAKE_SOURCES_FILE)")
     return SourceRegistry(sources)

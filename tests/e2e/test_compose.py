@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ TEST_KEY = "ZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoM="  # 32 bytes, TEST ONLY
 TEST_SECRETS = {"YIZHAN_DB_PASSWORD": "test-owner", "YIZHAN_SERVICE_DB_PASSWORD": "test-svc",
                 "YIZHAN_JWT_SECRET": "t" * 40, "YIZHAN_CHECKPOINT_SIGNING_KEY": TEST_KEY,
                 "YIZHAN_INTAKE_MASTER_KEY": TEST_KEY, "YIZHAN_INTAKE_ID_HASH_KEY": TEST_KEY,
-                "YIZHAN_INTAKE_QUARANTINE_KEY": TEST_KEY}
+                "YIZHAN_INTAKE_QUARANTINE_KEY": TEST_KEY,
+                "YIZHAN_SOURCES_FILE": "/etc/yizhan/source_systems.toml"}
 _VAR = re.compile(r"\$\{(\w+)(?::?[-?][^}]*)?\}")
 
 
@@ -97,6 +99,21 @@ def test_required_variables_are_set_and_valid(compose: dict[str, Any],
             assert not IntakeSettings(_env_file=None).uses_development_keys
         for name in env:
             monkeypatch.delenv(name)
+
+
+def test_every_secret_file_is_required_from_the_environment(compose: dict[str, Any]) -> None:
+    """No fallback to a file of the repository: the one there holds public development
+    secrets, which production refuses."""
+    for name, secret in compose["secrets"].items():
+        found = re.fullmatch(r"\$\{(\w+):\?[^}]+\}", str(secret["file"]))
+        assert found, f"secret {name}: {secret['file']} must be ${{VAR:?message}}"
+        assert found[1] in compose_header(), f"the file's header must list {found[1]}"
+
+
+def compose_header() -> str:
+    """The comment the file opens with, which lists what must be set."""
+    lines = (ROOT / "docker-compose.yml").read_text(encoding="utf-8").splitlines()
+    return "\n".join(itertools.takewhile(lambda line: line.startswith("#"), lines))
 
 
 def test_no_unknown_yizhan_variables(compose: dict[str, Any]) -> None:
