@@ -24,8 +24,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from pydantic import AliasChoices, ValidationError
+from pydantic_settings import BaseSettings
 from structlog.contextvars import bind_contextvars
 
+from services.intake.settings import IntakeSettings
 from shared.eventstore.checkpoints import (
     CheckpointSigner,
     load_public_key,
@@ -37,6 +40,7 @@ from shared.eventstore.postgres import PostgresEventStore, create_pool
 from shared.eventstore.verify import verify_log
 from shared.kafka import ensure_topics, topic_specs
 from shared.logging import configure_logging, get_logger
+from shared.reference import ReferenceDataError
 from shared.relay import Relay, RelayConfig
 from shared.runtime import SERVICE_ROLE
 from shared.service import serve_http, tuned_gc
@@ -44,6 +48,11 @@ from shared.settings import Settings, get_settings
 from shared.stack import Endpoints, endpoints
 
 log = get_logger("yizhan")
+
+# The settings a command may build: their validation errors are the operator's, and are reported
+# one line each, by variable, without the value (which may be a secret) and without a traceback.
+SETTINGS_CLASSES: dict[str, type[BaseSettings]] = {
+    cls.__name__: cls for cls in (Settings, IntakeSettings)}
 
 
 async def prepare_database(ep: Endpoints) -> list[str]:
@@ -130,13 +139,13 @@ def cmd_relay(settings: Settings, _: argparse.Namespace) -> int:
 def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
     """Start (or find) PostgreSQL and the broker, migrate, then run each service in its own
     process (``services.supervisor``) until Ctrl-C."""
-    from services.intake.settings import IntakeSettings
     from services.supervisor import Supervisor, yizhan_children
 
+    intake_port = IntakeSettings().http_port  # a configuration error stops us before any server
     with endpoints(settings, kafka=True, start_kafka=True) as ep:
         asyncio.run(prepare_database(ep))
         host = settings.http_host
-        urls = {"intake": f"http://{host}:{IntakeSettings().http_port}",
+        urls = {"intake": f"http://{host}:{intake_port}",
                 "cases": f"http://{host}:{settings.cases_port}",
                 "projections": f"http://{host}:{settings.projections_port}",
                 "relay": f"http://{host}:{settings.relay_port}"}
@@ -334,13 +343,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+def variable_of(settings_class: type[BaseSettings], loc: tuple[int | str, ...]) -> str | None:
+    """The environment variable behind an error's location: the field's alias (which pydantic
+    also reports as the location when the value came from it), or prefix + field name."""
+    if not loc:
+        return None  # a check of the whole model: its message names the variables
+    name = str(loc[0])
+    field = settings_class.model_fields.get(name)
+    if field is None:
+        return name.upper()
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0]).upper()
+    if isinstance(alias, str):
+        return alias.upper()
+    return f"{settings_class.model_config.get('env_prefix', '')}{name}".upper()
+
+
+def configuration_errors(error: ValidationError) -> list[str]:
+    """One line per error of a settings class, never echoing the value."""
+    settings_class = SETTINGS_CLASSES[error.title]
+    lines = []
+    for found in error.errors(include_url=False, include_input=False, include_context=False):
+        variable = variable_of(settings_class, found["loc"])
+        message = found["msg"].removeprefix("Value error, ")
+        lines.append(f"configuration error: {variable}: {message}" if variable
+                     else f"configuration error: {message}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int | None:
+    """Settings, logging and event loop, then the command: its exit code."""
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
     if settings.event_loop == "uvloop":
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # every asyncio.run below
-    with contextlib.suppress(KeyboardInterrupt):
-        raise SystemExit(args.fn(settings, args))
+    code: int | None = args.fn(settings, args)
+    return code
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`yizhan`. A configuration error ends in one line on stderr per problem and exit code 2,
+    not a traceback (which would also print a bad secret's value)."""
+    args = build_parser().parse_args(argv)
+    try:
+        code = run(args)
+    except KeyboardInterrupt:
+        return
+    except ValidationError as exc:
+        if exc.title not in SETTINGS_CLASSES:
+            raise
+        code = complain(configuration_errors(exc))
+    except ReferenceDataError as exc:
+        code = complain([f"configuration error: {exc}"])
+    raise SystemExit(code)
+
+
+def complain(lines: list[str]) -> int:
+    for line in lines:
+        print(line, file=sys.stderr)
+    return 2
