@@ -55,6 +55,7 @@ from shared.stack import endpoints
 T = TypeVar("T")
 CASE_STREAMS_VIEW = "CREATE VIEW {s}.events AS SELECT * FROM public.events " \
                     "WHERE stream_id LIKE 'case-%'"
+EXPORT_NEEDS = "export needs --case, or --unit with --from and --to"
 
 
 class NotAnAuditor(ValueError):
@@ -163,14 +164,15 @@ async def export(settings: Settings, service_url: str, out: Path, *, by: str, re
     """Write a case's (or a unit's, in ``[start, end)``) evidence file. ``sign_first`` signs a
     checkpoint at the head first, so every exported event is anchored."""
     who = requester(by, reason, ref or load_reference())
+    if case_id is None and (unit is None or start is None or end is None):
+        raise ValueError(EXPORT_NEEDS)  # before connecting, and before signing a checkpoint
 
     async def run(audit: AuditService[Case]) -> ExportSummary:
         if sign_first:
             await write_checkpoint(audit.pool, CheckpointSigner(settings.checkpoint_signing_key))
         if case_id is not None:
             return await audit.export_case(who, case_id, out)
-        if unit is None or start is None or end is None:
-            raise ValueError("export needs --case, or --unit with --from and --to")
+        assert unit is not None and start is not None and end is not None
         return await audit.export_unit(who, unit, start, end, out)
 
     return await _with_audit(service_url, run)
@@ -238,39 +240,64 @@ def _out(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
+def _mistake(message: str) -> int:
+    """A mistake at the command line: one line on stderr, as `yizhan` reports the others, and
+    the exit code 2."""
+    sys.stderr.write(f"error: {message}\n")
+    return 2
+
+
+def _reader_checked(args: argparse.Namespace) -> Reference:
+    """The reference data, once ``--by`` is an auditor and ``--reason`` a reason: a mistake
+    there (``NotAnAuditor``, ``ReasonRequired``, reported by `yizhan`) stops the command
+    before it starts or connects to a database."""
+    ref = load_reference()
+    requester(args.by, args.reason, ref)
+    return ref
+
+
 def _cmd_history(settings: Settings, args: argparse.Namespace) -> int:
+    ref = _reader_checked(args)
     with endpoints(settings, kafka=False) as ep:
         _out(asyncio.run(history(ep.service_url, args.case, by=args.by, reason=args.reason,
-                                 fmt=args.format)))
+                                 fmt=args.format, ref=ref)))
     return 0
 
 
 def _cmd_as_of(settings: Settings, args: argparse.Namespace) -> int:
+    ref = _reader_checked(args)
     with endpoints(settings, kafka=False) as ep:
         _out(asyncio.run(as_of(ep.service_url, args.case, by=args.by, reason=args.reason,
-                               at=args.at, position=args.position)))
+                               at=args.at, position=args.position, ref=ref)))
     return 0
 
 
 def _cmd_queue(settings: Settings, args: argparse.Namespace) -> int:
+    ref = _reader_checked(args)
     with endpoints(settings, kafka=False) as ep:
         _out(asyncio.run(queue_as_of(ep.service_url, args.unit, by=args.by, reason=args.reason,
-                                     at=args.at, position=args.position)))
+                                     at=args.at, position=args.position, ref=ref)))
     return 0
 
 
 def _cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    if args.case is None and (args.unit is None or args.start is None or args.end is None):
+        return _mistake(EXPORT_NEEDS)
+    ref = _reader_checked(args)
     with endpoints(settings, kafka=False) as ep:
         done = asyncio.run(export(settings, ep.service_url, args.output, by=args.by,
                                   reason=args.reason, case_id=args.case, unit=args.unit,
-                                  start=args.start, end=args.end))
+                                  start=args.start, end=args.end, ref=ref))
     _out(f"wrote {done.path}: {done.events} events, {done.witnesses} witness events, "
          f"{done.checkpoints} checkpoints{' (partly unanchored)' if done.unanchored else ''}")
     return 0
 
 
 def _cmd_verify_export(settings: Settings, args: argparse.Namespace) -> int:
-    code, message = verify_export_file(args.file, settings, args.public_key)
+    try:
+        code, message = verify_export_file(args.file, settings, args.public_key)
+    except OSError as exc:  # only the file is read here: missing, a folder, not permitted
+        return _mistake(f"cannot read {args.file}: {exc.strerror or exc}")
     _out(message)
     return code
 
@@ -283,9 +310,10 @@ def _cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_access_log(settings: Settings, args: argparse.Namespace) -> int:
+    ref = _reader_checked(args)
     with endpoints(settings, kafka=False) as ep:
         _out(asyncio.run(access_log(ep.service_url, args.month, by=args.by, reason=args.reason,
-                                    user_id=args.user, case_id=args.case)))
+                                    user_id=args.user, case_id=args.case, ref=ref)))
     return 0
 
 

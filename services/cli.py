@@ -28,9 +28,12 @@ from pydantic import AliasChoices, ValidationError
 from pydantic_settings import BaseSettings
 from structlog.contextvars import bind_contextvars
 
+from services.audit_cli import NotAnAuditor
 from services.intake.settings import IntakeSettings
+from shared.audit import CaseNotFound, ExportUnreadable, ReasonRequired
 from shared.eventstore.checkpoints import (
     CheckpointSigner,
+    InvalidPublicKey,
     load_public_key,
     run_checkpointer,
     write_checkpoint,
@@ -53,6 +56,11 @@ log = get_logger("yizhan")
 # one line each, by variable, without the value (which may be a secret) and without a traceback.
 SETTINGS_CLASSES: dict[str, type[BaseSettings]] = {
     cls.__name__: cls for cls in (Settings, IntakeSettings)}
+# Mistakes of the person at the command line that the domain reports with a clear message: an
+# unknown case, a reader who is no auditor or gives no reason, a file that is no export, a
+# mistyped public key. Anything else is a bug and keeps its traceback.
+USER_MISTAKES: tuple[type[Exception], ...] = (
+    CaseNotFound, ExportUnreadable, InvalidPublicKey, NotAnAuditor, ReasonRequired)
 
 
 async def prepare_database(ep: Endpoints) -> list[str]:
@@ -385,8 +393,8 @@ def run(args: argparse.Namespace) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`yizhan`. A configuration error ends in one line on stderr per problem and exit code 2,
-    not a traceback (which would also print a bad secret's value)."""
+    """`yizhan`. A configuration error or a user's mistake ends in one line on stderr per
+    problem and exit code 2, not a traceback (which would also print a bad secret's value)."""
     args = build_parser().parse_args(argv)
     try:
         code = run(args)
@@ -398,6 +406,8 @@ def main(argv: list[str] | None = None) -> None:
         code = complain(configuration_errors(exc))
     except ReferenceDataError as exc:
         code = complain([f"configuration error: {exc}"])
+    except USER_MISTAKES as exc:
+        code = complain([f"error: {exc}"])
     raise SystemExit(code)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import hashlib
 import time
@@ -62,8 +63,23 @@ class CheckpointSigner:
                           base64.b64encode(signature).decode())
 
 
+class InvalidPublicKey(ValueError):
+    """A public key as a person types it (``--public-key``) is not base64 of 32 bytes."""
+
+
 def load_public_key(b64: str) -> Ed25519PublicKey:
-    return Ed25519PublicKey.from_public_bytes(base64.b64decode(b64))
+    """The Ed25519 public key in ``b64``; ``InvalidPublicKey`` says why not (strict base64: a
+    mistyped key must not decode to another one)."""
+    try:
+        raw = base64.b64decode(b64.strip(), validate=True)
+    except binascii.Error as exc:
+        raise InvalidPublicKey("the public key is not base64") from exc
+    if len(raw) != 32:
+        raise InvalidPublicKey(f"the public key must be 32 bytes in base64, not {len(raw)}")
+    try:
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as exc:
+        raise InvalidPublicKey(f"not an Ed25519 public key: {exc}") from exc
 
 
 def signature_valid(checkpoint: Checkpoint, public: Ed25519PublicKey) -> bool:

@@ -1,5 +1,7 @@
-"""`yizhan` answers a configuration error with one line per problem on stderr and exit code 2:
-no traceback, and never the value of a setting (it may be a secret)."""
+"""`yizhan` answers a configuration error or a user's mistake with one line per problem on stderr
+and exit code 2: no traceback, and never the value of a setting (it may be a secret). Each
+mistake is caught before a database is started or connected to; where the store must answer
+(an unknown case), the store is a stub."""
 
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationError
 
 from services import audit_cli, cli
+from shared.audit import CaseNotFound
 from shared.settings import get_settings
 
 AUDITOR = "auditor.530100.a"
@@ -127,6 +131,68 @@ def test_broken_reference_data_is_a_configuration_error(
 def test_the_development_defaults_still_mint_a_token(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = yizhan(capsys, "token", CLERK)
     assert code == 0 and out.count(".") == 2 and "error" not in err
+
+
+def test_an_unknown_case_is_one_line(capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    @contextlib.contextmanager
+    def stub_endpoints(*_: Any, **__: Any) -> Iterator[Any]:
+        yield SimpleNamespace(service_url="postgresql://stub/yizhan")
+
+    async def no_such_case(_: str, case_id: uuid.UUID, **__: Any) -> str:
+        raise CaseNotFound(f"no events of case {case_id}")
+
+    monkeypatch.setattr(audit_cli, "endpoints", stub_endpoints)
+    monkeypatch.setattr(audit_cli, "history", no_such_case)
+    code, out, err = yizhan(capsys, "audit", "history", CASE, "--by", AUDITOR, "--reason", WHY)
+    assert (code, out, err) == (2, "", f"error: no events of case {CASE}\n")
+
+
+@pytest.mark.parametrize(("by", "reason", "problem"), [
+    (CLERK, WHY, f"{CLERK} is not an auditor in the staff directory"),
+    (AUDITOR, "x", "an audit read needs a reason (at least 3 characters)")])
+def test_a_reader_who_is_no_auditor_or_gives_no_reason_is_stopped_first(
+        capsys: pytest.CaptureFixture[str], no_database: None, by: str, reason: str,
+        problem: str) -> None:
+    code, _, err = yizhan(capsys, "audit", "history", CASE, "--by", by, "--reason", reason)
+    assert (code, err) == (2, f"error: {problem}\n")
+
+
+@pytest.mark.parametrize(("key", "problem"), [
+    ("abc", "the public key is not base64"),
+    ("AAAA", "the public key must be 32 bytes in base64, not 3")])
+def test_a_mistyped_public_key_is_one_line_before_any_connection(
+        capsys: pytest.CaptureFixture[str], no_database: None, key: str, problem: str) -> None:
+    code, _, err = yizhan(capsys, "audit", "verify", "--from-checkpoint", "--public-key", key)
+    assert (code, err) == (2, f"error: {problem}\n")
+
+
+def test_verify_export_with_a_mistyped_public_key_is_one_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    Path("export.jsonl").write_text("{}\n", encoding="utf-8")
+    code, _, err = yizhan(capsys, "audit", "verify-export", "export.jsonl", "--public-key",
+                          "abc")
+    assert (code, err) == (2, "error: the public key is not base64\n")
+
+
+def test_an_export_without_its_case_or_period_is_one_line_before_any_connection(
+        capsys: pytest.CaptureFixture[str], no_database: None) -> None:
+    code, _, err = yizhan(capsys, "audit", "export", "--unit", "530129", "-o", "out.jsonl",
+                          "--by", AUDITOR, "--reason", WHY)
+    assert (code, err) == (2, "error: export needs --case, or --unit with --from and --to\n")
+
+
+def test_verifying_a_missing_export_file_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = yizhan(capsys, "audit", "verify-export", "missing.jsonl")
+    assert (code, out) == (2, "")
+    assert err == "error: cannot read missing.jsonl: No such file or directory\n"
+
+
+def test_a_file_that_is_no_export_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    Path("notes.txt").write_text("meeting at ten\n", encoding="utf-8")
+    code, _, err = yizhan(capsys, "audit", "verify-export", "notes.txt")
+    assert code == 2 and err.startswith("error: line 1 is not JSON")
+    assert len(err.splitlines()) == 1
 
 
 class Other(BaseModel):
