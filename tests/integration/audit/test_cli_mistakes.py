@@ -1,0 +1,58 @@
+"""`yizhan audit history` through `main` against a real store: a case the log does not hold is
+one line on stderr and exit code 2, as a case it holds is its history."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from services import cli
+from shared.eventstore.postgres import PostgresEventStore
+from shared.settings import get_settings
+from tests.conftest import Db
+from tests.integration.audit.support import seed
+
+AUDITOR = "auditor.530100.a"
+WHY = "court order 2026-3"
+
+
+@pytest.fixture
+def configured(database: Db, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """`yizhan` pointed at this test's database; asyncio's loop, so main sets no global uvloop
+    policy under the suite's own loops."""
+    monkeypatch.chdir(tmp_path)  # no .env
+    monkeypatch.setenv("DATABASE_URL", database.service_dsn)
+    monkeypatch.setenv("YIZHAN_EVENT_LOOP", "asyncio")
+    monkeypatch.setenv("YIZHAN_LOG_FORMAT", "console")
+    monkeypatch.setenv("YIZHAN_LOG_LEVEL", os.environ.get("YIZHAN_TEST_LOG_LEVEL", "warning"))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+async def yizhan(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[Any, str, str]:
+    """``main`` in a thread: it runs its own event loop (``asyncio.run``)."""
+    with pytest.raises(SystemExit) as ended:
+        await asyncio.to_thread(cli.main, list(argv))
+    out, err = capsys.readouterr()
+    return ended.value.code, out, err
+
+
+async def test_a_case_not_in_the_log_is_one_line_and_exit_code_2(
+        configured: None, pg_store: PostgresEventStore, admin_pool: asyncpg.Pool,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    known = (await seed(pg_store, admin_pool, cases=1))[0]
+    code, out, _ = await yizhan(capsys, "audit", "history", str(known), "--by", AUDITOR,
+                                "--reason", WHY)
+    assert code == 0 and str(known) in out
+    unknown = uuid.uuid4()
+    code, out, err = await yizhan(capsys, "audit", "history", str(unknown), "--by", AUDITOR,
+                                  "--reason", WHY)
+    assert (code, out, err) == (2, "", f"error: no events of case {unknown}\n")
