@@ -163,6 +163,7 @@ async def test_a_failed_tick_of_the_sla_clock_is_logged_and_left_to_the_next() -
     from typing import Any, cast
 
     from services.cases.agents import fire_sla_timers_once
+    from services.cases.metrics import SlaTicks
 
     class AwayPool:
         @contextlib.asynccontextmanager
@@ -170,6 +171,7 @@ async def test_a_failed_tick_of_the_sla_clock_is_logged_and_left_to_the_next() -
             raise OSError("connection refused")
             yield
 
-    service = SimpleNamespace(pool=AwayPool(), commands=None,
+    service = SimpleNamespace(pool=AwayPool(), commands=None, sla_ticks=SlaTicks(),
                               settings=SimpleNamespace(sla_tick_s=5.0))
     assert await fire_sla_timers_once(cast(Any, service), lambda: datetime.now(CHINA_TZ)) is False
+    assert (service.sla_ticks.ticks, service.sla_ticks.failures) == (1, 1)  # on /metrics
