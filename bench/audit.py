@@ -7,7 +7,7 @@ domain's ``evolve``), in one run on one PostgreSQL server.
     python bench/audit.py --quick     # ~30,000 events, under a minute
     python bench/audit.py             # ~300,000 events
 
-The log is the projections benchmark's workload (real domain events, DOMAIN.md's service mix)
+The log is the projections benchmark's workload (real domain events, docs/domain.md's service mix)
 bulk-loaded with COPY (then vacuumed, as autovacuum would have done to a log in service), plus
 one case of exactly 50 events appended through the store. Verify and its limit are measured in
 turns, five times each after one verify not counted; each figure is the median. With no

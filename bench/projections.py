@@ -8,7 +8,7 @@ events table), all in one run on one PostgreSQL server.
     python bench/projections.py             # 200,000 cases, >= 1,000,000 events
 
 The workload is generated with the real domain (``decide`` / ``evolve`` of the cases service)
-with DOMAIN.md's service mix, then bulk-loaded into the event store with COPY (positions, hash
+with docs/domain.md's service mix, then bulk-loaded into the event store with COPY (positions, hash
 chain and all, exactly as the store would have written them). Progress goes to stderr
 (structlog); the table and the final ``RESULT {json}`` line to stdout.
 """
@@ -71,7 +71,7 @@ log = get_logger("bench.projections")
 RESULT_KEYS = ("live_eps", "rebuild_eps", "county_query_p50_ms", "county_query_p99_ms",
                "peer_read_eps", "limit_read_eps")
 
-# DOMAIN.md, Jan 2008 – Jun 2010 (thousands of contacts): legal information 347, social
+# docs/domain.md, Jan 2008 – Jun 2010 (thousands of contacts): legal information 347, social
 # insurance 748 (split over the six insurance and assistance services below), labour export
 # 129, job referral 98, retiree management 92, labour inspection 6.6, dispute mediation 5.3;
 # the employment services the report names without a figure get a small share.

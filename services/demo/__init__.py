@@ -1,5 +1,5 @@
 """`yizhan demo`: realistic casework driven through the real HTTP and Kafka interfaces of a
-running `yizhan up` (SYNTHETIC residents; the volume and service mix of DOMAIN.md).
+running `yizhan up` (SYNTHETIC residents; the volume and service mix of docs/domain.md).
 
     report = await run_demo(settings, endpoints, days=1, scale=0.25, seed=2010, progress=bar)
     print_report(report)

@@ -22,7 +22,7 @@ from shared.stack import endpoints
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--days", type=int, default=1, help="days of casework (default 1)")
     parser.add_argument("--scale", type=float, default=DEFAULT_SCALE,
-                        help="share of DOMAIN.md's 1,560 contacts a day "
+                        help="share of docs/domain.md's 1,560 contacts a day "
                              f"(default {DEFAULT_SCALE})")
     parser.add_argument("--seed", type=int, default=2010, help="random seed of the workload")
 

@@ -1,4 +1,4 @@
-"""The workload's shape, from DOMAIN.md (the bureau's report, Jan 2008 – Jun 2010): about
+"""The workload's shape, from docs/domain.md (the bureau's report, Jan 2008 – Jun 2010): about
 1.43 million service contacts in 30 months, roughly 1,560 a day city-wide, in this mix.
 
 The report gives "social-insurance services" (748,000) as one figure; the split over the six

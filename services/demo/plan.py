@@ -1,7 +1,7 @@
 """The demo's casework as data (pure, seeded): visits, and per case the officers' steps in
 order, each naming who acts (and on whose behalf). Nothing here does I/O.
 
-Probabilities are the demo's assumptions, chosen so every rule of DOMAIN.md shows up in a day
+Probabilities are the demo's assumptions, chosen so every rule of docs/domain.md shows up in a day
 at small scale: one-time notification, supplies, withdrawals, hand-offs up, returns down with
 reasons, A/B backups acting, reassignment by a supervisor, an exceptional second document
 request, decisions with a basis, closures, a reopening, and cases left waiting (running late).

@@ -104,7 +104,7 @@ def _work(r: DemoReport) -> list[str]:
     endings = ", ".join(f"{k} {n:,}" for k, n in t.endings.most_common())
     return [
         f"yizhan demo: {r.days} day(s) at scale {r.scale:g} "
-        f"(≈{round(1560 * r.scale):,} contacts/day of DOMAIN.md's 1,560), seed {r.seed}, "
+        f"(≈{round(1560 * r.scale):,} contacts/day of docs/domain.md's 1,560), seed {r.seed}, "
         f"run {r.run}, {r.elapsed_s:,.1f} s — SYNTHETIC residents",
         f"  counter visits  {t.visits_counter:,} over HTTP → {t.cases_counter:,} cases",
         f"  Kafka visits    {t.visits_kafka:,} from other systems → {t.cases_kafka:,} cases; "

@@ -33,8 +33,8 @@ from shared.stack import Endpoints
 
 log = get_logger("yizhan.demo")
 DEFAULT_SCALE = 0.5
-"""Default share of DOMAIN.md's 1,560 contacts a day: `yizhan demo --days 1` in about 1.5–2 min on
-two cores with every service in one `yizhan up` process."""
+"""Default share of docs/domain.md's 1,560 contacts a day: `yizhan demo --days 1` in about
+1–1.5 min on two cores, on `yizhan up`."""
 CONCURRENCY = 24
 CITY_READER = "supervisor.530100.a"
 RESULT_SERVICES = frozenset({"rural_pension_insurance", "land_expropriated_farmers_pension",
