@@ -312,8 +312,14 @@ def _cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_access_log(settings: Settings, args: argparse.Namespace) -> int:
     ref = _reader_checked(args)
     with endpoints(settings, kafka=False) as ep:
-        _out(asyncio.run(access_log(ep.service_url, args.month, by=args.by, reason=args.reason,
-                                    user_id=args.user, case_id=args.case, ref=ref)))
+        found = asyncio.run(access_log(ep.service_url, args.month, by=args.by,
+                                       reason=args.reason, user_id=args.user, case_id=args.case,
+                                       ref=ref))
+    if found:
+        _out(found)
+    else:  # stdout stays JSON lines (none); the person reading is told why on stderr
+        sys.stderr.write(f"no audit reads recorded in {', '.join(args.month)} (months in China "
+                         "Standard Time, UTC+8; the entries' times are UTC)\n")
     return 0
 
 
@@ -360,7 +366,8 @@ def add_audit_commands(audit: Any) -> None:
     p = audit.add_parser("rebuild-compare", help="rebuild read models aside and compare")
     p.set_defaults(fn=_cmd_compare)
     p = audit.add_parser("access-log", help="who read what (auditors of auditors)")
-    p.add_argument("--month", action="append", required=True, help="YYYY-MM (repeatable)")
+    p.add_argument("--month", action="append", required=True,
+                   help="YYYY-MM in China Standard Time, UTC+8 (repeatable)")
     p.add_argument("--user")
     p.add_argument("--case")
     _reader_args(p)

@@ -241,7 +241,10 @@ def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
     with endpoints(settings, kafka=False) as ep:
         asyncio.run(prepare_database(ep))
         report = asyncio.run(projections.rebuild(settings, ep.service_url))
-    print(f"rebuilt read models: {report}")
+    print(f"rebuilt the read models from the log: {report.events:,} events, {report.cases:,} "
+          f"cases in {report.seconds:.1f} s ({report.events_per_s:,.0f} events/s); "
+          f"{report.schema} (generation {report.generation}) is now active, "
+          f"{report.previous} kept as it was until the next rebuild")
     return 0
 
 
@@ -262,12 +265,14 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_checkpoint(settings: Settings, _: argparse.Namespace) -> int:
     async def go(ep: Endpoints) -> None:
         pool = await create_pool(ep.service_url, min_size=1, max_size=2)
+        signer = CheckpointSigner(settings.checkpoint_signing_key)
         try:
-            cp = await write_checkpoint(pool, CheckpointSigner(settings.checkpoint_signing_key))
+            cp = await write_checkpoint(pool, signer)
         finally:
             await pool.close()
         print("nothing new to sign" if cp is None else
-              f"signed checkpoint at position {cp.position}: {cp.hash} (key {cp.key_id})")
+              f"signed checkpoint at position {cp.position:,}: {cp.hash} (key {cp.key_id})")
+        print(f"public key (for `yizhan audit verify --public-key`): {signer.public_key_b64()}")
 
     with endpoints(settings, kafka=False) as ep:
         asyncio.run(go(ep))
@@ -295,9 +300,14 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
         for note in report.notes:
             print(f"note: {note}")
         if report.ok:
-            print(f"OK: {report.events_checked:,} events from position {report.started_from} "
-                  f"to {report.head_position}, {report.checkpoints_checked} signed checkpoints; "
-                  f"head hash {report.head_hash}")
+            signed = report.checkpoints_checked
+            print(f"OK: {report.events_checked:,} events from position {report.started_from:,} "
+                  f"to {report.head_position:,}, {signed:,} signed checkpoint"
+                  f"{'' if signed == 1 else 's'}; head hash {report.head_hash}")
+            if args.from_checkpoint:
+                print(f"(events up to position {report.started_from:,} were not checked: the "
+                      "signed checkpoint there is trusted; run without --from-checkpoint to "
+                      "check the whole log)")
             return 0
         print(f"TAMPERED at position {report.first_bad_position}"
               f"{f' (stream {report.stream_id})' if report.stream_id else ''}: {report.problem}")

@@ -82,7 +82,7 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/readyz", tags=["operations"], summary="Database, broker and consumers ready")
+    @app.get("/readyz", tags=["operations"], summary="Ready: the database answers")
     async def readyz() -> dict[str, str]:
         missing = [m for m in [await check() for check in readiness] if m]
         if missing:

@@ -68,7 +68,7 @@ def load_reference(directory: Path | str | None = None) -> Reference:
     catalogue = load_catalogue(folder / CATALOGUE_FILE)
     calendar_path = folder / CALENDAR_FILE
     calendar = load_calendar(calendar_path if calendar_path.exists() else None)
-    get_logger(__name__).info(
+    get_logger(__name__).debug(  # every CLI call loads it: not worth a line each time
         "reference_loaded", source=str(folder), units=len(org), staff=len(staff),
         services=len(catalogue), calendar_overrides=len(calendar.overrides),
     )
