@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings
 from structlog.contextvars import bind_contextvars
 
 from services.audit_cli import NotAnAuditor
+from services.intake.privacy import ErasureRefused
 from services.intake.settings import IntakeSettings
 from shared.audit import CaseNotFound, ExportUnreadable, ReasonRequired
 from shared.eventstore.checkpoints import (
@@ -60,7 +61,8 @@ SETTINGS_CLASSES: dict[str, type[BaseSettings]] = {
 # unknown case, a reader who is no auditor or gives no reason, a file that is no export, a
 # mistyped public key. Anything else is a bug and keeps its traceback.
 USER_MISTAKES: tuple[type[Exception], ...] = (
-    CaseNotFound, ExportUnreadable, InvalidPublicKey, NotAnAuditor, ReasonRequired)
+    CaseNotFound, ErasureRefused, ExportUnreadable, InvalidPublicKey, NotAnAuditor,
+    ReasonRequired)
 
 
 async def prepare_database(ep: Endpoints) -> list[str]:
@@ -226,13 +228,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
     from services.intake import cli as intake
+    from services.intake.privacy import check_erasure_order
+    from shared.reference import load_reference
 
+    check_erasure_order(args.by, args.reason, load_reference().staff)  # before any database
     with endpoints(settings, kafka=False) as ep:
-        erased = asyncio.run(intake.erase_subject(settings, ep, args.subject, erased_by=args.by,
-                                                  reason=args.reason))
-    print(f"erased subject {args.subject}: their personal fields are now unreadable"
-          if erased else f"no key for subject {args.subject} (unknown or already erased)")
-    return 0 if erased else 1
+        print(asyncio.run(intake.erase_subject(settings, ep, args.subject, erased_by=args.by,
+                                               reason=args.reason)))
+    return 0
 
 
 def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 
 from services.intake.bootstrap import bootstrap, build_app, running_worker
-from services.intake.privacy import KeyVault, Sealer
+from services.intake.privacy import ErasureRefused, KeyVault, Sealer, check_erasure_order
 from services.intake.settings import IntakeSettings
 from shared.eventstore.postgres import create_pool
 from shared.kafka import ensure_topics, topic_specs
 from shared.logging import get_logger
+from shared.reference import load_reference
 from shared.service import serve_http
 from shared.settings import Settings
 from shared.stack import Endpoints
@@ -40,13 +41,22 @@ async def serve(settings: Settings, endpoints: Endpoints, stop: asyncio.Event, *
 
 async def erase_subject(settings: Settings, endpoints: Endpoints, subject_id: str, *,
                         erased_by: str, reason: str,
-                        intake: IntakeSettings | None = None) -> bool:
-    """Crypto-shred a data subject: delete their key. ``False`` when no key exists (unknown or
-    already erased). The log is untouched, so ``yizhan audit verify`` still passes."""
+                        intake: IntakeSettings | None = None) -> str:
+    """Crypto-shred a data subject: delete their key. The log is untouched, so ``yizhan audit
+    verify`` still passes. What happened, as a sentence (``ErasureRefused`` first if the order
+    is not one a supervisor or auditor gave with a reason)."""
+    check_erasure_order(erased_by, reason, load_reference().staff)
     intake = intake or IntakeSettings()
     pool = await create_pool(endpoints.service_url, min_size=1, max_size=2)
     try:
         vault = KeyVault(pool, Sealer.from_settings(intake))
-        return await vault.erase(subject_id, erased_by=erased_by, reason=reason)
+        if await vault.erase(subject_id, erased_by=erased_by, reason=reason.strip()):
+            return f"erased subject {subject_id}: their personal fields are now unreadable"
+        before = await vault.erasure_of(subject_id)
     finally:
         await pool.close()
+    if before is not None:
+        return (f"subject {subject_id} was already erased, on {before[0]:%Y-%m-%d %H:%M} UTC "
+                f"by {before[1]}: nothing to do")
+    raise ErasureRefused(f"no subject {subject_id} (subject ids look like subj-…, as in "
+                         "CaseSubmitted.applicant)")

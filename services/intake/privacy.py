@@ -20,6 +20,7 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 from cryptography.exceptions import InvalidTag
@@ -29,10 +30,32 @@ from services.intake.domain.submission import Applicant
 from services.intake.settings import IntakeSettings
 from shared.contracts.cases import EncryptedApplicant
 from shared.logging import get_logger
+from shared.reference import Role, StaffDirectory
 
 log = get_logger(__name__)
 FIELD_FORMAT = "v1"
 NONCE_BYTES = 12
+
+
+class ErasureRefused(ValueError):
+    """An erasure is ordered by a supervisor or an auditor of the staff directory, with a
+    reason: both go on record, and nobody else may destroy a resident's data."""
+
+
+ORDERS_ERASURES = frozenset({Role.SUPERVISOR, Role.AUDITOR})
+
+
+def check_erasure_order(erased_by: str, reason: str, staff: StaffDirectory) -> None:
+    """Raise ``ErasureRefused`` unless ``erased_by`` may order an erasure and ``reason`` says
+    why."""
+    member = staff.get(erased_by)
+    if member is None:
+        raise ErasureRefused(f"{erased_by} is not in the staff directory")
+    if member.role not in ORDERS_ERASURES:
+        raise ErasureRefused(f"{erased_by} is a {member.role}: only a supervisor or an auditor "
+                             "orders an erasure")
+    if not reason.strip():
+        raise ErasureRefused("give the legal ground of the erasure (--reason)")
 
 
 class SubjectErased(LookupError):
@@ -150,6 +173,12 @@ class KeyVault:
             raise SubjectErased(subject_id)
         return SubjectKey(row["subject_id"], row["id_hash"],
                           self.sealer.unwrap(row["subject_id"], row["wrapped_key"]))
+
+    async def erasure_of(self, subject_id: str) -> tuple[datetime, str] | None:
+        """When and by whom the subject was erased (None: never)."""
+        row = await self.pool.fetchrow(
+            "SELECT erased_at, erased_by FROM intake_erasures WHERE subject_id = $1", subject_id)
+        return None if row is None else (row["erased_at"], row["erased_by"])
 
     async def erase(self, subject_id: str, *, erased_by: str, reason: str) -> bool:
         """Delete the subject's key and record the erasure; ``False`` if there was no key."""

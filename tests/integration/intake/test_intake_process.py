@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from services.intake.cli import erase_subject, serve
-from services.intake.privacy import KeyVault, Privacy, Sealer, SubjectErased
+from services.intake.privacy import ErasureRefused, KeyVault, Privacy, Sealer, SubjectErased
 from services.intake.settings import IntakeSettings
 from shared.contracts.cases import EncryptedApplicant
 from shared.eventstore.postgres import PostgresEventStore
@@ -52,8 +52,20 @@ async def test_serve_answers_until_stopped_then_erase_shreds_the_subject(
     assert answer.status_code == 201, answer.text
     subject = answer.json()["subject_id"]
 
-    assert await erase_subject(settings, endpoints, subject, erased_by="auditor.530100.a",
+    for who, why in (("clerk.530102001001.a", "asked"), ("ghost.1", "asked"),
+                     ("auditor.530100.a", "  ")):  # not one who orders erasures; no reason
+        with pytest.raises(ErasureRefused):
+            await erase_subject(settings, endpoints, subject, erased_by=who, reason=why,
+                                intake=intake)
+    done = await erase_subject(settings, endpoints, subject, erased_by="auditor.530100.a",
                                reason="applicant's request", intake=intake)
+    assert done.startswith(f"erased subject {subject}")
+    again = await erase_subject(settings, endpoints, subject, erased_by="auditor.530100.a",
+                                reason="applicant's request", intake=intake)
+    assert "already erased" in again and "by auditor.530100.a" in again
+    with pytest.raises(ErasureRefused, match="no subject"):
+        await erase_subject(settings, endpoints, "subj-nobody", erased_by="auditor.530100.a",
+                            reason="applicant's request", intake=intake)
     (submitted,) = [e for e in await pg_store.read_stream(
         f"case-{answer.json()['cases'][0]['case_id']}") if e.type == "CaseSubmitted"]
     privacy = Privacy(KeyVault(pg_store.pool, Sealer.from_settings(intake)))
