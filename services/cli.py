@@ -26,7 +26,6 @@ from typing import TypeVar
 
 from pydantic import AliasChoices, ValidationError
 from pydantic_settings import BaseSettings
-from structlog.contextvars import bind_contextvars
 
 from services.audit_cli import NotAnAuditor
 from services.intake.privacy import ErasureRefused
@@ -43,7 +42,7 @@ from shared.eventstore.migrate import ensure_service_role, migrate
 from shared.eventstore.postgres import PostgresEventStore, create_pool
 from shared.eventstore.verify import verify_log
 from shared.kafka import ensure_topics, topic_specs
-from shared.logging import configure_logging, get_logger
+from shared.logging import bind_process, configure_logging, get_logger
 from shared.reference import ReferenceDataError
 from shared.relay import Relay, RelayConfig
 from shared.runtime import SERVICE_ROLE
@@ -138,7 +137,7 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def cmd_relay(settings: Settings, _: argparse.Namespace) -> int:
-    bind_contextvars(service="relay")  # every log line of this process names it
+    bind_process(service="relay")  # every log line of this process names it
     with endpoints(settings, kafka=True) as ep:
         if settings.migrate_on_start:
             asyncio.run(prepare_database(ep))
@@ -217,7 +216,7 @@ def service_runners(settings: Settings, ep: Endpoints) -> dict[str, Runner]:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    bind_contextvars(service=args.service)  # every log line of this process names it
+    bind_process(service=args.service)  # every log line of this process names it
     with endpoints(settings, kafka=True) as ep:
         if settings.migrate_on_start:
             asyncio.run(prepare_database(ep))

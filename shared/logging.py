@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -14,6 +15,51 @@ import structlog
 from structlog.contextvars import bind_contextvars, get_contextvars, reset_contextvars
 
 CORRELATION_KEY = "correlation_id"
+_PROCESS: dict[str, Any] = {}
+REPEAT_WINDOW_S = 30.0
+
+
+def bind_process(**fields: Any) -> None:
+    """Fields on every log line of this process, from every thread (contextvars do not reach
+    the threads libraries start, such as Faust's consumer thread)."""
+    _PROCESS.update(fields)
+
+
+def _add_process_fields(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key, value in _PROCESS.items():
+        event.setdefault(key, value)
+    return event
+
+
+class RepeatFilter(logging.Filter):
+    """Let a library's message through once per ``window_s`` (by logger, level and message
+    template), then say how many were held back. A broker away for a minute made aiokafka log
+    'Unable connect to node …' thousands of times (found in review: 6,300 lines in 25 s). Our
+    own (structlog) lines are never held back."""
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self.clock = clock
+        self.seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str):  # structlog's records carry a dict
+            return True
+        key = (record.name, record.levelno, record.msg)
+        now = self.clock()
+        last = self.seen.get(key)
+        if last is not None and now - last[0] < self.window_s:
+            self.seen[key] = (last[0], last[1] + 1)
+            return False
+        held = 0 if last is None else last[1]
+        self.seen[key] = (now, 0)
+        if len(self.seen) > 10_000:  # templates are few; never let this grow without bound
+            self.seen.clear()
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it in {self.window_s:.0f} s)"
+        return True
 
 
 def configure_logging(
@@ -23,6 +69,7 @@ def configure_logging(
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _add_process_fields,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -43,6 +90,7 @@ def configure_logging(
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RepeatFilter())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processor=renderer)
     )

@@ -93,6 +93,7 @@ class Relay:
         self.is_leader = False
         self._wake = asyncio.Event()
         self._known_cluster: str | None = None
+        self._led_last_term = False
 
     # -- leadership --------------------------------------------------------------------------
 
@@ -123,9 +124,13 @@ class Relay:
             held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK))
             if held:
                 self.is_leader = True
-                self.stats.leader_since = time.time()
-                log.info("relay.leader", relay=self.config.name)
+                if not self._led_last_term:  # not again at every retry of a failing term
+                    self.stats.leader_since = time.time()
+                    log.info("relay.leader", relay=self.config.name)
+                self._led_last_term = True
                 await self._lead(conn, stop)
+            else:
+                self._led_last_term = False
             clean = True
             return held
         finally:

@@ -75,7 +75,7 @@ class Unreadable:
 def read_message(raw: RawMessage, sources: SourceRegistry,
                  max_bytes: int) -> Readable | Unreadable:
     source_id = raw.header(SOURCE_HEADER)
-    if raw.value is None or len(raw.value) > max_bytes:
+    if not raw.value or len(raw.value) > max_bytes:  # None (a tombstone) or b"": empty
         size = 0 if raw.value is None else len(raw.value)
         return _refused(raw, source_id, "oversized" if size else "empty", "value",
                         f"{size} bytes; the limit is {max_bytes}" if size else "no value")

@@ -53,6 +53,7 @@ def test_a_signed_visit_is_readable(sources: SourceRegistry) -> None:
 
 @pytest.mark.parametrize(("make", "code"), [
     (lambda s: message(s, b"{not json"), "not_json"),
+    (lambda s: message(s, b""), "empty"),
     (lambda s: message(s, b"x" * (MAX + 1)), "oversized"),
     (lambda s: message(s, visit_body(), signature="sha256=" + "0" * 64), "bad_signature"),
     (lambda s: message(s, visit_body(), source="nobody"), "unknown_source"),
