@@ -4,13 +4,19 @@ services/cli.py). No output here: the caller prints."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from datetime import UTC, datetime
 
 from services.intake.bootstrap import bootstrap, build_app, running_worker
 from services.intake.privacy import ErasureRefused, KeyVault, Sealer, check_erasure_order
 from services.intake.settings import IntakeSettings
-from shared.eventstore.postgres import create_pool
+from shared.contracts.audit import AuditReader, SubjectErased, erasure_stream
+from shared.contracts.registry import to_new_event
+from shared.eventstore.errors import WrongExpectedVersion
+from shared.eventstore.port import NO_STREAM
+from shared.eventstore.postgres import PostgresEventStore, create_pool
 from shared.kafka import ensure_topics, topic_specs
-from shared.logging import get_logger
+from shared.logging import current_correlation_id, get_logger, new_correlation_id
 from shared.reference import load_reference
 from shared.service import serve_http
 from shared.settings import Settings
@@ -42,18 +48,38 @@ async def serve(settings: Settings, endpoints: Endpoints, stop: asyncio.Event, *
 async def erase_subject(settings: Settings, endpoints: Endpoints, subject_id: str, *,
                         erased_by: str, reason: str,
                         intake: IntakeSettings | None = None) -> str:
-    """Crypto-shred a data subject: delete their key. The log is untouched, so ``yizhan audit
-    verify`` still passes. What happened, as a sentence (``ErasureRefused`` first if the order
-    is not one a supervisor or auditor gave with a reason)."""
-    check_erasure_order(erased_by, reason, load_reference().staff)
+    """Crypto-shred a data subject: record the order in the log (``SubjectErased``), then
+    delete their key. No event is changed, so ``yizhan audit verify`` still passes. What
+    happened, as a sentence (``ErasureRefused`` first if the order is not one a supervisor or
+    auditor gave with a reason)."""
+    staff = load_reference().staff
+    check_erasure_order(erased_by, reason, staff)
+    member = staff.get(erased_by)
+    assert member is not None
     intake = intake or IntakeSettings()
     pool = await create_pool(endpoints.service_url, min_size=1, max_size=2)
+    store = PostgresEventStore(pool)
     try:
         vault = KeyVault(pool, Sealer.from_settings(intake))
+        if await vault.has_key(subject_id):
+            # the record first: a crash before the key goes leaves an order to carry out
+            # again (erasing twice is harmless), never an erasure without its record
+            order = SubjectErased(
+                at=datetime.now(UTC), subject_id=subject_id, reason=reason.strip(),
+                ordered_by=AuditReader(user_id=member.user_id, role=str(member.role),
+                                       unit=member.unit))
+            with contextlib.suppress(WrongExpectedVersion):  # recorded by an earlier attempt
+                await store.append(erasure_stream(subject_id), NO_STREAM, [to_new_event(
+                    order, metadata={"actor_id": member.user_id, "role": str(member.role),
+                                     "unit": member.unit,
+                                     "correlation_id": current_correlation_id()
+                                     or new_correlation_id()})])
         if await vault.erase(subject_id, erased_by=erased_by, reason=reason.strip()):
-            return f"erased subject {subject_id}: their personal fields are now unreadable"
+            return (f"erased subject {subject_id}: their personal fields are now unreadable "
+                    f"(recorded in the log, stream {erasure_stream(subject_id)})")
         before = await vault.erasure_of(subject_id)
     finally:
+        await store.close()
         await pool.close()
     if before is not None:
         return (f"subject {subject_id} was already erased, on {before[0]:%Y-%m-%d %H:%M} UTC "

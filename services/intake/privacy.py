@@ -174,6 +174,10 @@ class KeyVault:
         return SubjectKey(row["subject_id"], row["id_hash"],
                           self.sealer.unwrap(row["subject_id"], row["wrapped_key"]))
 
+    async def has_key(self, subject_id: str) -> bool:
+        return bool(await self.pool.fetchval(
+            "SELECT 1 FROM intake_subjects WHERE subject_id = $1", subject_id))
+
     async def erasure_of(self, subject_id: str) -> tuple[datetime, str] | None:
         """When and by whom the subject was erased (None: never)."""
         row = await self.pool.fetchrow(

@@ -59,3 +59,23 @@ class AuditRecordRead(DomainEvent):
 def access_stream(at_month: str) -> str:
     """The stream of one month's audit reads (``at_month`` is ``YYYY-MM``)."""
     return f"{ACCESS_STREAM_PREFIX}{at_month}"
+
+
+ERASURE_STREAM_PREFIX = "privacy-erasure-"
+
+
+@event("SubjectErased", version=1)
+class SubjectErased(DomainEvent):
+    """A data subject's key was destroyed on this order (crypto-shredding): their personal
+    fields in every event are unreadable from then on. One per subject, in the stream
+    ``privacy-erasure-<subject_id>``, appended before the key is deleted, so that no erasure
+    is without its record in the hash-chained log."""
+
+    at: UtcDatetime
+    subject_id: NonEmpty
+    ordered_by: AuditReader
+    reason: NonEmpty
+
+
+def erasure_stream(subject_id: str) -> str:
+    return f"{ERASURE_STREAM_PREFIX}{subject_id}"

@@ -63,6 +63,11 @@ async def test_serve_answers_until_stopped_then_erase_shreds_the_subject(
     again = await erase_subject(settings, endpoints, subject, erased_by="auditor.530100.a",
                                 reason="applicant's request", intake=intake)
     assert "already erased" in again and "by auditor.530100.a" in again
+    (order,) = await pg_store.read_stream(f"privacy-erasure-{subject}")  # on record, once
+    assert order.type == "SubjectErased"
+    assert order.data["ordered_by"] == {"user_id": "auditor.530100.a", "role": "auditor",
+                                        "unit": "530100"}
+    assert order.data["reason"] == "applicant's request"
     with pytest.raises(ErasureRefused, match="no subject"):
         await erase_subject(settings, endpoints, "subj-nobody", erased_by="auditor.530100.a",
                             reason="applicant's request", intake=intake)
