@@ -5,7 +5,10 @@ checkpoints. ``verify_export`` (``shared.audit.verify_export``) checks such a fi
 File layout, one canonical JSON object a line:
 
 - ``{"kind": "header", "format": "yizhan-audit-export-v1", "selection": …, "events": n,
-  "segments": [{"from": p, "to": q, "checkpoint": q | null}, …], "head_position": …}``
+  "segments": [{"from": p, "to": q, "checkpoint": q | null}, …], "head_position": …}``;
+  the selection is ``{"case_id", "to_position"}`` or ``{"unit", "from", "to", "to_position"}``,
+  ``to_position`` being the log's head when the events were chosen (or the position asked
+  for): the verifier holds every event to it, and every witness to not being one of it.
 - ``{"kind": "checkpoint", position, hash, signed_at, key_id, signature}``: the nearest signed
   checkpoint before the first exported event, and the one closing each segment;
 - the chain, in position order: ``{"kind": "event", …envelope…}`` for each exported event and
@@ -36,7 +39,7 @@ import asyncpg
 from shared.audit.history import CaseNotFound
 from shared.contracts.canonical import canonical_json
 from shared.contracts.cases import case_stream
-from shared.contracts.envelope import RecordedEvent, iso
+from shared.contracts.envelope import RecordedEvent, canonical_time, iso
 from shared.eventstore.checkpoints import Checkpoint, read_checkpoints
 from shared.eventstore.postgres import PostgresEventStore
 from shared.logging import get_logger
@@ -46,11 +49,35 @@ FORMAT = "yizhan-audit-export-v1"
 UNIT_FIELDS = ("unit", "from_unit", "to_unit", "station")
 _UNIT_RANGE = """
 SELECT position FROM events
-WHERE stream_id LIKE 'case-%' AND recorded_at >= $2 AND recorded_at < $3
+WHERE stream_id LIKE 'case-%' AND recorded_at >= $2 AND recorded_at < $3 AND position <= $4
   AND (metadata->>'unit' = $1 OR data->'actor'->>'unit' = $1 OR data->>'unit' = $1
        OR data->>'from_unit' = $1 OR data->>'to_unit' = $1 OR data->>'station' = $1)
 ORDER BY position
 """
+
+
+def _as_text(value: Any) -> str | None:
+    """A JSON value as PostgreSQL's ``->>`` gives it (NULL for null; strings unquoted)."""
+    if value is None:
+        return None
+    return value if isinstance(value, str) else canonical_json(value)
+
+
+def unit_selects(unit: str, start: datetime, end: datetime, stream_id: str, recorded_at: int,
+                 metadata: Any, data: Any) -> bool:
+    """Whether ``export_unit(unit, start, end)`` selects a case event (``recorded_at`` in whole
+    microseconds since the epoch, as ``canonical_time`` writes it): ``_UNIT_RANGE`` in Python
+    (but for its position bound), for the offline verifier. Keep the two in step."""
+    if not stream_id.startswith("case-"):
+        return False
+    if not int(canonical_time(start)) <= recorded_at < int(canonical_time(end)):
+        return False
+    meta = metadata if isinstance(metadata, dict) else {}
+    body = data if isinstance(data, dict) else {}
+    actor = body.get("actor")
+    found = [meta.get("unit"), actor.get("unit") if isinstance(actor, dict) else None,
+             *(body.get(name) for name in UNIT_FIELDS)]
+    return any(_as_text(value) == unit for value in found)
 
 
 @dataclass(frozen=True)
@@ -121,9 +148,14 @@ async def _write_chain(store: PostgresEventStore, out: TextIO, segments: Sequenc
     return witnesses
 
 
+async def _head(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT coalesce(max(position), 0) FROM events"))
+
+
 async def write_export(pool: asyncpg.Pool, positions: Sequence[int], selection: dict[str, Any],
-                       path: Path) -> ExportSummary:
-    """Write the events at ``positions`` (sorted) with their chain segments and checkpoints."""
+                       path: Path, *, head: int | None = None) -> ExportSummary:
+    """Write the events at ``positions`` (sorted) with their chain segments and checkpoints.
+    ``head``: the log's head when the positions were chosen (default: now)."""
     store = PostgresEventStore(pool)
     checkpoints = await read_checkpoints(pool)
     cp_positions = [c.position for c in checkpoints]
@@ -132,7 +164,7 @@ async def write_export(pool: asyncpg.Pool, positions: Sequence[int], selection: 
     before = bisect.bisect_left(cp_positions, positions[0]) - 1 if positions else -1
     if before >= 0:
         wanted.add(cp_positions[before])
-    head = int(await pool.fetchval("SELECT coalesce(max(position), 0) FROM events"))
+    head = await _head(pool) if head is None else head
     header = {"kind": "header", "format": FORMAT, "selection": selection,
               "exported_at": iso(datetime.now(UTC)), "head_position": head,
               "events": len(positions), "segments": [s.as_dict() for s in segments]}
@@ -150,19 +182,25 @@ async def write_export(pool: asyncpg.Pool, positions: Sequence[int], selection: 
 
 async def export_case(pool: asyncpg.Pool, case_id: UUID, path: Path, *,
                       to_position: int | None = None) -> ExportSummary:
-    """Export every event of one case (up to ``to_position``)."""
-    events = await PostgresEventStore(pool).read_stream(case_stream(case_id),
-                                                        to_position=to_position)
+    """Export every event of one case up to ``to_position`` (default, and at most: the log's
+    head now). The header's selection names that position: the case's events after it, which
+    a segment may run through on its way to a checkpoint, are witnesses; any before it are
+    exported (the verifier refuses a witness of the case at or below it)."""
+    head = await _head(pool)
+    upto = head if to_position is None else min(to_position, head)
+    events = await PostgresEventStore(pool).read_stream(case_stream(case_id), to_position=upto)
     if not events:
         raise CaseNotFound(f"no events of case {case_id}")
-    selection = {"case_id": str(case_id), "to_position": to_position}
-    return await write_export(pool, [e.position for e in events], selection, path)
+    selection = {"case_id": str(case_id), "to_position": upto}
+    return await write_export(pool, [e.position for e in events], selection, path, head=head)
 
 
 async def export_unit(pool: asyncpg.Pool, unit: str, start: datetime, end: datetime,
                       path: Path) -> ExportSummary:
-    """Export the case events recorded in ``[start, end)`` in which ``unit`` acted, held the
-    case, or was a move's from- or to-unit."""
-    rows = await pool.fetch(_UNIT_RANGE, unit, start, end)
-    selection = {"unit": unit, "from": iso(start), "to": iso(end)}
-    return await write_export(pool, [r[0] for r in rows], selection, path)
+    """Export the case events recorded in ``[start, end)`` (and by now: up to the log's head,
+    named in the selection) in which ``unit`` acted, held the case, or was a move's from- or
+    to-unit."""
+    head = await _head(pool)
+    rows = await pool.fetch(_UNIT_RANGE, unit, start, end, head)
+    selection = {"unit": unit, "from": iso(start), "to": iso(end), "to_position": head}
+    return await write_export(pool, [r[0] for r in rows], selection, path, head=head)

@@ -6,25 +6,35 @@ What a file that passes proves (given SHA-256 and Ed25519):
   a checkpoint whose signature holds under the public key: so each anchored event stands, at
   its position, in the log that was signed — nobody can have changed, removed, inserted or
   reordered anything before that checkpoint without it showing;
-- for a case export, its versions run 1..n without a hole.
-What it does not prove: that the log held no later events of the case (after the file's last
-exported event), nor anything about events in an unanchored segment beyond chain consistency
-(they were recorded after the last signed checkpoint; sign one and export again).
+- every exported event belongs to the header's selection (a case's stream, up to its
+  ``to_position``; or a unit's events in the time range), and no witness does: an event of the
+  selection cannot be passed off as a witness, nor the file relabelled as another case's;
+- for a case export, its versions run 1..n without a hole;
+- every event is anchored by a signed checkpoint. A file with events in an unanchored segment
+  (recorded after the last checkpoint, or whose checkpoints were stripped) fails, verdict
+  ``UNANCHORED``, unless the caller passes ``allow_unanchored=True``: then it passes and
+  ``unanchored`` lists those segments, which hold by the chain alone (anyone can recompute a
+  chain, so they prove nothing on their own; sign a checkpoint and export again).
+What it does not prove: that the log held no later events of the selection than the file's
+segments cover (the header is not signed: a segment dropped whole, with its lines, from the end
+of the file leaves a shorter history that still holds).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from shared.audit.export import FORMAT, Segment
-from shared.contracts.envelope import CANONICAL_FORMAT, RecordedEvent, chain_hash
+from shared.audit.export import FORMAT, Segment, unit_selects
+from shared.contracts.cases import case_stream
+from shared.contracts.envelope import CANONICAL_FORMAT, RecordedEvent, chain_hash, iso
 from shared.eventstore.checkpoints import Checkpoint, signature_valid
 
 
@@ -34,9 +44,12 @@ class ExportUnreadable(ValueError):
 
 @dataclass
 class ExportReport:
-    """The verdict. ``first_bad_position`` names where the file stops holding together."""
+    """The verdict. ``first_bad_position`` names where the file stops holding together;
+    ``verdict`` is ``OK``, ``TAMPERED`` (the file does not hold) or ``UNANCHORED`` (it holds,
+    but some events are tied to no signed checkpoint, and that was not allowed)."""
 
     ok: bool = True
+    verdict: str = "OK"
     events: int = 0
     witnesses: int = 0
     anchored_events: int = 0
@@ -45,8 +58,9 @@ class ExportReport:
     first_bad_position: int | None = None
     problem: str | None = None
 
-    def fail(self, position: int | None, problem: str) -> ExportReport:
+    def fail(self, position: int | None, problem: str, verdict: str = "TAMPERED") -> ExportReport:
         self.ok, self.first_bad_position, self.problem = False, position, problem
+        self.verdict = verdict
         return self
 
 
@@ -58,6 +72,54 @@ class _Line:
     hash: str
     body: bytes
     version: int | None
+
+    def fields(self) -> list[str] | None:
+        """What the canonical bytes hold (``envelope.canonical_bytes``): format, position,
+        stream id, version, event id, type, schema version, occurred at, recorded at (whole
+        microseconds), metadata and data (canonical JSON, no raw newline); None if they do
+        not hold that many lines."""
+        parts = self.body.decode("utf-8", "replace").split("\n", 10)
+        return parts if len(parts) == 11 else None
+
+
+Belongs = Callable[[_Line], bool]
+
+
+def _selection(selection: Any) -> tuple[str, Belongs]:
+    """What the header's selection says was exported, and a test of whether a chain line is
+    one of those events; ValueError (saying why) for a selection this verifier does not know
+    (which it cannot check, so does not pass)."""
+    if not isinstance(selection, dict):
+        raise ValueError("the header has no selection")
+    raw = selection.get("to_position")
+    upto = None if raw is None else int(raw)
+    bound = "" if upto is None else f" up to position {upto}"
+    if "case_id" in selection:
+        stream = case_stream(UUID(str(selection["case_id"])))
+
+        def in_case(line: _Line) -> bool:
+            fields = line.fields()
+            return (fields is not None and fields[2] == stream
+                    and (upto is None or line.position <= upto))
+
+        return f"stream {stream}{bound}", in_case
+    if {"unit", "from", "to"} <= selection.keys():
+        unit = str(selection["unit"])
+        start = datetime.fromisoformat(str(selection["from"]))
+        end = datetime.fromisoformat(str(selection["to"]))
+
+        def in_unit(line: _Line) -> bool:
+            fields = line.fields()
+            if fields is None or (upto is not None and line.position > upto):
+                return False
+            try:
+                return unit_selects(unit, start, end, fields[2], int(fields[8]),
+                                    json.loads(fields[9]), json.loads(fields[10]))
+            except ValueError:
+                return False
+
+        return f"unit {unit}'s events recorded in [{iso(start)}, {iso(end)}){bound}", in_unit
+    raise ValueError(f"the header's selection {sorted(selection)} is neither a case nor a unit")
 
 
 def _parse(raw: str, number: int) -> dict[str, Any]:
@@ -109,12 +171,15 @@ def read_export(path: Path) -> tuple[dict[str, Any], list[Checkpoint], list[_Lin
 
 
 def _segments(header: dict[str, Any]) -> list[Segment]:
-    return [Segment(int(s["from"]), int(s["to"]), s["checkpoint"]) for s in header["segments"]]
+    return [Segment(int(s["from"]), int(s["to"]), None if s["checkpoint"] is None
+                    else int(s["checkpoint"])) for s in header["segments"]]
 
 
 def _check_segment(seg: Segment, lines: Sequence[_Line], signed: dict[int, Checkpoint],
-                   report: ExportReport) -> bool:
-    """Walk one segment's lines: contiguous positions, links, hashes, checkpoints."""
+                   selected: tuple[str, Belongs], report: ExportReport) -> bool:
+    """Walk one segment's lines: contiguous positions, links, hashes, checkpoints, and which
+    lines the selection holds (all events, no witness)."""
+    what, belongs = selected
     before = signed.get(seg.start - 1)
     prev = before.hash if before is not None else (lines[0].prev_hash if lines else "")
     for expected, line in enumerate(lines, seg.start):
@@ -137,6 +202,17 @@ def _check_segment(seg: Segment, lines: Sequence[_Line], signed: dict[int, Check
             report.fail(expected, f"the chain at position {expected} differs from the signed "
                         "checkpoint there")
             return False
+        if line.kind == "event" and not belongs(line):
+            fields = line.fields()
+            report.fail(expected, f"the event at position {expected} (stream "
+                        f"{fields[2] if fields else '?'}) is not one the header's selection "
+                        f"({what}) holds: the file was relabelled, or events mixed in")
+            return False
+        if line.kind == "witness" and belongs(line):
+            report.fail(expected, f"the witness at position {expected} is an event of the "
+                        f"selection ({what}) left out of the exported events: events were "
+                        "hidden as witnesses")
+            return False
         prev = line.hash
     last = seg.start + len(lines) - 1
     if last != seg.end:
@@ -156,26 +232,42 @@ def _versions_ok(events: Sequence[_Line], header: dict[str, Any], report: Export
     return True
 
 
-def verify_export(path: Path, public_key: Ed25519PublicKey) -> ExportReport:
-    """Check an export file offline (see the module docstring for what a pass proves)."""
+def verify_export(path: Path, public_key: Ed25519PublicKey, *,
+                  allow_unanchored: bool = False) -> ExportReport:
+    """Check an export file offline (see the module docstring for what a pass proves).
+    ``allow_unanchored``: pass a file whose events are not all anchored by a signed checkpoint
+    (``unanchored`` lists those segments); by default such a file fails, verdict
+    ``UNANCHORED``."""
     report = ExportReport()
     header, checkpoints, chain = read_export(path)
     for cp in checkpoints:
         if not signature_valid(cp, public_key):
             return report.fail(cp.position, f"checkpoint at position {cp.position} has an "
                                "invalid signature")
+    try:
+        selected = _selection(header.get("selection"))
+    except (ValueError, TypeError) as exc:
+        return report.fail(None, f"the header's selection cannot be checked: {exc}")
     report.checkpoints = len(checkpoints)
     signed = {cp.position: cp for cp in checkpoints}
     events = [line for line in chain if line.kind == "event"]
     report.events, report.witnesses = len(events), len(chain) - len(events)
     rest = list(chain)
+    previous_end = 0
     for seg in _segments(header):
         size = seg.end - seg.start + 1
+        if seg.start <= previous_end or size < 1:
+            return report.fail(seg.start, f"the segment {seg.start}..{seg.end} overlaps the one "
+                               "before it or runs backwards")
+        if seg.checkpoint is not None and seg.checkpoint != seg.end:
+            return report.fail(seg.end, f"the segment {seg.start}..{seg.end} claims the "
+                               f"checkpoint at {seg.checkpoint}, not one at its end")
+        previous_end = seg.end
         lines, rest = rest[:size], rest[size:]
         if seg.checkpoint is not None and seg.checkpoint not in signed:
             return report.fail(seg.end, f"the segment's checkpoint at {seg.end} is not in "
                                "the file")
-        if not _check_segment(seg, lines, signed, report):
+        if not _check_segment(seg, lines, signed, selected, report):
             return report
         exported = sum(line.kind == "event" for line in lines)
         if seg.checkpoint is None:
@@ -187,5 +279,15 @@ def verify_export(path: Path, public_key: Ed25519PublicKey) -> ExportReport:
     if report.events != header["events"]:
         return report.fail(None, f"the header counts {header['events']} events, the file "
                            f"holds {report.events}")
-    _versions_ok(events, header, report)
+    if not _versions_ok(events, header, report):
+        return report
+    if report.unanchored and not allow_unanchored:
+        start, end = report.unanchored[0]
+        loose = report.events - report.anchored_events
+        return report.fail(start, f"{loose} of {report.events} events (from position {start}"
+                           f"{'' if start == end else f' to {end}'}"
+                           f"{'' if len(report.unanchored) == 1 else ', and more'}) are not "
+                           "anchored by any signed checkpoint: the chain alone proves nothing "
+                           "(anyone can recompute it). Sign a checkpoint and export again, or "
+                           "accept unanchored events explicitly", verdict="UNANCHORED")
     return report

@@ -5,15 +5,18 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from shared.audit import export_case, verify_export
-from shared.contracts.envelope import chain_hash
+from shared.audit import export_case, export_unit, verify_export
+from shared.contracts.envelope import RecordedEvent, chain_hash
 from shared.eventstore.postgres import PostgresEventStore
 from shared.eventstore.verify import verify_log
 from tests import tamper
@@ -132,8 +135,6 @@ def test_changed_event_in_the_file_is_found(exported: Path) -> None:
 def test_changed_event_with_its_hashes_recomputed_is_caught_by_the_checkpoint(
     exported: Path
 ) -> None:
-    from shared.contracts.envelope import RecordedEvent
-
     objs = lines(exported)
     i = chain_index(objs)
     objs[i]["data"]["actor"]["user_id"] = "someone.else"
@@ -187,3 +188,154 @@ def test_a_checkpoint_moved_to_another_position_is_refused(exported: Path) -> No
     write(exported, objs)
     report = verify_export(exported, KEY)
     assert not report.ok and "signature" in (report.problem or "")
+
+
+def recompute_chain(objs: list[dict[str, Any]], start: int) -> None:
+    """Rewrite every hash from ``objs[start]`` on, as a forger covering their tracks would."""
+    prev = objs[start]["prev_hash"]
+    for obj in objs[start:]:
+        if obj["kind"] not in ("event", "witness"):
+            continue
+        body = (RecordedEvent.from_wire(obj).canonical_bytes() if obj["kind"] == "event"
+                else obj["canonical"].encode())
+        obj["prev_hash"], obj["hash"] = prev, chain_hash(prev, body)
+        prev = obj["hash"]
+
+
+def as_witness(obj: dict[str, Any]) -> dict[str, Any]:
+    """An exported event written as a witness line, as the exporter writes other streams'."""
+    event = RecordedEvent.from_wire(obj)
+    return {"kind": "witness", "position": event.position, "prev_hash": event.prev_hash,
+            "hash": event.hash, "canonical": event.canonical_bytes().decode()}
+
+
+async def test_an_export_relabelled_as_another_case_is_refused(
+    log: list[Any], pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """Case B's genuine, signed file with case A's id in its header."""
+    path = tmp_path / "b.jsonl"
+    await export_case(pool, log[1], path)
+    objs = lines(path)
+    objs[0]["selection"]["case_id"] = str(log[0])
+    write(path, objs)
+    report = verify_export(path, KEY)
+    first = objs[chain_index(objs, nth=0)]["position"]
+    assert (report.ok, report.first_bad_position) == (False, first)
+    assert f"case-{log[1]}" in (report.problem or "") and "relabelled" in (report.problem or "")
+
+
+def test_events_hidden_as_witnesses_are_refused(exported: Path) -> None:
+    """The case's last three events written as witness lines, the header's count lowered:
+    the chain and the versions 1..n-3 still hold."""
+    objs = lines(exported)
+    hidden = [i for i, o in enumerate(objs) if o["kind"] == "event"][-3:]
+    for i in hidden:
+        objs[i] = as_witness(objs[i])
+    objs[0]["events"] -= 3
+    write(exported, objs)
+    report = verify_export(exported, KEY)
+    assert (report.ok, report.first_bad_position) == (False, objs[hidden[0]]["position"])
+    assert "hidden" in (report.problem or "")
+
+
+def test_a_forged_export_with_its_checkpoints_stripped_is_refused_as_unanchored(
+    exported: Path
+) -> None:
+    """Checkpoints removed, segments declared unanchored, an event changed and every hash
+    recomputed: the file holds together, but nothing signed vouches for it."""
+    objs = [o for o in lines(exported) if o["kind"] != "checkpoint"]
+    for seg in objs[0]["segments"]:
+        seg["checkpoint"] = None
+    i = chain_index(objs)
+    objs[i]["data"]["actor"]["user_id"] = "someone.else"
+    recompute_chain(objs, chain_index(objs, "event", 0))
+    write(exported, objs)
+    report = verify_export(exported, KEY)
+    assert not report.ok, report
+    assert (report.verdict, report.anchored_events) == ("UNANCHORED", 0)
+    assert report.first_bad_position == objs[chain_index(objs, "event", 0)]["position"]
+    assert "not anchored by any signed checkpoint" in (report.problem or "")
+    # asked for explicitly, the chain alone passes, and says so
+    allowed = verify_export(exported, KEY, allow_unanchored=True)
+    assert allowed.ok and allowed.anchored_events == 0
+    assert allowed.unanchored == [(s["from"], s["to"]) for s in objs[0]["segments"]]
+
+
+def test_a_forged_event_appended_past_a_segments_checkpoint_is_refused(exported: Path) -> None:
+    """The last segment stretched one position past its checkpoint, holding a forged event
+    chained onto it: the checkpoint vouches for nothing after it."""
+    objs = lines(exported)
+    seg = objs[0]["segments"][-1]
+    last = [o for o in objs if o["kind"] == "event"][-1]
+    forged = json.loads(json.dumps(last))
+    forged |= {"position": seg["to"] + 1, "version": last["version"] + 1,
+               "event_id": str(uuid.uuid4()), "prev_hash": objs[-1]["hash"]}
+    forged["hash"] = chain_hash(forged["prev_hash"],
+                                RecordedEvent.from_wire(forged).canonical_bytes())
+    objs.append(forged)
+    seg["to"] += 1
+    objs[0]["events"] += 1
+    write(exported, objs)
+    report = verify_export(exported, KEY)
+    assert (report.ok, report.first_bad_position) == (False, seg["to"])
+    assert "not one at its end" in (report.problem or "")
+
+
+async def test_a_case_exported_up_to_a_position_has_its_later_events_as_witnesses(
+    log: list[Any], pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """A segment runs on to the next checkpoint, through the case's events after the chosen
+    position: witnesses there are not hidden events."""
+    stream = f"case-{log[0]}"
+    positions = [r[0] for r in await pool.fetch(
+        "SELECT position FROM events WHERE stream_id = $1 ORDER BY position", stream)]
+    signed = await checkpoints(pool)
+    upto = next(p for p, q in pairwise(positions)
+                if any(p < c and q <= c for c in signed))
+    path = tmp_path / "upto.jsonl"
+    await export_case(pool, log[0], path, to_position=upto)
+    objs = lines(path)
+    assert any(o["kind"] == "witness" and f"\n{stream}\n" in o["canonical"] for o in objs)
+    report = verify_export(path, KEY)
+    assert report.ok and report.events == positions.index(upto) + 1, report
+
+
+@pytest.fixture
+async def unit_export(log: list[Any], pool: asyncpg.Pool, tmp_path: Path) -> tuple[Path, str]:
+    unit = str(await pool.fetchval(
+        "SELECT metadata->>'unit' FROM events WHERE stream_id LIKE 'case-%' "
+        "GROUP BY 1 ORDER BY count(*) DESC LIMIT 1"))
+    path, now = tmp_path / "unit.jsonl", datetime.now(UTC)
+    done = await export_unit(pool, unit, now - timedelta(hours=1), now + timedelta(hours=1), path)
+    assert done.events > 1 and done.witnesses > 0
+    return path, unit
+
+
+def test_an_untouched_unit_export_verifies(unit_export: tuple[Path, str]) -> None:
+    report = verify_export(unit_export[0], KEY)
+    assert report.ok and report.unanchored == [], report
+
+
+def test_a_unit_export_relabelled_as_another_unit_is_refused(
+    unit_export: tuple[Path, str]
+) -> None:
+    path, unit = unit_export
+    objs = lines(path)
+    objs[0]["selection"]["unit"] = unit + "9"
+    write(path, objs)
+    report = verify_export(path, KEY)
+    assert (report.ok, report.first_bad_position) == (False,
+                                                      objs[chain_index(objs, nth=0)]["position"])
+    assert "relabelled" in (report.problem or "")
+
+
+def test_a_unit_event_hidden_as_a_witness_is_refused(unit_export: tuple[Path, str]) -> None:
+    path, _ = unit_export
+    objs = lines(path)
+    i = [i for i, o in enumerate(objs) if o["kind"] == "event"][-1]
+    objs[i] = as_witness(objs[i])
+    objs[0]["events"] -= 1
+    write(path, objs)
+    report = verify_export(path, KEY)
+    assert (report.ok, report.first_bad_position) == (False, objs[i]["position"])
+    assert "hidden" in (report.problem or "")
