@@ -55,3 +55,14 @@ async def rewrite_chain_from(admin: asyncpg.Pool, position: int) -> None:
                                r[0], prev, digest)
             prev = digest
         await conn.execute(_ENABLE.format(t="events"))
+
+
+async def delete_tail(admin: asyncpg.Pool, after: int) -> None:
+    """Remove every event after position ``after`` (cut the log's end)."""
+    await as_forger(admin, "DELETE FROM events WHERE position > $1", after)
+
+
+async def delete_checkpoints(admin: asyncpg.Pool, *positions: int) -> None:
+    """Remove the signed checkpoints at ``positions``."""
+    await as_forger(admin, "DELETE FROM event_checkpoints WHERE position = ANY($1::bigint[])",
+                    list(positions), table="event_checkpoints")

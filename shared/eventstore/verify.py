@@ -3,7 +3,13 @@ every checkpoint's signature and hash. Names the first position where anything n
 
 Anyone can recompute a hash chain, so a thorough forger could rewrite every hash after a change;
 signed checkpoints are what pins the chain down. Events after the last checkpoint are held only
-by the chain until the next checkpoint is signed.
+by the chain until the next checkpoint is signed; removing them (cutting the tail) leaves a
+chain that holds, so the head is also held against what other durable records say the log
+reached: the relay's published position (``relay_positions``, ``relay_partition_offsets``) and
+every idempotent consumer's applied position (``consumer_positions``: log positions too). A
+log that ends below any of them was truncated. Those records live in the same database, so a
+forger who also lowers them is not caught here: only something outside the database (the
+published Kafka topic, a copy of the newest checkpoint kept elsewhere) can tell.
 
 How it goes fast: PostgreSQL assembles each event's canonical bytes, a range of events (4,000)
 at a time in pieces of 200, each piece one row; two connections each build a range while Python
@@ -61,6 +67,19 @@ SELECT p.* FROM generate_series($1::bigint, $2::bigint - 1, {_PIECE}) AS g(lo), 
         ORDER BY position) AS e) AS p
 """
 _HEAD = "SELECT coalesce(max(position), 0) FROM events"
+# The furthest position another durable record says the log reached (read before the head:
+# whatever they name was in the log when verification began).
+_RECORDED = """
+SELECT what, position FROM (
+  SELECT format('the relay %L published up to', relay) AS what, position FROM relay_positions
+  UNION ALL
+  SELECT format('the relay %L saw partition %s of %L acknowledge', relay, partition, topic),
+         position FROM relay_partition_offsets
+  UNION ALL
+  SELECT format('the consumer %L (%s) applied', consumer, scope), position
+  FROM consumer_positions
+) AS r ORDER BY position DESC, what LIMIT 1
+"""
 _LANES = 2  # ranges in flight, one per connection (when the pool allows two)
 
 _sha256 = hashlib.sha256
@@ -81,9 +100,14 @@ class VerifyReport:
     stream_id: str | None = None
     problem: str | None = None
     notes: list[str] = field(default_factory=list)
+    verdict: str = "OK"  # OK, TAMPERED, or TRUNCATED (the log ends below a durable record)
+    recorded_position: int = 0  # the furthest position another durable record names
+    recorded_by: str | None = None  # which record (a relay, a consumer)
 
-    def fail(self, position: int, stream_id: str | None, problem: str) -> VerifyReport:
+    def fail(self, position: int, stream_id: str | None, problem: str,
+             verdict: str = "TAMPERED") -> VerifyReport:
         self.ok = False
+        self.verdict = verdict
         self.first_bad_position = position
         self.stream_id = stream_id
         self.problem = problem
@@ -201,6 +225,7 @@ async def verify_log(
     elif from_checkpoint:
         report.notes.append("no checkpoint yet: verified from genesis")
     chain = _Chain(report, position, prev, pending, last_good_checkpoint=position)
+    await _read_records(pool, report)
     head = await pool.fetchval(_HEAD)
     # Two connections when two are free right now (never wait on one a caller may be holding)
     free = pool.get_idle_size() + pool.get_max_size() - pool.get_size()
@@ -227,7 +252,24 @@ async def verify_log(
         return report.fail(chain.position + 1, None, f"signed checkpoint at position {first} "
                            f"lies beyond the end of the log (position {chain.position}): "
                            "events were removed")
+    if report.recorded_position > chain.position:
+        return report.fail(chain.position + 1, None, f"the log ends at position "
+                           f"{chain.position}, but {report.recorded_by} position "
+                           f"{report.recorded_position}: events {chain.position + 1}.."
+                           f"{report.recorded_position} were removed from its end",
+                           verdict="TRUNCATED")
     return report
+
+
+async def _read_records(pool: asyncpg.Pool, report: VerifyReport) -> None:
+    """The furthest position the relay's and consumers' records name, into ``report``."""
+    try:
+        row = await pool.fetchrow(_RECORDED)
+    except asyncpg.UndefinedTableError as exc:  # a store without the relay's tables
+        report.notes.append(f"no relay or consumer positions to hold the head to ({exc})")
+        return
+    if row is not None:
+        report.recorded_by, report.recorded_position = row["what"], int(row["position"])
 
 
 async def _verify_ranges(statements: list[Any], chain: _Chain, head: int, batch_size: int,

@@ -97,6 +97,57 @@ async def test_removed_tail_is_caught_by_a_later_checkpoint(
     assert not report.ok and "beyond the end" in (report.problem or "")
 
 
+async def relay_published(pool: asyncpg.Pool, position: int, relay: str = "main") -> None:
+    """As the relay records it after the broker acknowledged everything up to ``position``."""
+    await pool.execute("INSERT INTO relay_positions (relay, position) VALUES ($1, $2) "
+                       "ON CONFLICT (relay) DO UPDATE SET position = $2", relay, position)
+
+
+async def consumer_applied(pool: asyncpg.Pool, position: int, scope: str = "case.events/0"
+                           ) -> None:
+    """As an idempotent consumer records it with the writes of the events it applied."""
+    await pool.execute("INSERT INTO consumer_positions (consumer, scope, position) "
+                       "VALUES ('projections', $1, $2)", scope, position)
+
+
+async def test_a_log_at_or_beyond_what_the_relay_and_consumers_recorded_verifies(
+    log: None, pool: asyncpg.Pool
+) -> None:
+    await relay_published(pool, 50)
+    await consumer_applied(pool, 44)
+    report = await verify_log(pool, SIGNER.public_key)
+    assert (report.ok, report.verdict, report.recorded_position) == (True, "OK", 50), report
+
+
+async def test_a_tail_cut_after_the_last_checkpoint_is_found_against_the_relay(
+    log: None, pool: asyncpg.Pool, admin_pool: asyncpg.Pool, batch: int
+) -> None:
+    """Events 48..50 come after the last checkpoint (40): the chain that is left holds, but
+    the relay had published up to 50."""
+    await relay_published(pool, 50)
+    await tamper.delete_tail(admin_pool, 47)
+    report = await verify_log(pool, SIGNER.public_key, batch_size=batch)
+    assert not report.ok, report
+    assert (report.verdict, report.first_bad_position) == ("TRUNCATED", 48)
+    assert "relay 'main' published up to position 50" in (report.problem or "")
+    assert "48..50" in (report.problem or "")
+    from_checkpoint = await verify_log(pool, SIGNER.public_key, from_checkpoint=True,
+                                       batch_size=batch)
+    assert (from_checkpoint.ok, from_checkpoint.verdict) == (False, "TRUNCATED")
+
+
+async def test_a_tail_cut_below_a_consumers_position_is_found(
+    log: None, pool: asyncpg.Pool, admin_pool: asyncpg.Pool
+) -> None:
+    await relay_published(pool, 45)
+    await consumer_applied(pool, 49, "case.events/2")
+    await tamper.delete_tail(admin_pool, 46)
+    report = await verify_log(pool, SIGNER.public_key)
+    assert not report.ok, report
+    assert (report.verdict, report.first_bad_position) == ("TRUNCATED", 47)
+    assert "consumer 'projections' (case.events/2) applied position 49" in (report.problem or "")
+
+
 async def test_forged_checkpoint_signature_is_found(
     log: None, admin_pool: asyncpg.Pool, batch: int
 ) -> None:
