@@ -4,13 +4,15 @@ checkpoints. ``verify_export`` (``shared.audit.verify_export``) checks such a fi
 
 File layout, one canonical JSON object a line:
 
-- ``{"kind": "header", "format": "yizhan-audit-export-v1", "selection": …, "events": n,
+- ``{"kind": "header", "format": "yizhan-audit-export-v2", "selection": …, "events": n,
   "segments": [{"from": p, "to": q, "checkpoint": q | null}, …], "head_position": …}``;
   the selection is ``{"case_id", "to_position"}`` or ``{"unit", "from", "to", "to_position"}``,
   ``to_position`` being the log's head when the events were chosen (or the position asked
   for): the verifier holds every event to it, and every witness to not being one of it.
-- ``{"kind": "checkpoint", position, hash, signed_at, key_id, signature}``: the nearest signed
-  checkpoint before the first exported event, and the one closing each segment;
+- ``{"kind": "checkpoint", position, hash, signed_at, key_id, signature}``, plus ``format``,
+  ``prev_position`` and ``prev_hash`` for a checkpoint of format 2 (which signs the checkpoint
+  before it; v1 files hold only format 1 lines): the nearest signed checkpoint before the
+  first exported event, and the one closing each segment;
 - the chain, in position order: ``{"kind": "event", …envelope…}`` for each exported event and
   ``{"kind": "witness", position, prev_hash, hash, canonical}`` for every other event between
   an exported event and the checkpoint after it.
@@ -45,7 +47,8 @@ from shared.eventstore.postgres import PostgresEventStore
 from shared.logging import get_logger
 
 log = get_logger(__name__)
-FORMAT = "yizhan-audit-export-v1"
+FORMAT = "yizhan-audit-export-v2"
+FORMATS = ("yizhan-audit-export-v1", FORMAT)  # what verify_export reads
 UNIT_FIELDS = ("unit", "from_unit", "to_unit", "station")
 _UNIT_RANGE = """
 SELECT position FROM events
@@ -124,8 +127,12 @@ def plan_segments(positions: Sequence[int], checkpoints: Sequence[int]) -> list[
 
 
 def _checkpoint_line(cp: Checkpoint) -> dict[str, Any]:
-    return {"kind": "checkpoint", "position": cp.position, "hash": cp.hash,
+    line = {"kind": "checkpoint", "position": cp.position, "hash": cp.hash,
             "signed_at": iso(cp.signed_at), "key_id": cp.key_id, "signature": cp.signature}
+    if cp.format != 1:
+        line |= {"format": cp.format, "prev_position": cp.prev_position,
+                 "prev_hash": cp.prev_hash}
+    return line
 
 
 def _chain_line(event: RecordedEvent, exported: bool) -> str:

@@ -32,7 +32,7 @@ from uuid import UUID
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from shared.audit.export import FORMAT, Segment, unit_selects
+from shared.audit.export import FORMATS, Segment, unit_selects
 from shared.contracts.cases import case_stream
 from shared.contracts.envelope import CANONICAL_FORMAT, RecordedEvent, chain_hash, iso
 from shared.eventstore.checkpoints import Checkpoint, signature_valid
@@ -142,8 +142,11 @@ def _chain_line(obj: dict[str, Any]) -> _Line:
 
 
 def _checkpoint(obj: dict[str, Any]) -> Checkpoint:
+    prev = obj.get("prev_position")
     return Checkpoint(int(obj["position"]), obj["hash"],
-                      datetime.fromisoformat(obj["signed_at"]), obj["key_id"], obj["signature"])
+                      datetime.fromisoformat(obj["signed_at"]), obj["key_id"], obj["signature"],
+                      int(obj.get("format", 1)), None if prev is None else int(prev),
+                      obj.get("prev_hash"))
 
 
 def read_export(path: Path) -> tuple[dict[str, Any], list[Checkpoint], list[_Line]]:
@@ -165,8 +168,8 @@ def read_export(path: Path) -> tuple[dict[str, Any], list[Checkpoint], list[_Lin
                     raise ExportUnreadable(f"line {number} is not a chain entry: {exc!r}") from exc
             else:
                 raise ExportUnreadable(f"line {number}: unknown kind {obj['kind']!r}")
-    if header is None or header.get("format") != FORMAT:
-        raise ExportUnreadable(f"not a {FORMAT} file")
+    if header is None or header.get("format") not in FORMATS:
+        raise ExportUnreadable(f"not a {' or '.join(FORMATS)} file")
     return header, checkpoints, chain
 
 

@@ -1,6 +1,13 @@
 """Signed checkpoints: (position, hash) of the log signed with Ed25519, so an auditor holding
 only the public key can prove the log up to that point is the one that was signed, and can
-verify from a checkpoint instead of from genesis."""
+verify from a checkpoint instead of from genesis.
+
+Format 2 (what ``write_checkpoint`` signs) also signs the position and hash of the checkpoint
+before it (0 and the genesis hash for the first): the checkpoints form a chain, so one removed
+from the middle shows (``chain_break``), as its successor names it. Format 1 (position, hash,
+time), signed before, still verifies. The newest checkpoints are named by none: removing them
+(to rewrite the log after the one left) shows only against something kept outside the
+database."""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ import binascii
 import contextlib
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,26 +26,44 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from shared.contracts.envelope import iso
+from shared.contracts.envelope import GENESIS_HASH, iso
 from shared.logging import get_logger
 
 log = get_logger(__name__)
+CHECKPOINT_FORMAT = 2  # what write_checkpoint signs
+_CHECKPOINT_LOCK = 0x59_5A_43_50  # "YZCP": one signer at a time, so each names the one before
+_COLUMNS = "position, hash, signed_at, key_id, signature, format, prev_position, prev_hash"
 
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """``format`` 2 names the checkpoint signed before it (``prev_position``, ``prev_hash``:
+    0 and the genesis hash for the first); format 1 does not (both None)."""
+
     position: int
     hash: str
     signed_at: datetime
     key_id: str
     signature: str
+    format: int = 1
+    prev_position: int | None = None
+    prev_hash: str | None = None
 
     def message(self) -> bytes:
-        return checkpoint_message(self.position, self.hash, self.signed_at)
+        return checkpoint_message(self.position, self.hash, self.signed_at, self.format,
+                                  self.prev_position, self.prev_hash)
 
 
-def checkpoint_message(position: int, hash_: str, signed_at: datetime) -> bytes:
-    return f"yizhan-checkpoint-v1\n{position}\n{hash_}\n{iso(signed_at)}".encode()
+def checkpoint_message(position: int, hash_: str, signed_at: datetime, format_: int = 1,
+                       prev_position: int | None = None, prev_hash: str | None = None) -> bytes:
+    """The bytes signed; ValueError for a format this code does not know (or a format 2
+    checkpoint without its predecessor), which then has no valid signature."""
+    if format_ == 1:
+        return f"yizhan-checkpoint-v1\n{position}\n{hash_}\n{iso(signed_at)}".encode()
+    if format_ == 2 and prev_position is not None and prev_hash is not None:
+        return (f"yizhan-checkpoint-v2\n{position}\n{hash_}\n{iso(signed_at)}\n"
+                f"{prev_position}\n{prev_hash}").encode()
+    raise ValueError(f"checkpoint format {format_} (previous {prev_position}) is not known")
 
 
 def public_key_id(public: Ed25519PublicKey) -> str:
@@ -57,10 +83,15 @@ class CheckpointSigner:
         raw = self.public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
         return base64.b64encode(raw).decode()
 
-    def sign(self, position: int, hash_: str, signed_at: datetime) -> Checkpoint:
-        signature = self._key.sign(checkpoint_message(position, hash_, signed_at))
+    def sign(self, position: int, hash_: str, signed_at: datetime, prev_position: int = 0,
+             prev_hash: str = GENESIS_HASH, *, format_: int = CHECKPOINT_FORMAT) -> Checkpoint:
+        """Sign (position, hash) after the checkpoint (``prev_position``, ``prev_hash``);
+        ``format_`` 1 (no predecessor) only to reproduce old checkpoints."""
+        prev: tuple[int | None, str | None] = (
+            (prev_position, prev_hash) if format_ >= 2 else (None, None))
+        signature = self._key.sign(checkpoint_message(position, hash_, signed_at, format_, *prev))
         return Checkpoint(position, hash_, signed_at, self.key_id,
-                          base64.b64encode(signature).decode())
+                          base64.b64encode(signature).decode(), format_, *prev)
 
 
 class InvalidPublicKey(ValueError):
@@ -92,34 +123,57 @@ def signature_valid(checkpoint: Checkpoint, public: Ed25519PublicKey) -> bool:
     return True
 
 
+def chain_break(checkpoints: Sequence[Checkpoint]) -> tuple[int, str] | None:
+    """The first checkpoint (format 2) in ``checkpoints`` (all of them, by position) that names
+    a predecessor they do not hold: (the predecessor's position, why). Each signer names the
+    newest checkpoint there was, so a checkpoint removed from before the newest shows here."""
+    held = {cp.position: cp.hash for cp in checkpoints}
+    for cp in checkpoints:
+        if cp.format < 2 or cp.prev_position is None:
+            continue
+        before = cp.prev_position
+        if before == 0 and cp.prev_hash == GENESIS_HASH:
+            continue
+        if before not in held:
+            return before, (f"the checkpoint signed at position {cp.position} follows a signed "
+                            f"checkpoint at position {before}, which is gone: signed "
+                            "checkpoints were removed")
+        if held[before] != cp.prev_hash:
+            return before, (f"the checkpoint signed at position {cp.position} follows a "
+                            f"checkpoint at position {before} with another hash than the one "
+                            "stored there: signed checkpoints were replaced")
+    return None
+
+
 async def write_checkpoint(pool: asyncpg.Pool, signer: CheckpointSigner) -> Checkpoint | None:
-    """Sign the current head and store it; None when the log is empty or already checkpointed
-    at its head."""
-    async with pool.acquire() as conn:
+    """Sign the current head after the newest checkpoint and store it; None when the log is
+    empty or already checkpointed at its head."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _CHECKPOINT_LOCK)
         row = await conn.fetchrow(
             "SELECT position, hash, clock_timestamp() AS now FROM events "
             "ORDER BY position DESC LIMIT 1"
         )
         if row is None:
             return None
-        last = await conn.fetchval("SELECT max(position) FROM event_checkpoints")
-        if last is not None and last >= row["position"]:
+        last = await conn.fetchrow(
+            "SELECT position, hash FROM event_checkpoints ORDER BY position DESC LIMIT 1")
+        if last is not None and last["position"] >= row["position"]:
             return None
-        checkpoint = signer.sign(row["position"], row["hash"], row["now"])
-        await conn.execute(
-            "INSERT INTO event_checkpoints (position, hash, signed_at, key_id, signature) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (position) DO NOTHING",
+        prev = (last["position"], last["hash"]) if last is not None else (0, GENESIS_HASH)
+        checkpoint = signer.sign(row["position"], row["hash"], row["now"], *prev)
+        stored = await conn.fetchval(
+            f"INSERT INTO event_checkpoints ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT (position) DO NOTHING RETURNING position",
             checkpoint.position, checkpoint.hash, checkpoint.signed_at, checkpoint.key_id,
-            checkpoint.signature,
+            checkpoint.signature, checkpoint.format, checkpoint.prev_position,
+            checkpoint.prev_hash,
         )
-        return checkpoint
+        return checkpoint if stored is not None else None
 
 
 async def read_checkpoints(pool: asyncpg.Pool) -> list[Checkpoint]:
-    rows = await pool.fetch(
-        "SELECT position, hash, signed_at, key_id, signature FROM event_checkpoints "
-        "ORDER BY position"
-    )
+    rows = await pool.fetch(f"SELECT {_COLUMNS} FROM event_checkpoints ORDER BY position")
     return [Checkpoint(*r) for r in rows]
 
 

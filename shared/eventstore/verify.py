@@ -1,5 +1,6 @@
 """Verify the log: recompute the hash chain from genesis (or from a signed checkpoint) and check
-every checkpoint's signature and hash. Names the first position where anything no longer holds.
+every checkpoint's signature and hash, and that no checkpoint a later one names (format 2:
+``checkpoints.chain_break``) is gone. Names the first position where anything no longer holds.
 
 Anyone can recompute a hash chain, so a thorough forger could rewrite every hash after a change;
 signed checkpoints are what pins the chain down. Events after the last checkpoint are held only
@@ -34,7 +35,12 @@ import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.contracts.envelope import CANONICAL_FORMAT, GENESIS_HASH
-from shared.eventstore.checkpoints import Checkpoint, read_checkpoints, signature_valid
+from shared.eventstore.checkpoints import (
+    Checkpoint,
+    chain_break,
+    read_checkpoints,
+    signature_valid,
+)
 
 # envelope.canonical_time: whole microseconds since the Unix epoch (extract is exact numeric,
 # and about half the cost of writing the timestamp as text, which was a fifth of the whole)
@@ -214,6 +220,8 @@ async def verify_log(
         if not signature_valid(cp, public_key):  # type: ignore[arg-type]
             return report.fail(cp.position, None,
                                f"checkpoint at position {cp.position} has an invalid signature")
+    if (broken := chain_break(checkpoints)) is not None:
+        return report.fail(broken[0], None, broken[1])
     pending = {cp.position: cp for cp in checkpoints}
     position, prev = 0, GENESIS_HASH
     if from_checkpoint and checkpoints:

@@ -3,14 +3,19 @@ into ranges (one range, or ranges of 7 events that start and end around the chec
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from shared.contracts.envelope import NewEvent
+from shared.contracts.envelope import GENESIS_HASH, NewEvent
 from shared.eventstore import verify
-from shared.eventstore.checkpoints import CheckpointSigner, write_checkpoint
+from shared.eventstore.checkpoints import (
+    CheckpointSigner,
+    read_checkpoints,
+    write_checkpoint,
+)
 from shared.eventstore.postgres import PostgresEventStore, create_pool
 from shared.eventstore.verify import verify_log
 from shared.settings import DEV_SIGNING_KEY
@@ -146,6 +151,68 @@ async def test_a_tail_cut_below_a_consumers_position_is_found(
     assert not report.ok, report
     assert (report.verdict, report.first_bad_position) == ("TRUNCATED", 47)
     assert "consumer 'projections' (case.events/2) applied position 49" in (report.problem or "")
+
+
+async def test_each_checkpoint_signs_the_one_before_it(log: None, pool: asyncpg.Pool) -> None:
+    first, second = await read_checkpoints(pool)
+    assert (first.format, first.prev_position, first.prev_hash) == (2, 0, GENESIS_HASH)
+    assert (second.format, second.prev_position, second.prev_hash) == (2, 20, first.hash)
+
+
+async def test_signers_at_the_same_time_each_sign_after_the_newest_checkpoint(
+    pg_store: PostgresEventStore, pool: asyncpg.Pool
+) -> None:
+    """Several relays sign while the log grows: one at a time, so no two checkpoints name the
+    same predecessor (else removing one of them would not show)."""
+    async def append_and_sign(i: int, version: int) -> None:
+        await pg_store.append(f"case-{i}", version, [NewEvent("Noted", {"i": i})])
+        await write_checkpoint(pool, SIGNER)
+
+    for version in range(10):
+        await asyncio.gather(*(append_and_sign(i, version) for i in range(8)))
+    signed = await read_checkpoints(pool)
+    assert len(signed) > 5
+    assert [cp.prev_position for cp in signed] == [0, *(cp.position for cp in signed[:-1])]
+    assert (await verify_log(pool, SIGNER.public_key)).ok
+
+
+async def test_a_checkpoint_removed_from_before_the_newest_is_found(
+    log: None, admin_pool: asyncpg.Pool, batch: int
+) -> None:
+    """Nothing else is touched: the log still holds, but the checkpoint at 40 was signed after
+    one at 20 that the table no longer has."""
+    await tamper.delete_checkpoints(admin_pool, 20)
+    report = await verify_log(admin_pool, SIGNER.public_key, batch_size=batch)
+    assert not report.ok, report
+    assert report.first_bad_position == 20 and "removed" in (report.problem or "")
+    from_checkpoint = await verify_log(admin_pool, SIGNER.public_key, from_checkpoint=True,
+                                       batch_size=batch)
+    assert (from_checkpoint.ok, from_checkpoint.first_bad_position) == (False, 20)
+
+
+async def test_checkpoints_signed_before_they_were_chained_still_verify(
+    pg_store: PostgresEventStore, admin_pool: asyncpg.Pool, pool: asyncpg.Pool
+) -> None:
+    """A store with format 1 checkpoints (position, hash, time) goes on with format 2 ones;
+    the first of those names the last format 1 one, so removing it shows."""
+    for i in range(30):
+        await pg_store.append(f"case-{i % 3}", i // 3, [NewEvent("Noted", {"i": i})])
+        if i + 1 in (10, 20):
+            head = await pool.fetchrow("SELECT position, hash, now() FROM events "
+                                       "ORDER BY position DESC LIMIT 1")
+            assert head is not None
+            old = SIGNER.sign(head[0], head[1], head[2], format_=1)
+            await pool.execute("INSERT INTO event_checkpoints (position, hash, signed_at, key_id,"
+                               " signature) VALUES ($1, $2, $3, $4, $5)", old.position,
+                               old.hash, old.signed_at, old.key_id, old.signature)
+    new = await write_checkpoint(pool, SIGNER)
+    assert new is not None and (new.format, new.prev_position) == (2, 20)
+    assert [cp.format for cp in await read_checkpoints(pool)] == [1, 1, 2]
+    report = await verify_log(pool, SIGNER.public_key)
+    assert (report.ok, report.checkpoints_checked) == (True, 3), report
+    await tamper.delete_checkpoints(admin_pool, 20)
+    report = await verify_log(pool, SIGNER.public_key)
+    assert (report.ok, report.first_bad_position) == (False, 20)
 
 
 async def test_forged_checkpoint_signature_is_found(

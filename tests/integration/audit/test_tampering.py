@@ -339,3 +339,33 @@ def test_a_unit_event_hidden_as_a_witness_is_refused(unit_export: tuple[Path, st
     report = verify_export(path, KEY)
     assert (report.ok, report.first_bad_position) == (False, objs[i]["position"])
     assert "hidden" in (report.problem or "")
+
+
+def test_an_export_of_the_first_format_with_unchained_checkpoints_still_verifies(
+    exported: Path
+) -> None:
+    """Files written before checkpoints were chained: a v1 header, format 1 checkpoints."""
+    objs = lines(exported)
+    objs[0]["format"] = "yizhan-audit-export-v1"
+    for obj in objs:
+        if obj["kind"] == "checkpoint":
+            old = SIGNER.sign(obj["position"], obj["hash"],
+                              datetime.fromisoformat(obj["signed_at"]), format_=1)
+            for key in ("format", "prev_position", "prev_hash"):
+                del obj[key]
+            obj["signature"] = old.signature
+    write(exported, objs)
+    report = verify_export(exported, KEY)
+    assert report.ok and report.anchored_events == report.events > 3, report
+
+
+def test_a_checkpoint_line_stripped_of_the_one_before_it_is_refused(exported: Path) -> None:
+    """A chained checkpoint cannot pass as an unchained one: the signature covers the link."""
+    objs = lines(exported)
+    i = chain_index(objs, "checkpoint", 0)
+    for key in ("format", "prev_position", "prev_hash"):
+        del objs[i][key]
+    write(exported, objs)
+    report = verify_export(exported, KEY)
+    assert (report.ok, report.first_bad_position) == (False, objs[i]["position"])
+    assert "signature" in (report.problem or "")
