@@ -7,7 +7,8 @@ before it (0 and the genesis hash for the first): the checkpoints form a chain, 
 from the middle shows (``chain_break``), as its successor names it. Format 1 (position, hash,
 time), signed before, still verifies. The newest checkpoints are named by none: removing them
 (to rewrite the log after the one left) shows only against something kept outside the
-database."""
+database. ``run_checkpointer`` keeps the last checkpoint it signed and refuses to sign a log
+whose checkpoints no longer reach it (``CheckpointsRolledBack``)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from shared.contracts.envelope import GENESIS_HASH, iso
+from shared.eventstore.postgres import Conn
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -64,6 +66,11 @@ def checkpoint_message(position: int, hash_: str, signed_at: datetime, format_: 
         return (f"yizhan-checkpoint-v2\n{position}\n{hash_}\n{iso(signed_at)}\n"
                 f"{prev_position}\n{prev_hash}").encode()
     raise ValueError(f"checkpoint format {format_} (previous {prev_position}) is not known")
+
+
+class CheckpointsRolledBack(RuntimeError):
+    """The log no longer holds the checkpoint this signer signed last, or the event it covers
+    changed: checkpoints were removed, the log rewritten. Nothing more is signed."""
 
 
 def public_key_id(public: Ed25519PublicKey) -> str:
@@ -145,11 +152,16 @@ def chain_break(checkpoints: Sequence[Checkpoint]) -> tuple[int, str] | None:
     return None
 
 
-async def write_checkpoint(pool: asyncpg.Pool, signer: CheckpointSigner) -> Checkpoint | None:
+async def write_checkpoint(pool: asyncpg.Pool, signer: CheckpointSigner, *,
+                           after: Checkpoint | None = None) -> Checkpoint | None:
     """Sign the current head after the newest checkpoint and store it; None when the log is
-    empty or already checkpointed at its head."""
+    empty or already checkpointed at its head. ``after``: the checkpoint this signer signed
+    last; if the log no longer holds it (as signed, over an event with that hash), raise
+    ``CheckpointsRolledBack`` and sign nothing."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _CHECKPOINT_LOCK)
+        if after is not None:
+            await _still_there(conn, after)
         row = await conn.fetchrow(
             "SELECT position, hash, clock_timestamp() AS now FROM events "
             "ORDER BY position DESC LIMIT 1"
@@ -172,6 +184,20 @@ async def write_checkpoint(pool: asyncpg.Pool, signer: CheckpointSigner) -> Chec
         return checkpoint if stored is not None else None
 
 
+async def _still_there(conn: Conn, signed: Checkpoint) -> None:
+    row = await conn.fetchrow(
+        "SELECT (SELECT signature FROM event_checkpoints WHERE position = $1),"
+        " (SELECT hash FROM events WHERE position = $1)", signed.position)
+    assert row is not None
+    signature, hash_ = row
+    if signature != signed.signature or hash_ != signed.hash:
+        what = ("is gone" if signature is None else "was replaced" if signature
+                != signed.signature else "no longer covers the event there")
+        raise CheckpointsRolledBack(
+            f"the checkpoint this signer signed at position {signed.position} {what}: the "
+            "log or its checkpoints were rolled back or rewritten; not signing")
+
+
 async def read_checkpoints(pool: asyncpg.Pool) -> list[Checkpoint]:
     rows = await pool.fetch(f"SELECT {_COLUMNS} FROM event_checkpoints ORDER BY position")
     return [Checkpoint(*r) for r in rows]
@@ -182,8 +208,11 @@ async def run_checkpointer(
     stop: asyncio.Event,
 ) -> None:
     """Sign a checkpoint whenever ``every_events`` new events or ``every_s`` seconds have passed
-    (and there is something new); several processes may run this, positions are unique."""
+    (and there is something new); several processes may run this, positions are unique. The
+    last checkpoint signed here is remembered: if the log stops holding it, nothing more is
+    signed (``checkpoint.refused`` is logged as an error at every attempt)."""
     last_time = time.monotonic()
+    signed_last: Checkpoint | None = None
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), min(every_s, 1.0))
@@ -192,9 +221,12 @@ async def run_checkpointer(
             signed = await pool.fetchval("SELECT max(position) FROM event_checkpoints") or 0
             due = head - signed >= every_events or time.monotonic() - last_time >= every_s
             if head > signed and (due or stop.is_set()):
-                checkpoint = await write_checkpoint(pool, signer)
+                checkpoint = await write_checkpoint(pool, signer, after=signed_last)
                 last_time = time.monotonic()
                 if checkpoint is not None:
+                    signed_last = checkpoint
                     log.info("checkpoint.signed", position=checkpoint.position)
+        except CheckpointsRolledBack as exc:
+            log.error("checkpoint.refused", error=str(exc))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("checkpoint.failed", error=repr(exc))

@@ -4,7 +4,7 @@ into ranges (one range, or ranges of 7 events that start and end around the chec
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -13,7 +13,9 @@ from shared.contracts.envelope import GENESIS_HASH, NewEvent
 from shared.eventstore import verify
 from shared.eventstore.checkpoints import (
     CheckpointSigner,
+    CheckpointsRolledBack,
     read_checkpoints,
+    run_checkpointer,
     write_checkpoint,
 )
 from shared.eventstore.postgres import PostgresEventStore, create_pool
@@ -213,6 +215,62 @@ async def test_checkpoints_signed_before_they_were_chained_still_verify(
     await tamper.delete_checkpoints(admin_pool, 20)
     report = await verify_log(pool, SIGNER.public_key)
     assert (report.ok, report.first_bad_position) == (False, 20)
+
+
+async def test_a_signer_refuses_to_sign_once_its_last_checkpoint_is_gone(
+    log: None, pg_store: PostgresEventStore, admin_pool: asyncpg.Pool, pool: asyncpg.Pool
+) -> None:
+    """Rewrite the log after the checkpoint at 40 and remove the newest one (50), which no
+    later checkpoint names: the log and its checkpoints hold again, and the relay's position
+    (50) is not above the head. Only what the signer remembers (kept outside the database)
+    tells: it refuses to sign the forged head after the checkpoint at 40."""
+    newest = await write_checkpoint(pool, SIGNER)
+    assert newest is not None and newest.position == 50
+    await relay_published(pool, 50)
+    await tamper.alter_data(admin_pool, 45, '{"i":0}')
+    await tamper.rewrite_chain_from(admin_pool, 45)
+    await tamper.delete_checkpoints(admin_pool, 50)
+    await pg_store.append("case-0", 5, [NewEvent("Noted", {"i": 50})])
+    with pytest.raises(CheckpointsRolledBack, match="position 50 is gone"):
+        await write_checkpoint(pool, SIGNER, after=newest)
+    assert [cp.position for cp in await read_checkpoints(pool)] == [20, 40]
+
+
+async def test_a_signer_refuses_to_sign_once_the_event_its_checkpoint_covers_changed(
+    log: None, admin_pool: asyncpg.Pool, pool: asyncpg.Pool
+) -> None:
+    newest = await write_checkpoint(pool, SIGNER)
+    assert newest is not None
+    await tamper.alter_data(admin_pool, 50, '{"i":0}')
+    await tamper.rewrite_chain_from(admin_pool, 50)
+    with pytest.raises(CheckpointsRolledBack, match="no longer covers"):
+        await write_checkpoint(pool, SIGNER, after=newest)
+
+
+async def test_the_checkpointer_stops_signing_once_its_last_checkpoint_is_gone(
+    pg_store: PostgresEventStore, admin_pool: asyncpg.Pool, pool: asyncpg.Pool
+) -> None:
+    stop = asyncio.Event()
+    signer = asyncio.create_task(run_checkpointer(pool, SIGNER, 1, 0.05, stop))
+    try:
+        await pg_store.append("case-a", 0, [NewEvent("Noted", {"i": 1})])
+        await until(lambda: pool.fetchval("SELECT max(position) FROM event_checkpoints"), 1)
+        await pg_store.append("case-a", 1, [NewEvent("Noted", {"i": 2})])
+        await until(lambda: pool.fetchval("SELECT max(position) FROM event_checkpoints"), 2)
+        await tamper.delete_checkpoints(admin_pool, 2)
+        await pg_store.append("case-a", 2, [NewEvent("Noted", {"i": 3})])
+        await asyncio.sleep(0.5)
+        assert [cp.position for cp in await read_checkpoints(pool)] == [1]
+    finally:
+        stop.set()
+        await signer
+
+
+async def until(read: Callable[[], Awaitable[object]], want: object, timeout: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await read() != want:
+        assert asyncio.get_running_loop().time() < deadline, f"never reached {want!r}"
+        await asyncio.sleep(0.02)
 
 
 async def test_forged_checkpoint_signature_is_found(
