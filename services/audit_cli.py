@@ -178,19 +178,22 @@ async def export(settings: Settings, service_url: str, out: Path, *, by: str, re
     return await _with_audit(service_url, run)
 
 
-def verify_export_file(path: Path, settings: Settings,
-                       public_key_b64: str | None = None) -> tuple[int, str]:
+def verify_export_file(path: Path, settings: Settings, public_key_b64: str | None = None, *,
+                       allow_unanchored: bool = False) -> tuple[int, str]:
     """Check an evidence file offline; (exit code, message)."""
     public = (load_public_key(public_key_b64) if public_key_b64
               else CheckpointSigner(settings.checkpoint_signing_key).public_key)
-    report = verify_export(path, public)
+    report = verify_export(path, public, allow_unanchored=allow_unanchored)
     return (0 if report.ok else 1), describe_export(report)
 
 
 def describe_export(report: ExportReport) -> str:
     """One line for people."""
     if not report.ok:
-        return f"TAMPERED at position {report.first_bad_position}: {report.problem}"
+        hint = (" (--allow-unanchored accepts events no signed checkpoint covers yet)"
+                if report.verdict == "UNANCHORED" else "")
+        return (f"{report.verdict} at position {report.first_bad_position}: "
+                f"{report.problem}{hint}")
     text = (f"OK: {report.events} events ({report.anchored_events} anchored by "
             f"{report.checkpoints} signed checkpoints), {report.witnesses} witness events")
     if report.unanchored:
@@ -295,7 +298,8 @@ def _cmd_export(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cmd_verify_export(settings: Settings, args: argparse.Namespace) -> int:
     try:
-        code, message = verify_export_file(args.file, settings, args.public_key)
+        code, message = verify_export_file(args.file, settings, args.public_key,
+                                           allow_unanchored=args.allow_unanchored)
     except OSError as exc:  # only the file is read here: missing, a folder, not permitted
         return _mistake(f"cannot read {args.file}: {exc.strerror or exc}")
     _out(message)
@@ -362,6 +366,9 @@ def add_audit_commands(audit: Any) -> None:
     p = audit.add_parser("verify-export", help="check an evidence file offline")
     p.add_argument("file", type=Path)
     p.add_argument("--public-key", help="base64 Ed25519 public key (default: from settings)")
+    p.add_argument("--allow-unanchored", action="store_true",
+                   help="pass events that no signed checkpoint covers yet (exported after the "
+                        "last checkpoint): they are held by the hash chain only")
     p.set_defaults(fn=_cmd_verify_export)
     p = audit.add_parser("rebuild-compare", help="rebuild read models aside and compare")
     p.set_defaults(fn=_cmd_compare)

@@ -311,7 +311,7 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
                       "signed checkpoint there is trusted; run without --from-checkpoint to "
                       "check the whole log)")
             return 0
-        print(f"TAMPERED at position {report.first_bad_position}"
+        print(f"{report.verdict} at position {report.first_bad_position}"
               f"{f' (stream {report.stream_id})' if report.stream_id else ''}: {report.problem}")
         return 1
 
