@@ -12,7 +12,7 @@ from uuid import UUID
 
 from shared.contracts import cases as _cases  # noqa: F401  (registers the case events)
 from shared.contracts.cases import case_stream
-from shared.contracts.envelope import RecordedEvent, iso
+from shared.contracts.envelope import RecordedEvent, chain_hash, iso
 from shared.contracts.registry import registry
 from shared.eventstore.port import EventStore
 
@@ -44,6 +44,8 @@ class HistoryEntry:
     reasons: tuple[str, ...]
     details: dict[str, Any]
     hash: str
+    hash_ok: bool = True
+    """The event's content still gives its recorded hash (else it was altered in the store)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The entry as JSON data (times in canonical UTC text)."""
@@ -54,6 +56,7 @@ class HistoryEntry:
                       "acting_for": self.acting_for},
             "from_unit": self.from_unit, "to_unit": self.to_unit,
             "reasons": list(self.reasons), "details": self.details, "hash": self.hash,
+            "hash_ok": self.hash_ok,
         }
 
 
@@ -67,6 +70,11 @@ class CaseHistory:
     subject_id: str | None
     entries: tuple[HistoryEntry, ...] = field(default_factory=tuple)
 
+    @property
+    def altered(self) -> list[int]:
+        """Positions of events whose content no longer gives their hash."""
+        return [e.position for e in self.entries if not e.hash_ok]
+
     def as_dict(self) -> dict[str, Any]:
         """The history as JSON data."""
         last = self.entries[-1] if self.entries else None
@@ -75,6 +83,7 @@ class CaseHistory:
             "service_code": self.service_code, "subject_id": self.subject_id,
             "events": len(self.entries), "last_position": last.position if last else None,
             "last_hash": last.hash if last else None,
+            "altered_positions": self.altered,
             "entries": [e.as_dict() for e in self.entries],
         }
 
@@ -103,6 +112,7 @@ def entry_of(event: RecordedEvent) -> HistoryEntry:
         actor_id=actor["user_id"], role=actor["role"], unit=actor["unit"],
         acting_for=actor.get("acting_for"), from_unit=data.get("from_unit"),
         to_unit=data.get("to_unit"), reasons=_reasons(data), details=details, hash=event.hash,
+        hash_ok=chain_hash(event.prev_hash, event.canonical_bytes()) == event.hash,
     )
 
 

@@ -12,6 +12,8 @@ from typing import Any
 from shared.audit.history import CaseHistory, HistoryEntry
 
 CHINA = timezone(timedelta(hours=8))
+ALTERED = ("WARNING: the events at positions {} were altered in the store after they were "
+           "recorded (their content no longer gives their hash); run `yizhan audit verify`")
 
 
 def local(at: datetime) -> str:
@@ -55,8 +57,12 @@ def render_text(history: CaseHistory) -> str:
     lines = [f"Case {history.tracking_no} ({history.case_id})",
              f"service {history.service_code}, subject {history.subject_id}, "
              f"{len(history.entries)} events", ""]
+    if history.altered:
+        lines[2:2] = [ALTERED.format(", ".join(str(p) for p in history.altered))]
     for e in history.entries:
         lines.append(f"#{e.version:<3} {local(e.at)}  {e.type}  [position {e.position}]")
+        if not e.hash_ok:
+            lines.append("     !! ALTERED: this event's content does not give its recorded hash")
         lines.append(f"     by {who(e)}")
         if move(e):
             lines.append(f"     moved {move(e)}")
@@ -97,6 +103,9 @@ def render_html(history: CaseHistory, *, generated_at: datetime | None = None) -
     stamp = f"generated {local(generated_at)}; " if generated_at else ""
     anchor = (f"last event at log position {last.position}, hash {last.hash}" if last else "")
     rows = "\n".join(_row(e) for e in history.entries)
+    altered = ALTERED.format(", ".join(map(str, history.altered)))
+    warning = (f'<p class="meta"><strong>{escape(altered)}</strong></p>\n'
+               if history.altered else "")
     return f"""<!DOCTYPE html>
 <html lang="zh-CN"><head><meta charset="utf-8">
 <title>Case {escape(str(history.tracking_no))}</title><style>{_STYLE}</style></head>
@@ -105,7 +114,7 @@ def render_html(history: CaseHistory, *, generated_at: datetime | None = None) -
 <p class="meta">Service {escape(str(history.service_code))} · data subject
 {escape(str(history.subject_id))} · case {escape(str(history.case_id))} ·
 {len(history.entries)} recorded steps</p>
-<table><thead><tr><th>#</th><th>When</th><th>Step</th><th>Who (role, unit)</th>
+{warning}<table><thead><tr><th>#</th><th>When</th><th>Step</th><th>Who (role, unit)</th>
 <th>Moved</th><th>Reasons</th><th>Details</th></tr></thead>
 <tbody>
 {rows}

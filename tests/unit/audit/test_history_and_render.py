@@ -95,3 +95,21 @@ def test_segments_run_from_each_event_to_the_next_checkpoint() -> None:
     assert [(s.start, s.end, s.checkpoint) for s in segments] == [
         (3, 10, 10), (12, 20, 20), (25, 30, 30), (31, 31, None)]
     assert plan_segments([10], [10])[0].end == 10
+
+
+def test_an_event_altered_in_the_store_is_flagged_in_every_rendering() -> None:
+    """An auditor reading a history is told when an event no longer gives its recorded hash
+    (changed in the store), not shown the altered content as if it were the record."""
+    import dataclasses
+
+    events = asyncio.run(story().read_stream(f"case-{CASE}"))
+    assert history_of(CASE, events).altered == []
+    returned = next(i for i, e in enumerate(events) if e.type == "CaseReturned")
+    forged = events[returned].data_json.replace("收入证明需补正", "材料齐全")
+    events[returned] = dataclasses.replace(events[returned], data_json=forged)
+    history = history_of(CASE, events)
+    assert history.altered == [events[returned].position]
+    assert "WARNING: the events at positions" in render_text(history)
+    assert "!! ALTERED" in render_text(history)
+    assert json.loads(render_json(history))["altered_positions"] == [events[returned].position]
+    assert "were altered in the store" in render_html(history)
