@@ -20,6 +20,7 @@ from services.cases.metrics import render
 from shared.auth import CurrentPrincipal, Principal
 from shared.contracts.cases import Actor, Outcome
 from shared.http import ProblemError
+from shared.inputs import Text
 from shared.reference import Role
 from shared.service import PROMETHEUS_TEXT
 
@@ -30,47 +31,50 @@ IDEMPOTENCY_KEY_MAX = 200
 
 
 class Body(BaseModel):
+    """Every string a body carries is ``Text``: a control character (NUL above all) is refused
+    here, not stored in an event that PostgreSQL's read models cannot hold."""
+
     model_config = ConfigDict(extra="forbid")
-    acting_for: str | None = Field(
+    acting_for: Text | None = Field(
         default=None, description="The owner on whose behalf a designated backup acts (A/B).")
 
 
 class RequestDocumentsBody(Body):
-    documents: list[str] = Field(default_factory=list, description="Extra (inadequate) ones.")
-    note: str = ""
-    approved_by: str | None = Field(default=None,
+    documents: list[Text] = Field(default_factory=list, description="Extra (inadequate) ones.")
+    note: Text = ""
+    approved_by: Text | None = Field(default=None,
                                     description="Supervisor approving a second request.")
 
 
 class SupplyDocumentsBody(Body):
-    documents: list[str] = Field(min_length=1)
+    documents: list[Text] = Field(min_length=1)
 
 
 class HandOffBody(Body):
-    note: str = ""
+    note: Text = ""
 
 
 class ReturnBody(Body):
-    reasons: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
-    documents: list[str] = Field(default_factory=list)
+    reasons: list[Annotated[Text, Field(min_length=1)]] = Field(min_length=1)
+    documents: list[Text] = Field(default_factory=list)
 
 
 class ReassignBody(Body):
-    to_owner: str = Field(min_length=1)
-    reason: str = Field(min_length=1)
+    to_owner: Text = Field(min_length=1)
+    reason: Text = Field(min_length=1)
 
 
 class DecideBody(Body):
     outcome: Outcome
-    basis: str = Field(min_length=1, description="The legal or policy basis of the decision.")
+    basis: Text = Field(min_length=1, description="The legal or policy basis of the decision.")
 
 
 class ReasonBody(Body):
-    reason: str = Field(min_length=1)
+    reason: Text = Field(min_length=1)
 
 
 class NoteBody(Body):
-    text: str = Field(min_length=1, max_length=4000)
+    text: Text = Field(min_length=1, max_length=4000)
 
 
 class Accepted(BaseModel):

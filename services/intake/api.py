@@ -19,6 +19,7 @@ from services.intake.metrics import render
 from shared.auth import CurrentPrincipal, Principal
 from shared.contracts.cases import Actor
 from shared.http import ProblemError
+from shared.inputs import Text
 from shared.logging import current_correlation_id
 from shared.reference import Role
 from shared.service import PROMETHEUS_TEXT
@@ -30,7 +31,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 class VisitBody(Visit):
-    acting_for: str | None = Field(
+    acting_for: Text | None = Field(
         default=None, max_length=64,
         description="The clerk on whose behalf their designated backup receives (A/B).")
 
@@ -40,7 +41,7 @@ class IntakeBody(Strict):
     applicant: Applicant
     service_code: Code
     documents: tuple[Code, ...] = Field(default=(), max_length=30)
-    acting_for: str | None = Field(default=None, max_length=64)
+    acting_for: Text | None = Field(default=None, max_length=64)
 
     def as_visit(self) -> VisitBody:
         return VisitBody(station=self.station, applicant=self.applicant,

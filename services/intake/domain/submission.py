@@ -1,7 +1,8 @@
 """What a visit asks for, as received at a counter (HTTP) or from another system (Kafka).
 
 Validation messages never quote the input: they reach logs, problem responses and the
-``intake.rejected`` topic, which must never hold an ID number or a name.
+``intake.rejected`` topic, which must never hold an ID number or a name. Free text is ``Text``
+(no control characters: PostgreSQL's read models cannot hold a NUL).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from services.intake.domain.identity import (
     normalise_id_number,
     normalise_phone,
 )
+from shared.inputs import Text
 
 Code = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 IdempotencyKey = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
@@ -29,10 +31,10 @@ class Strict(BaseModel):
 class Applicant(Strict):
     """The resident: every field is personal data, encrypted before anything is stored."""
 
-    name: str = Field(min_length=1, max_length=50)
+    name: Text = Field(min_length=1, max_length=50)
     id_number: str = Field(description="Resident identity number (GB 11643, 18 characters).")
     phone: str = Field(description="Mobile (11 digits) or landline with area code.")
-    address: str = Field(min_length=1, max_length=200)
+    address: Text = Field(min_length=1, max_length=200)
 
     @field_validator("id_number")
     @classmethod
@@ -102,9 +104,9 @@ class ResultSubmission(Strict):
     idempotency_key: IdempotencyKey
     case_id: UUID
     result_type: Code
-    reference: str = Field(min_length=1, max_length=100)
-    summary: str = Field(default="", max_length=500)
-    details: dict[Code, Annotated[str, Field(max_length=500)]] = Field(
+    reference: Text = Field(min_length=1, max_length=100)
+    summary: Text = Field(default="", max_length=500)
+    details: dict[Code, Annotated[Text, Field(max_length=500)]] = Field(
         default_factory=dict, max_length=20)
 
 

@@ -221,3 +221,23 @@ async def test_a_retried_command_with_the_same_idempotency_key_applies_once(
     first = await act(http, ref, case_id, "accept", CLERK, **{"Idempotency-Key": "k-1"})
     again = await act(http, ref, case_id, "accept", CLERK, **{"Idempotency-Key": "k-1"})
     assert (again["already_applied"], again["version"]) == (True, first["version"])
+
+
+async def test_control_characters_in_free_text_are_refused_before_anything_is_stored(
+    service: CasesService, http: httpx.AsyncClient, ref: Reference
+) -> None:
+    case_id = await submitted_case(service, MLG_DOCUMENTS)
+    await act(http, ref, case_id, "accept", CLERK)
+    await act(http, ref, case_id, "hand-off", CLERK)
+    await act(http, ref, case_id, "receive", TOWN)
+    stored = len(await service.store.read_stream(f"case-{case_id}"))
+    # a NUL stored in an event could never be written to the read models (PostgreSQL text)
+    nul = await act(http, ref, case_id, "notes", TOWN, {"text": "a\u0000b"}, status=422)
+    assert [e["field"] for e in nul["errors"]] == ["text"]
+    assert "U+0000" in nul["errors"][0]["message"]
+    bell = await act(http, ref, case_id, "return", TOWN, {"reasons": ["缺少收入证明", "x\x07"]},
+                     status=422)
+    assert [e["field"] for e in bell["errors"]] == ["reasons[1]"]
+    assert len(await service.store.read_stream(f"case-{case_id}")) == stored
+    # line breaks and tabs are text
+    await act(http, ref, case_id, "notes", TOWN, {"text": "第一行\r\n\t第二行\n"})

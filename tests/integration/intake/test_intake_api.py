@@ -106,6 +106,8 @@ async def test_single_service_intake_by_a_backup_clerk(
     ("unknown_service", 422, "services[0].service_code"),
     ("unknown_station", 422, "station"),
     ("other_station", 403, "actor.unit"),
+    ("nul_in_name", 422, "applicant.name"),
+    ("escape_in_address", 422, "applicant.address"),
 ])
 async def test_refusals_name_the_field_and_never_the_data(
     http: httpx.AsyncClient, ref: Reference, change: str, status: int, field: str,
@@ -121,6 +123,10 @@ async def test_refusals_name_the_field_and_never_the_data(
         body["services"][0]["service_code"] = "space_travel"
     elif change == "unknown_station":
         body["station"] = "530102999001"
+    elif change == "nul_in_name":  # PostgreSQL's text refuses NUL: the read models would fail
+        body["applicant"]["name"] = person.name[:1] + "\x00" + person.name[1:]
+    elif change == "escape_in_address":
+        body["applicant"]["address"] += "\x1b[2J"
     else:
         user = OTHER_CLERK
     answer = await http.post("/v1/visits", json=body, headers=bearer(user, ref))

@@ -1,0 +1,34 @@
+"""The constrained input types: free text without control characters, real months, moments
+PostgreSQL can store."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from services.intake.domain.submission import ResultSubmission
+from shared.inputs import Text
+
+TEXT = TypeAdapter(Text)
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "\x01", "x\x08", "\x0b", "\x0c", "\x1b[2J", "\x1f"])
+def test_text_refuses_control_characters_and_says_which_and_where(value: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        TEXT.validate_python(value)
+    found = next(c for c in value if ord(c) < 0x20)
+    assert f"U+{ord(found):04X} at character {value.index(found)}" in str(refused.value)
+
+
+@pytest.mark.parametrize("value", ["", "申请人来电\r\n\t询问进度", "a b ~ \x7f é"])
+def test_text_keeps_line_breaks_tabs_and_everything_printable(value: str) -> None:
+    assert TEXT.validate_python(value) == value
+
+
+def test_a_result_from_another_system_with_a_nul_in_its_summary_is_refused() -> None:
+    with pytest.raises(ValidationError) as refused:
+        ResultSubmission.model_validate({
+            "kind": "result", "idempotency_key": "k-1",
+            "case_id": "0c8f4e7a-2d3b-4c1e-9f5a-6b7c8d9e0f1a", "result_type": "payment",
+            "reference": "R-1", "summary": "paid\x00", "details": {"bank": "ok\x00"}})
+    assert {e["loc"] for e in refused.value.errors()} == {("summary",), ("details", "bank")}
