@@ -16,7 +16,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.http import ProblemError
+from shared.reference.staff import Role
 from shared.settings import Settings, get_settings
+
+_ROLES = frozenset(Role)
 
 
 class Principal(BaseModel):
@@ -41,7 +44,8 @@ def mint_token(principal: Principal, settings: Settings, *, ttl_s: int | None = 
 
 
 def decode_token(token: str, settings: Settings) -> Principal:
-    """Verify signature, issuer and expiry; raise ``ProblemError`` (401) otherwise.
+    """Verify signature, issuer, expiry and that the role is one of ours; raise
+    ``ProblemError`` (401) otherwise.
 
     A token whose signature was verified once is remembered (the same officer sends the same
     token all day); its expiry is still checked on every use."""
@@ -49,10 +53,16 @@ def decode_token(token: str, settings: Settings) -> Principal:
         principal, expires = _verified(token, settings.jwt_secret, settings.jwt_issuer)
         if expires <= time.time():
             raise jwt.ExpiredSignatureError("Signature has expired")
-        return principal
     except (jwt.PyJWTError, ValidationError) as exc:
         raise ProblemError(401, "Not authenticated", f"bearer token refused: {exc}",
                            headers={"WWW-Authenticate": "Bearer"}) from exc
+    # validly signed, yet no role we know: the handlers take every role for a Role (a 500)
+    if principal.role not in _ROLES:
+        raise ProblemError(401, "Not authenticated", "bearer token refused: unknown role",
+                           headers={"WWW-Authenticate": "Bearer"},
+                           errors=[{"field": "token:role",
+                                    "message": f"unknown role {principal.role!r}"}])
+    return principal
 
 
 @functools.lru_cache(maxsize=20_000)

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from services.projections import queries as q
@@ -30,6 +30,7 @@ from services.projections.progress import Progress, advance_watermark, read_prog
 from shared.auth import CurrentPrincipal, Principal
 from shared.eventstore.postgres import Conn
 from shared.http import ProblemError
+from shared.inputs import BIGINT_MAX, Moment
 from shared.logging import get_logger
 from shared.reference.org import OrgTree
 from shared.reference.staff import Role
@@ -154,10 +155,13 @@ async def reader_of(request: Request) -> Reader:  # async: no thread hop per req
 
 Read = Annotated[Reader, Depends(reader_of)]
 MinPosition = Annotated[int | None, Query(
-    ge=0, description="Wait (bounded) until the projection has applied this global position "
-                      "(the `position` a command returned): read-your-writes.")]
+    ge=0, le=BIGINT_MAX,
+    description="Wait (bounded) until the projection has applied this global position "
+                "(the `position` a command returned): read-your-writes.")]
 Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=BIGINT_MAX)]  # PostgreSQL's OFFSET is a bigint
+TRACKING_NO = r"^[A-Za-z0-9][A-Za-z0-9-]*$"  # e.g. 530102-20260302-7K3M9Q2XPA
+TRACKING_NO_MAX = 64
 
 
 def answer(response: Response, progress: Progress, body: dict[str, Any]) -> dict[str, Any]:
@@ -186,8 +190,10 @@ Order = Annotated[str, Query(pattern="^(asc|desc)$")]
 async def list_cases(
     who: CurrentPrincipal, reader: Read, response: Response, unit: str | None = None,
     status: Annotated[list[str] | None, Query()] = None, service_code: str | None = None,
-    level: str | None = None, overdue: bool | None = None, tracking_no: str | None = None,
-    submitted_from: datetime | None = None, submitted_to: datetime | None = None,
+    level: str | None = None, overdue: bool | None = None,
+    tracking_no: Annotated[str | None, Query(pattern=TRACKING_NO,
+                                             max_length=TRACKING_NO_MAX)] = None,
+    submitted_from: Moment | None = None, submitted_to: Moment | None = None,
     sort: str = "last_change_at", order: Order = "desc", limit: Limit = 50,
     offset: Offset = 0, min_position: MinPosition = None,
 ) -> dict[str, Any]:
@@ -268,7 +274,7 @@ async def sla(who: CurrentPrincipal, reader: Read, response: Response,
 async def handoffs(who: CurrentPrincipal, reader: Read, response: Response,
                    unit: str | None = None,
                    group_by: Annotated[list[str] | None, Query()] = None,
-                   since: datetime | None = None,
+                   since: Moment | None = None,
                    min_position: MinPosition = None) -> dict[str, Any]:
     """Per from-level → to-level: moves, still waiting, mean / median / p90 seconds until
     the upper unit received the case."""
@@ -320,7 +326,9 @@ async def status(who: CurrentPrincipal, reader: Read, response: Response) -> dic
 
 
 @public.get("/status/{tracking_no}", summary="A case's status by tracking number (no login)")
-async def public_status(tracking_no: str, reader: Read, response: Response,
+async def public_status(tracking_no: Annotated[str, Path(pattern=TRACKING_NO,
+                                                       max_length=TRACKING_NO_MAX)],
+                        reader: Read, response: Response,
                         min_position: MinPosition = None) -> dict[str, Any]:
     """Status, service, the level and office holding the case, and the dated steps. No name,
     no ID number, no officer, no free text."""

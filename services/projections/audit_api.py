@@ -28,15 +28,17 @@ from shared.audit import (
 from shared.audit.jsonable import to_jsonable
 from shared.auth import CurrentPrincipal
 from shared.http import ProblemError
+from shared.inputs import BIGINT_MAX, Moment
 from shared.reference.staff import Role
 
 audit_router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 Reason = Annotated[str, Query(min_length=3, max_length=500,
                               description="Why you read this (recorded in the access log).")]
-At = Annotated[datetime | None, Query(description="A moment (ISO 8601 with zone): the state "
+At = Annotated[Moment | None, Query(description="A moment (ISO 8601 with zone): the state "
                                                   "from every event recorded by then.")]
-Position = Annotated[int | None, Query(ge=0, description="A global position of the log.")]
+Position = Annotated[int | None, Query(ge=0, le=BIGINT_MAX,
+                                       description="A global position of the log.")]
 
 
 def audit_service(request: Request, reader: Read) -> AuditService[Case]:

@@ -118,3 +118,28 @@ async def test_as_of_a_case_and_a_queue(
     both = await http.get(f"/v1/audit/cases/{case}/as-of", headers=as_user(AUDITOR),
                           params={**WHY, "position": 1, "at": second["recorded_at"]})
     assert both.status_code == 422
+
+
+async def access_log_of(http: httpx.AsyncClient, user_id: str) -> list[dict[str, Any]]:
+    log = await http.get("/v1/audit/access-log", headers=as_user(OTHER_AUDITOR),
+                         params={"month": month_of(datetime.now(UTC)), "user_id": user_id,
+                                 **WHY})
+    assert log.status_code == 200, log.text
+    items: list[dict[str, Any]] = log.json()["items"]
+    return items
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"position": "99999999999999999999"}, "query:position"),
+    ({"at": "0001-01-01T00:00:00+14:00"}, "query:at"),
+])
+async def test_an_as_of_beyond_what_postgresql_holds_is_refused_before_it_is_logged(
+    http: httpx.AsyncClient, service: tuple[ProjectionsService, list[Any]],
+    params: dict[str, str], field: str,
+) -> None:
+    case = service[1][0]
+    refused = await http.get(f"/v1/audit/cases/{case}/as-of", headers=as_user(AUDITOR),
+                             params={**WHY, **params})
+    assert refused.status_code == 422, refused.text
+    assert [e["field"] for e in refused.json()["errors"]] == [field]
+    assert await access_log_of(http, AUDITOR) == []

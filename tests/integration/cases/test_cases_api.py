@@ -241,3 +241,18 @@ async def test_control_characters_in_free_text_are_refused_before_anything_is_st
     assert len(await service.store.read_stream(f"case-{case_id}")) == stored
     # line breaks and tabs are text
     await act(http, ref, case_id, "notes", TOWN, {"text": "第一行\r\n\t第二行\n"})
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+async def test_a_signed_token_with_a_role_we_do_not_know_is_refused_naming_it(
+    service: CasesService, ref: Reference, fast_path: bool
+) -> None:
+    case_id = await submitted_case(service, MLG_DOCUMENTS)
+    token = mint_token(Principal(user_id=CLERK, role="superadmin", unit=STATION), SETTINGS)
+    transport = httpx.ASGITransport(app=build_app(service, fast_path=fast_path),
+                                    raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://cases") as client:
+        refused = await client.post(f"/v1/cases/{case_id}/notes", json={"text": "x"},
+                                    headers={"Authorization": f"Bearer {token}"})
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["errors"][0]["field"] == "token:role"

@@ -41,6 +41,10 @@ def build() -> TestClient:
         raise ProblemError(409, "Conflict", "someone else wrote first", type_="/problems/x",
                            errors=[{"field": "If-Match", "message": "stale"}])
 
+    @app.get("/search")
+    def search(q: str = "", other: str = "") -> dict[str, str]:
+        return {"q": q, "other": other}
+
     @app.get("/boom")
     def boom() -> None:
         raise RuntimeError("secret internals")
@@ -100,3 +104,30 @@ def test_domain_problems_and_crashes_are_structured(client: TestClient) -> None:
     boom = client.get("/boom")
     assert boom.status_code == 500 and "secret" not in boom.text
     assert boom.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ("q=a%00b", "query:q"), ("other=x&q=%1F", "query:q"), ("q=%1b%5B2J", "query:q"),
+    ("q=ok&other=%0b", "query:other"), ("a%00=1", "query"),
+])
+def test_a_control_character_in_a_query_is_a_422_naming_the_parameter(
+    client: TestClient, query: str, field: str
+) -> None:
+    refused = client.get(f"/search?{query}")
+    assert refused.status_code == 422
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert [e["field"] for e in refused.json()["errors"]] == [field]
+
+
+def test_tabs_line_breaks_and_an_encoded_percent_in_a_query_pass(client: TestClient) -> None:
+    answer = client.get("/search?q=a%09b%0D%0A&other=%2500")
+    assert answer.json() == {"q": "a\tb\r\n", "other": "%00"}
+
+
+def test_a_token_with_a_role_we_do_not_know_is_401_naming_the_role(client: TestClient) -> None:
+    body = {"service": "x", "applicant": {"id_number": "11010519491231002X"}, "documents": []}
+    token = mint_token(Principal(user_id="u1", role="superadmin", unit="530100"), SETTINGS)
+    refused = client.post("/things", json=body, headers={"Authorization": f"Bearer {token}"})
+    assert refused.status_code == 401
+    assert refused.json()["errors"] == [{"field": "token:role",
+                                         "message": "unknown role 'superadmin'"}]

@@ -1,0 +1,91 @@
+"""The projections service refuses bad input with a problem naming the field, never a 500:
+control characters, numbers beyond PostgreSQL's bigint, dates without a UTC form, malformed
+tracking numbers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from services.projections.bootstrap import ProjectionsService, bootstrap, build_app
+from shared.auth import Principal, mint_token
+from shared.reference import Reference
+from tests.conftest import Db
+from tests.integration.projections.helpers import SETTINGS
+
+SUPERVISOR, AUDITOR = "supervisor.530102", "auditor.530100.a"
+HUGE = "99999999999999999999"  # beyond a bigint
+
+
+@pytest.fixture
+async def projections(database: Db, ref: Reference) -> AsyncIterator[ProjectionsService]:
+    svc = await bootstrap(SETTINGS, database.service_dsn, ref=ref, max_wait_s=1)
+    yield svc
+    await svc.close()
+
+
+@pytest.fixture
+async def http(projections: ProjectionsService) -> AsyncIterator[httpx.AsyncClient]:
+    # server errors as answers (a 500 is what these tests look for), not raised
+    transport = httpx.ASGITransport(app=build_app(projections), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://projections") as client:
+        yield client
+
+
+def token(user_id: str, ref: Reference) -> dict[str, str]:
+    member = ref.staff.member(user_id)
+    principal = Principal(user_id=user_id, role=str(member.role), unit=member.unit)
+    return {"Authorization": f"Bearer {mint_token(principal, SETTINGS)}"}
+
+
+async def problem(http: httpx.AsyncClient, url: str, headers: dict[str, str],
+                  status: int) -> dict[str, Any]:
+    response = await http.get(url, headers=headers)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_a_nul_in_a_tracking_number_is_refused_not_sent_to_postgresql(
+    http: httpx.AsyncClient,
+) -> None:
+    refused = await problem(http, "/v1/public/status/%00", {}, 422)
+    assert [e["field"] for e in refused["errors"]] == ["path:tracking_no"]
+    await problem(http, "/v1/public/status/KM-2026-000001", {}, 404)  # well-formed, unknown
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ("service_code=%00", "query:service_code"),
+    ("status=accepted&status=a%01b", "query:status"),
+    ("tracking_no=%00", "query:tracking_no"),
+    ("tracking_no=KM%202026", "query:tracking_no"),
+    (f"offset={HUGE}", "query:offset"),
+    (f"min_position={HUGE}", "query:min_position"),
+    ("submitted_from=0001-01-01T00:00:00%2B14:00", "query:submitted_from"),
+])
+async def test_bad_list_filters_are_a_problem_naming_the_parameter(
+    http: httpx.AsyncClient, ref: Reference, query: str, field: str,
+) -> None:
+    refused = await problem(http, f"/v1/projections/cases?{query}", token(SUPERVISOR, ref), 422)
+    assert [e["field"] for e in refused["errors"]] == [field]
+
+
+async def test_the_largest_offset_postgresql_takes_is_answered(
+    http: httpx.AsyncClient, ref: Reference,
+) -> None:
+    response = await http.get("/v1/projections/cases", headers=token(SUPERVISOR, ref),
+                              params={"offset": 2**63 - 1})
+    assert response.status_code == 200, response.text
+    assert response.json()["items"] == []
+
+
+async def test_line_breaks_and_tabs_in_a_query_are_text(
+    http: httpx.AsyncClient, ref: Reference,
+) -> None:
+    response = await http.get("/v1/projections/cases", headers=token(SUPERVISOR, ref),
+                              params={"service_code": "a\tb\r\n", "level": "%00"})
+    assert response.status_code == 200, response.text  # a literal "%00" is no control character
