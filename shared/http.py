@@ -24,6 +24,9 @@ from shared.logging import CORRELATION_KEY, get_logger
 log = get_logger(__name__)
 PROBLEM = "application/problem+json"
 CORRELATION_HEADER = "X-Correlation-ID"
+MAX_BODY_DEFAULT = 1 << 20
+"""The request body a service takes unless it says otherwise (bytes): a command or a visit is
+a few kilobytes; a bigger body is refused before it is read."""
 
 
 class ProblemError(Exception):
@@ -88,8 +91,27 @@ async def _problem(request: Request, exc: Exception) -> Response:
     return problem_of(request, exc)
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """The body streamed past the limit (raised from ``receive``). An ``HTTPException``
+    because FastAPI passes those on when reading a body (anything else becomes a 400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body exceeds {limit} bytes")
+        self.limit = limit
+
+
+def too_large(request: Request, limit: int) -> JSONResponse:
+    # Connection: close, so the server stops reading the body nobody will use
+    return problem_response(request, 413, "Content too large",
+                            f"the request body exceeds {limit} bytes", type_="/problems/too-large",
+                            errors=[{"field": "body", "message": f"more than {limit} bytes"}],
+                            headers={"Connection": "close"})
+
+
 async def _http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, BodyTooLarge):
+        return too_large(request, exc.limit)
     return problem_response(request, exc.status_code, str(exc.detail), str(exc.detail),
                             headers=getattr(exc, "headers", None))
 
@@ -150,15 +172,26 @@ def query_problems(query: bytes) -> list[dict[str, str]]:
 
 
 class RequestGuard:
-    """Refuse what no route can take before any of them (fast paths included) sees it: a
-    query parameter with a control character (a NUL reached PostgreSQL, which refused it: a
-    500) is a 422 naming it. Plain ASGI, inside the correlation middleware."""
+    """Refuse what no route can take before any of them (fast paths included) sees it:
 
-    def __init__(self, app: ASGIApp) -> None:
+    - a query parameter with a control character (a NUL reached PostgreSQL, which refused it:
+      a 500) is a 422 naming it;
+    - a body over ``max_body`` bytes is a 413 naming ``body``, at once when its Content-Length
+      says so (nothing read, whoever sends it: a 100 MB body was read before the 401), else as
+      soon as the bytes streamed in pass the limit (the rest is not read).
+
+    Plain ASGI, inside the correlation middleware. (FastAPI's own ``max_body_size`` answers a
+    plain-text 413 from outside the exception handlers and the correlation id.)"""
+
+    def __init__(self, app: ASGIApp, max_body: int = MAX_BODY_DEFAULT) -> None:
         self.app = app
+        self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["query_string"]:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["query_string"]:
             problems = query_problems(scope["query_string"])
             if problems:
                 names = ", ".join(p["field"] for p in problems)
@@ -167,18 +200,49 @@ class RequestGuard:
                                             type_="/problems/validation", errors=problems)
                 await response(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+        limit = self.max_body
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > limit:
+                    await too_large(Request(scope), limit)(scope, receive, send)
+                    return
+                break
+        taken = 0
+        started = False
+
+        async def limited() -> Message:
+            nonlocal taken
+            message = await receive()
+            if message["type"] == "http.request":
+                taken += len(message.get("body", b""))
+                if taken > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited, sending)
+        except BodyTooLarge:  # from a layer that reads the body itself (a fast path)
+            if started:
+                raise
+            await too_large(Request(scope), limit)(scope, receive, send)
 
 
-def install(app: FastAPI, inner: Sequence[Callable[[ASGIApp], ASGIApp]] = ()) -> None:
-    """Add the error handlers, the request guard and the correlation middleware to ``app``;
-    ``inner`` are plain ASGI layers that run inside the guard and the correlation middleware
-    (their logs and responses carry the id), outermost first."""
+def install(app: FastAPI, inner: Sequence[Callable[[ASGIApp], ASGIApp]] = (), *,
+            max_body: int = MAX_BODY_DEFAULT) -> None:
+    """Add the error handlers, the request guard (bodies up to ``max_body`` bytes) and the
+    correlation middleware to ``app``; ``inner`` are plain ASGI layers that run inside the guard
+    and the correlation middleware (their logs and responses carry the id), outermost
+    first."""
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(ProblemError, _problem)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)
     for layer in reversed(inner):  # each added one wraps those added before it
         app.add_middleware(layer)
-    app.add_middleware(RequestGuard)
+    app.add_middleware(RequestGuard, max_body=max_body)
     app.add_middleware(CorrelationMiddleware)

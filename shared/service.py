@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp
 
-from shared.http import ProblemError, install
+from shared.http import MAX_BODY_DEFAULT, ProblemError, install
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -69,14 +69,16 @@ def create_app(
     readiness: Sequence[ReadinessCheck] = (),
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
     description: str = "", middleware: Sequence[Callable[[ASGIApp], ASGIApp]] = (),
+    max_body: int = MAX_BODY_DEFAULT,
 ) -> FastAPI:
     """The app with ``state``, the shared error handling and correlation ids, and the health
     endpoints; ``middleware``: plain ASGI layers inside the correlation one (outermost first),
-    e.g. a service's lean path for its hottest routes."""
+    e.g. a service's lean path for its hottest routes; ``max_body``: the largest request body
+    taken (bytes, else 413)."""
     app = FastAPI(title=title, description=description, version="0.1.0", lifespan=lifespan)
     for key, value in state.items():
         setattr(app.state, key, value)
-    install(app, inner=middleware)
+    install(app, inner=middleware, max_body=max_body)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     async def healthz() -> dict[str, str]:

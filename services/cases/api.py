@@ -28,6 +28,7 @@ router = APIRouter(prefix="/v1/cases", tags=["cases"])
 operations = APIRouter(tags=["operations"])
 _STATUS = {"forbidden": 403, "conflict": 409, "invalid": 422, "not_found": 404}
 IDEMPOTENCY_KEY_MAX = 200
+MAX_BODY_BYTES = 1 << 20  # a command is a few KB; a 4,000-character note is 24 KB \u-escaped
 
 
 class Body(BaseModel):

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import asyncpg
 from fastapi import FastAPI
 
-from services.cases.api import operations, router
+from services.cases.api import MAX_BODY_BYTES, operations, router
 from services.cases.fastpath import CommandFastPath
 from services.cases.handlers import CaseCommands
 from services.cases.metrics import SlaTicks
@@ -66,7 +66,7 @@ def build_app(service: CasesService, *, fast_path: bool = True) -> FastAPI:
         state={"settings": service.settings, "case_commands": service.commands,
                "clock": service.clock, "service": service},
         readiness=[database_ready(service.pool)] if service.pool is not None else [],
-        middleware=[CommandFastPath] if fast_path else [],
+        middleware=[CommandFastPath] if fast_path else [], max_body=MAX_BODY_BYTES,
         description="Officers' commands on cases: accept, request documents, hand off, "
                     "return, decide, close. Every response carries the case's new version "
                     "(ETag) and the global log position.",

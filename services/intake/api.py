@@ -28,6 +28,10 @@ router = APIRouter(prefix="/v1", tags=["intake"])
 operations = APIRouter(tags=["operations"])
 _STATUS = {"invalid": 422, "forbidden": 403, "conflict": 409, "not_found": 404}
 REPLAYED_HEADER = "Idempotent-Replayed"
+# The largest valid visit (10 services of 30 document codes of 64 characters, a 50-character
+# name and a 200-character address, all \u-escaped) is about 25 KB: 1 MiB leaves room for
+# any formatting a client may add.
+MAX_BODY_BYTES = 1 << 20
 
 
 class VisitBody(Visit):

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from services.cases.handlers import CaseCommands
 from services.intake.agents import KafkaRejectionPublisher, SubmissionAgent
-from services.intake.api import operations, router
+from services.intake.api import MAX_BODY_BYTES, operations, router
 from services.intake.handlers import Clock, IdempotencyLog, IntakeHandler
 from services.intake.ingress import KafkaIngress, OutcomeLog
 from services.intake.privacy import KeyVault, Privacy, Sealer
@@ -79,7 +79,7 @@ def build_app(service: IntakeService) -> FastAPI:
     return create_app(
         "Yizhan intake", [router, operations],
         state={"settings": service.settings, "intake_handler": service.handler},
-        readiness=[database_ready(service.pool)],
+        readiness=[database_ready(service.pool)], max_body=MAX_BODY_BYTES,
         description="The front door: station clerks receive residents; every service of a "
                     "visit becomes a case, owned by the receiving clerk, with the one-time "
                     "notification of missing documents and the time limit's due date.",

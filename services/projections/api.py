@@ -37,6 +37,7 @@ from shared.reference.staff import Role
 from shared.service import PROMETHEUS_TEXT
 
 log = get_logger(__name__)
+MAX_BODY_BYTES = 1 << 20  # reads only: no route takes a body
 
 router = APIRouter(prefix="/v1/projections", tags=["read models"])
 public = APIRouter(prefix="/v1/public", tags=["public"])

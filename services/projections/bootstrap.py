@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import asyncpg
 from fastapi import FastAPI
 
-from services.projections.api import Reader, operations, public, router
+from services.projections.api import MAX_BODY_BYTES, Reader, operations, public, router
 from services.projections.audit_api import audit_router
 from services.projections.fastpath import CaseReadFastPath
 from services.projections.live import LiveStats
@@ -56,7 +56,7 @@ def build_app(service: ProjectionsService, *, fast_path: bool = True) -> FastAPI
         "Yizhan projections", [router, public, operations, audit_router],
         state={"settings": service.settings, "projections": service.reader},
         readiness=[database_ready(service.pool)],
-        middleware=[CaseReadFastPath] if fast_path else [],
+        middleware=[CaseReadFastPath] if fast_path else [], max_body=MAX_BODY_BYTES,
         description="Read models for every level: queues, counts by status and service for "
                     "each unit and its subtree, overdue cases, SLA statistics, hand-off "
                     "delays, timelines, and the public status by tracking number. Every answer "

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from services.cases.api import MAX_BODY_BYTES
 from services.cases.bootstrap import CasesService, bootstrap, build_app
 from services.cases.domain import SubmitCase
 from shared.auth import Principal, mint_token
@@ -256,3 +257,26 @@ async def test_a_signed_token_with_a_role_we_do_not_know_is_refused_naming_it(
                                     headers={"Authorization": f"Bearer {token}"})
     assert refused.status_code == 401, refused.text
     assert refused.json()["errors"][0]["field"] == "token:role"
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+async def test_a_body_over_the_limit_is_413_declared_or_streamed(
+    service: CasesService, ref: Reference, fast_path: bool
+) -> None:
+    case_id = await submitted_case(service, MLG_DOCUMENTS)
+    oversized = b'{"text": "' + b"x" * MAX_BODY_BYTES + b'"}'
+
+    async def streamed() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+        for start in range(0, len(oversized), 64 << 10):
+            yield oversized[start:start + (64 << 10)]
+
+    transport = httpx.ASGITransport(app=build_app(service, fast_path=fast_path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://cases") as client:
+        for content in (oversized, streamed()):
+            refused = await client.post(
+                f"/v1/cases/{case_id}/notes", content=content,
+                headers={**as_(CLERK, ref), "Content-Type": "application/json"})
+            assert refused.status_code == 413, refused.text
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert refused.json()["errors"][0]["field"] == "body"
+    assert len(await service.store.read_stream(f"case-{case_id}")) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -131,3 +132,75 @@ def test_a_token_with_a_role_we_do_not_know_is_401_naming_the_role(client: TestC
     assert refused.status_code == 401
     assert refused.json()["errors"] == [{"field": "token:role",
                                          "message": "unknown role 'superadmin'"}]
+
+
+class Exchange:
+    """One request driven by hand through an ASGI app: how often the app took a body part."""
+
+    def __init__(self, headers: list[tuple[bytes, bytes]], parts: list[bytes]) -> None:
+        self.headers, self.parts, self.taken = headers, parts, 0
+        self.sent: list[dict[str, Any]] = []
+
+    async def run(self, app: Any) -> dict[str, Any]:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": "/things", "raw_path": b"/things",
+                 "query_string": b"", "root_path": "", "headers": self.headers,
+                 "client": ("test", 1), "server": ("test", 80)}
+
+        async def receive() -> dict[str, Any]:
+            self.taken += 1
+            if self.taken > len(self.parts):
+                return {"type": "http.disconnect"}
+            return {"type": "http.request", "body": self.parts[self.taken - 1],
+                    "more_body": self.taken < len(self.parts)}
+
+        async def send(message: dict[str, Any]) -> None:
+            self.sent.append(message)
+
+        await app(scope, receive, send)
+        start = self.sent[0]
+        return {"status": start["status"], "headers": dict(start["headers"]),
+                "body": json.loads(b"".join(m.get("body", b"") for m in self.sent[1:]))}
+
+
+def limited_app(max_body: int) -> FastAPI:
+    app = FastAPI()
+    app.state.settings = SETTINGS
+    install(app, max_body=max_body)
+
+    @app.post("/things")
+    def create(body: Body, who: CurrentPrincipal) -> dict[str, Any]:
+        return {"by": who.user_id}
+
+    return app
+
+
+async def test_a_body_declared_too_large_is_413_before_any_of_it_is_read() -> None:
+    exchange = Exchange([(b"content-length", b"104857600"),
+                         (b"content-type", b"application/json")], [b"{" * 1000])
+    answer = await exchange.run(limited_app(1000))  # no token either: the size answers first
+    assert (answer["status"], exchange.taken) == (413, 0)
+    assert answer["headers"][b"content-type"] == b"application/problem+json"
+    assert answer["headers"][b"connection"] == b"close"
+    assert answer["body"]["errors"] == [{"field": "body", "message": "more than 1000 bytes"}]
+
+
+async def test_a_streamed_body_is_cut_off_once_it_passes_the_limit() -> None:
+    exchange = Exchange([(b"content-type", b"application/json"), *auth_raw()], [b" " * 400] * 10)
+    answer = await exchange.run(limited_app(1000))
+    assert (answer["status"], exchange.taken) == (413, 3)
+    assert answer["body"]["errors"][0]["field"] == "body"
+
+
+async def test_a_body_within_the_limit_is_served() -> None:
+    body = json.dumps({"service": "x", "applicant": {"id_number": "11010519491231002X"},
+                       "documents": []}).encode()
+    exchange = Exchange([(b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode()), *auth_raw()],
+                        [body[:10], body[10:]])
+    answer = await exchange.run(limited_app(len(body)))
+    assert (answer["status"], answer["body"]) == (200, {"by": "u1"})
+
+
+def auth_raw() -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode(), value.encode()) for name, value in auth().items()]
