@@ -55,7 +55,9 @@ def decode_token(token: str, settings: Settings) -> Principal:
             raise jwt.ExpiredSignatureError("Signature has expired")
     except (jwt.PyJWTError, ValidationError) as exc:
         raise ProblemError(401, "Not authenticated", f"bearer token refused: {exc}",
-                           headers={"WWW-Authenticate": "Bearer"}) from exc
+                           headers={"WWW-Authenticate": "Bearer"},
+                           errors=[{"field": "header:Authorization",
+                                    "message": f"bearer token refused: {exc}"}]) from exc
     # validly signed, yet no role we know: the handlers take every role for a Role (a 500)
     if principal.role not in _ROLES:
         raise ProblemError(401, "Not authenticated", "bearer token refused: unknown role",
@@ -105,7 +107,9 @@ async def require_principal(
 ) -> Principal:
     if credentials is None:
         raise ProblemError(401, "Not authenticated", "a bearer token is required",
-                           headers={"WWW-Authenticate": "Bearer"})
+                           headers={"WWW-Authenticate": "Bearer"},
+                           errors=[{"field": "header:Authorization",
+                                    "message": "a bearer token is required"}])
     return decode_token(credentials.credentials, settings_of(request))
 
 

@@ -44,15 +44,24 @@ class ProblemError(Exception):
         self.extra = extra
 
 
+# What an error of each status is about when its raiser names nothing: every problem names a
+# field (the product's rule), so a client can always point at what to change.
+DEFAULT_FIELD = {400: "body", 401: "header:Authorization", 403: "token", 404: "path",
+                 405: "method", 406: "header:Accept", 409: "path", 412: "header:If-Match",
+                 413: "body", 415: "header:Content-Type", 422: "body", 504: "query:min_position"}
+
+
 def problem_response(
     request: Request, status: int, title: str, detail: str, *, type_: str = "about:blank",
     errors: Sequence[dict[str, Any]] = (), headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
+    """The problem+json answer; without ``errors``, one naming the status's default field
+    (``DEFAULT_FIELD``, else ``request``) with ``detail`` as its message."""
     body: dict[str, Any] = {"type": type_, "title": title, "status": status, "detail": detail,
                             "instance": request.url.path, **extra}
-    if errors:
-        body["errors"] = list(errors)
+    body["errors"] = list(errors) or [{"field": DEFAULT_FIELD.get(status, "request"),
+                                       "message": detail}]
     cid = getattr(request.state, "correlation_id", None)
     if cid:
         body["correlation_id"] = cid
@@ -71,10 +80,20 @@ def field_name(loc: Sequence[Any]) -> str:
     return f"{loc[0]}:{where}" if loc and loc[0] in ("query", "path", "header") else where
 
 
+def _validation_error(error: dict[str, Any]) -> dict[str, Any]:
+    if error.get("type") == "json_invalid":  # loc ("body", <character offset>): not a field
+        loc = error.get("loc", ())
+        at = loc[1] if len(loc) > 1 else "?"
+        why = (error.get("ctx") or {}).get("error", "")
+        return {"field": "body", "message": f"invalid JSON at character {at}: {why}",
+                "type": "json_invalid"}
+    return {"field": field_name(error.get("loc", ())), "message": error.get("msg", ""),
+            "type": error.get("type", "")}
+
+
 async def _validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = [{"field": field_name(e.get("loc", ())), "message": e.get("msg", ""),
-               "type": e.get("type", "")} for e in exc.errors()]
+    errors = [_validation_error(e) for e in exc.errors()]
     names = ", ".join(e["field"] for e in errors)
     return problem_response(request, 422, "Invalid request", f"invalid fields: {names}",
                             type_="/problems/validation", errors=errors)
@@ -112,8 +131,15 @@ async def _http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc, BodyTooLarge):
         return too_large(request, exc.limit)
+    errors: list[dict[str, Any]] = []
+    if exc.status_code == 404:  # the router's: no route has this path
+        errors = [{"field": "path", "message": f"no route for {request.url.path}"}]
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        errors = [{"field": "method",
+                   "message": f"{request.method} is not allowed here (allowed: {allowed})"}]
     return problem_response(request, exc.status_code, str(exc.detail), str(exc.detail),
-                            headers=getattr(exc, "headers", None))
+                            errors=errors, headers=getattr(exc, "headers", None))
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

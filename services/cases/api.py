@@ -187,7 +187,8 @@ async def run(handler: CaseCommands, command: c.Command, pre: CommandContext,
                            errors=[{"field": "header:If-Match", "message": str(stale)}],
                            current_version=stale.actual) from stale
     except StillConflicting as busy:
-        raise ProblemError(409, "Conflict", str(busy)) from busy
+        raise ProblemError(409, "Conflict", str(busy),
+                           errors=[{"field": "path:case_id", "message": str(busy)}]) from busy
     response.headers["ETag"] = f'"{done.version}"'
     return Accepted(case_id=done.case_id, version=done.version, position=done.position,
                     events=[e.event_type for e in done.events],
@@ -286,13 +287,16 @@ async def get_case(case_id: uuid.UUID, who: CurrentPrincipal, handler: Handler,
                    response: Response) -> CaseView:
     state, version, position, _ = await handler.load(case_id)
     if state is None:
-        raise ProblemError(404, "Not found", f"no case {case_id}")
+        raise ProblemError(404, "Not found", f"no case {case_id}",
+                           errors=[{"field": "path:case_id", "message": "no such case"}])
     org = handler.ref.org
     if who.role != Role.AUDITOR and not (
         org.is_within(state.unit, who.unit) or org.is_within(state.station, who.unit)
     ):
         raise ProblemError(403, "Outside your jurisdiction",
-                           f"case {case_id} is held by {state.unit}, outside {who.unit}")
+                           f"case {case_id} is held by {state.unit}, outside {who.unit}",
+                           errors=[{"field": "token:unit",
+                                    "message": f"{who.unit} does not hold this case"}])
     response.headers["ETag"] = f'"{version}"'
     return CaseView(
         case_id=state.case_id, tracking_no=state.tracking_no, service_code=state.service_code,

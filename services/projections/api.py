@@ -61,19 +61,22 @@ class Reader:
     _kick: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
     _refresher: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
-    def scope(self, who: Principal, unit: str | None) -> q.Scope:
+    def scope(self, who: Principal, unit: str | None, *, field: str = "query:unit",
+              ) -> q.Scope:
         """The jurisdiction to read: ``unit`` (default: the caller's own), which must lie
-        within the caller's unit unless the caller is an auditor."""
+        within the caller's unit unless the caller is an auditor; ``field`` names where the
+        unit was given (a query or a path parameter)."""
         if who.role == Role.SYSTEM:
-            raise ProblemError(403, "Not a person", "system identities do not read here")
+            raise ProblemError(403, "Not a person", "system identities do not read here",
+                               errors=[{"field": "token:role", "message": "role system"}])
         target = unit or (self.org.root.code if who.role == Role.AUDITOR else who.unit)
         if target not in self.org:
             raise ProblemError(404, "Unknown unit", f"no unit {target}",
-                               errors=[{"field": "unit", "message": "unknown unit"}])
+                               errors=[{"field": field, "message": "unknown unit"}])
         if who.role != Role.AUDITOR and not self.org.is_within(target, who.unit):
             raise ProblemError(403, "Outside your jurisdiction",
                                f"{target} is not {who.unit} or under it",
-                               errors=[{"field": "unit", "message": "outside jurisdiction"}])
+                               errors=[{"field": field, "message": "outside jurisdiction"}])
         return q.Scope.of(self.org, target)
 
     def may_see(self, who: Principal, *units: str | None) -> bool:
@@ -229,7 +232,7 @@ async def queue(unit: str, who: CurrentPrincipal, reader: Read, response: Respon
                 order: Order = "asc", limit: Limit = 50, offset: Offset = 0,
                 min_position: MinPosition = None) -> dict[str, Any]:
     """Open cases held by exactly this unit (not the units under it)."""
-    scope = reader.scope(who, unit)
+    scope = reader.scope(who, unit, field="path:unit")
     f = _filter(status, service_code, None, None, None, None, None, sort, order, limit,
                 offset, unit=unit, open_only=not status)
     async with reader.reading(min_position) as (conn, schema, progress):
@@ -242,7 +245,7 @@ async def counts(unit: str, who: CurrentPrincipal, reader: Read, response: Respo
                  min_position: MinPosition = None) -> dict[str, Any]:
     """Cases held by the unit itself and by the unit with everything under it, by status and
     service, and each child unit's subtree totals."""
-    reader.scope(who, unit)
+    reader.scope(who, unit, field="path:unit")
     async with reader.reading(min_position) as (conn, schema, progress):
         body = await q.counts(conn, schema, reader.org, unit)
     return answer(response, progress, body)
@@ -293,10 +296,13 @@ async def _visible_case(reader: Reader, conn: Conn, schema: str, who: Principal,
                         case_id: uuid.UUID) -> dict[str, Any]:
     case = await q.get_case(conn, schema, case_id)
     if case is None:
-        raise ProblemError(404, "Not found", f"no case {case_id} in the read models")
+        raise ProblemError(404, "Not found", f"no case {case_id} in the read models",
+                           errors=[{"field": "path:case_id", "message": "no such case"}])
     if not reader.may_see(who, case["unit"], case["station"]):
         raise ProblemError(403, "Outside your jurisdiction",
-                           f"case {case_id} is held by {case['unit']}, outside {who.unit}")
+                           f"case {case_id} is held by {case['unit']}, outside {who.unit}",
+                           errors=[{"field": "token:unit",
+                                    "message": f"{who.unit} does not hold this case"}])
     return case
 
 
@@ -336,7 +342,8 @@ async def public_status(tracking_no: Annotated[str, Path(pattern=TRACKING_NO,
     async with reader.reading(min_position) as (conn, schema, progress):
         found = await q.public_status(conn, schema, tracking_no)
     if found is None:
-        raise ProblemError(404, "Not found", "no case has this tracking number")
+        raise ProblemError(404, "Not found", "no case has this tracking number",
+                           errors=[{"field": "path:tracking_no", "message": "no such case"}])
     unit = reader.org.get(found.pop("unit"))
     found["office"] = unit.name if unit is not None else None
     return answer(response, progress, {"case": found})

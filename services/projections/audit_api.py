@@ -56,7 +56,8 @@ Audit = Annotated[AuditService[Case], Depends(audit_service)]
 def auditor(who: CurrentPrincipal, reason: Reason) -> Requester:
     """The caller, who must be an auditor, with their reason."""
     if who.role != Role.AUDITOR:
-        raise ProblemError(403, "Auditors only", "audit reads are for the auditor role")
+        raise ProblemError(403, "Auditors only", "audit reads are for the auditor role",
+                           errors=[{"field": "token:role", "message": f"role {who.role}"}])
     return Requester(who.user_id, who.role, who.unit, reason, "api")
 
 
@@ -73,7 +74,8 @@ def _moment(at: datetime | None, position: int | None) -> None:
 
 
 def _not_found(exc: CaseNotFound) -> ProblemError:
-    return ProblemError(404, "Not found", str(exc))
+    return ProblemError(404, "Not found", str(exc),
+                        errors=[{"field": "path:case_id", "message": "no such case"}])
 
 
 @audit_router.get("/cases/{case_id}/history", summary="A case's full history",
@@ -116,7 +118,8 @@ async def queue_as_of(unit: str, who: Auditor, audit: Audit, reader: Read, at: A
     """The open cases (not closed or withdrawn) ``unit`` held then."""
     _moment(at, position)
     if unit not in reader.org:
-        raise ProblemError(404, "Unknown unit", f"no unit {unit}")
+        raise ProblemError(404, "Unknown unit", f"no unit {unit}",
+                           errors=[{"field": "path:unit", "message": "unknown unit"}])
     found = await audit.queue_as_of(who, unit, at=at, position=position)
     cases = [{"case_id": str(c.case_id), "tracking_no": c.tracking_no, "status": c.status.value,
               "level": c.level.value, "owner": c.owner, "last_at": c.last_at.isoformat()}

@@ -143,3 +143,18 @@ async def test_an_as_of_beyond_what_postgresql_holds_is_refused_before_it_is_log
     assert refused.status_code == 422, refused.text
     assert [e["field"] for e in refused.json()["errors"]] == [field]
     assert await access_log_of(http, AUDITOR) == []
+
+
+async def test_audit_refusals_name_what_to_change(
+    http: httpx.AsyncClient, service: tuple[ProjectionsService, list[Any]]
+) -> None:
+    unknown = uuid.uuid4()
+    for url, user, status, field in [
+        (f"/v1/audit/cases/{unknown}/history", AUDITOR, 404, "path:case_id"),
+        (f"/v1/audit/cases/{unknown}/as-of", AUDITOR, 404, "path:case_id"),
+        ("/v1/audit/units/999999/queue/as-of", AUDITOR, 404, "path:unit"),
+        (f"/v1/audit/cases/{service[1][0]}/history", SUPERVISOR, 403, "token:role"),
+    ]:
+        refused = await http.get(url, params=WHY, headers=as_user(user))
+        assert refused.status_code == status, (url, refused.text)
+        assert [e["field"] for e in refused.json()["errors"]] == [field], url

@@ -186,6 +186,10 @@ async def test_an_officer_of_another_township_is_forbidden(
     assert refused["type"].startswith("/problems/") and refused["errors"][0]["field"]
     response = await http.get(f"/v1/cases/{case_id}", headers=as_(OTHER_TOWN, ref))
     assert response.status_code == 403
+    assert response.json()["errors"][0]["field"] == "token:unit"
+    unknown = await http.get(f"/v1/cases/{uuid.uuid4()}", headers=as_(OTHER_TOWN, ref))
+    assert unknown.status_code == 404
+    assert unknown.json()["errors"][0]["field"] == "path:case_id"
 
 
 async def test_a_backup_acting_for_the_absent_owner_is_recorded_as_acting_for(

@@ -4,6 +4,7 @@ tracking numbers."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -55,7 +56,6 @@ async def test_a_nul_in_a_tracking_number_is_refused_not_sent_to_postgresql(
 ) -> None:
     refused = await problem(http, "/v1/public/status/%00", {}, 422)
     assert [e["field"] for e in refused["errors"]] == ["path:tracking_no"]
-    await problem(http, "/v1/public/status/KM-2026-000001", {}, 404)  # well-formed, unknown
 
 
 @pytest.mark.parametrize(("query", "field"), [
@@ -89,3 +89,21 @@ async def test_line_breaks_and_tabs_in_a_query_are_text(
     response = await http.get("/v1/projections/cases", headers=token(SUPERVISOR, ref),
                               params={"service_code": "a\tb\r\n", "level": "%00"})
     assert response.status_code == 200, response.text  # a literal "%00" is no control character
+
+
+@pytest.mark.parametrize(("url", "user", "status", "field"), [
+    ("/v1/public/status/KM-2026-000001", None, 404, "path:tracking_no"),
+    (f"/v1/projections/cases/{uuid.UUID(int=7)}", SUPERVISOR, 404, "path:case_id"),
+    (f"/v1/projections/cases/{uuid.UUID(int=7)}/timeline", SUPERVISOR, 404, "path:case_id"),
+    ("/v1/projections/units/999999/queue", SUPERVISOR, 404, "path:unit"),
+    ("/v1/projections/units/530102002/counts", "supervisor.530102001", 403, "path:unit"),
+    ("/v1/projections/cases?unit=999999", SUPERVISOR, 404, "query:unit"),
+    ("/v1/projections/overdue?unit=530100", SUPERVISOR, 403, "query:unit"),
+    ("/v1/projections/cases", None, 401, "header:Authorization"),
+])
+async def test_not_found_and_forbidden_name_what_to_change(
+    http: httpx.AsyncClient, ref: Reference, url: str, user: str | None, status: int,
+    field: str,
+) -> None:
+    refused = await problem(http, url, token(user, ref) if user else {}, status)
+    assert [e["field"] for e in refused["errors"]] == [field]

@@ -46,6 +46,10 @@ def build() -> TestClient:
     def search(q: str = "", other: str = "") -> dict[str, str]:
         return {"q": q, "other": other}
 
+    @app.get("/forbidden")
+    def forbidden() -> None:
+        raise ProblemError(403, "Outside your jurisdiction", "not yours")
+
     @app.get("/boom")
     def boom() -> None:
         raise RuntimeError("secret internals")
@@ -204,3 +208,30 @@ async def test_a_body_within_the_limit_is_served() -> None:
 
 def auth_raw() -> list[tuple[bytes, bytes]]:
     return [(name.lower().encode(), value.encode()) for name, value in auth().items()]
+
+
+def test_every_problem_names_a_field_even_when_its_raiser_did_not(client: TestClient) -> None:
+    cases = {
+        "missing token": (client.post("/things", json={}), 401, "header:Authorization"),
+        "bad token": (client.post("/things", json={}, headers={"Authorization": "Bearer x"}),
+                      401, "header:Authorization"),
+        "unknown route": (client.get("/nowhere"), 404, "path"),
+        "wrong method": (client.delete("/things"), 405, "method"),
+        "bare 403": (client.get("/forbidden"), 403, "token"),
+        "crash": (client.get("/boom"), 500, "request"),
+    }
+    for what, (response, status, field) in cases.items():
+        assert response.status_code == status, what
+        assert response.headers["content-type"] == "application/problem+json", what
+        errors = response.json()["errors"]
+        assert [e["field"] for e in errors] == [field] and errors[0]["message"], what
+    assert "POST" in cases["wrong method"][0].json()["errors"][0]["message"]
+
+
+def test_a_body_that_is_not_json_names_the_body_and_the_character(client: TestClient) -> None:
+    response = client.post("/things", content=b'{"service": "x",, }',
+                           headers={**auth(), "Content-Type": "application/json"})
+    assert response.status_code == 422
+    (error,) = response.json()["errors"]
+    assert error["field"] == "body"
+    assert error["message"].startswith("invalid JSON at character 16: ")
