@@ -15,7 +15,7 @@ from pydantic import AfterValidator
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 BIGINT_MAX = 2**63 - 1
 """The largest PostgreSQL ``bigint``: the bound of log positions, versions and offsets."""
-_MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+_MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")  # ASCII digits: \d takes any script
 
 
 def control_problem(value: str) -> str | None:

@@ -30,7 +30,7 @@ from services.projections.progress import Progress, advance_watermark, read_prog
 from shared.auth import CurrentPrincipal, Principal
 from shared.eventstore.postgres import Conn
 from shared.http import ProblemError
-from shared.inputs import BIGINT_MAX, Moment
+from shared.inputs import BIGINT_MAX, Moment, Month
 from shared.logging import get_logger
 from shared.reference.org import OrgTree
 from shared.reference.staff import Role
@@ -256,8 +256,7 @@ async def sla(who: CurrentPrincipal, reader: Read, response: Response,
               unit: str | None = None,
               group_by: Annotated[list[str] | None, Query()] = None,
               service_code: str | None = None, level: str | None = None,
-              month_from: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$")] = None,
-              month_to: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$")] = None,
+              month_from: Month | None = None, month_to: Month | None = None,
               min_position: MinPosition = None) -> dict[str, Any]:
     """Per group (any of service_code, unit, level, month): cases handled, on-time rate,
     median and p90 working seconds used, and breaches charged to the level that used the

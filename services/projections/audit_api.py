@@ -28,7 +28,7 @@ from shared.audit import (
 from shared.audit.jsonable import to_jsonable
 from shared.auth import CurrentPrincipal
 from shared.http import ProblemError
-from shared.inputs import BIGINT_MAX, Moment
+from shared.inputs import BIGINT_MAX, Moment, Month
 from shared.reference.staff import Role
 
 audit_router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -130,14 +130,11 @@ async def queue_as_of(unit: str, who: Auditor, audit: Audit, reader: Read, at: A
 @audit_router.get("/access-log", summary="Who read what, when and why")
 async def access_log(
     who: Auditor, audit: Audit,
-    month: Annotated[list[str], Query(min_length=1, description="YYYY-MM, repeatable")],
-    user_id: str | None = None, case_id: str | None = None,
+    month: Annotated[list[Month], Query(min_length=1, description="YYYY-MM, repeatable")],
+    user_id: str | None = None, case_id: uuid.UUID | None = None,
 ) -> dict[str, Any]:
     """The recorded audit reads of the given months, for auditors of auditors (this read is
     recorded as well)."""
-    bad = [m for m in month if len(m) != 7 or m[4] != "-" or not m.replace("-", "").isdigit()]
-    if bad:
-        raise ProblemError(422, "Invalid request", f"months must be YYYY-MM: {bad}",
-                           errors=[{"field": "query:month", "message": "YYYY-MM"}])
-    found = await audit.access_log(who, month, user_id=user_id, case_id=case_id)
+    found = await audit.access_log(who, month, user_id=user_id,
+                                   case_id=None if case_id is None else str(case_id))
     return {"items": [e.as_dict() for e in found]}

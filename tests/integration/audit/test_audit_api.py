@@ -158,3 +158,21 @@ async def test_audit_refusals_name_what_to_change(
         refused = await http.get(url, params=WHY, headers=as_user(user))
         assert refused.status_code == status, (url, refused.text)
         assert [e["field"] for e in refused.json()["errors"]] == [field], url
+
+
+async def test_the_access_log_takes_real_months_and_a_case_id_that_is_one(
+    http: httpx.AsyncClient, service: tuple[ProjectionsService, list[Any]]
+) -> None:
+    month = month_of(datetime.now(UTC))
+    for params, field in [({"month": "2026-99"}, "query:month[0]"),
+                          ({"month": [month, "2026-13"]}, "query:month[1]"),
+                          ({"month": month, "case_id": "notuuid"}, "query:case_id")]:
+        refused = await http.get("/v1/audit/access-log", headers=as_user(OTHER_AUDITOR),
+                                 params={**params, **WHY})
+        assert refused.status_code == 422, refused.text
+        assert [e["field"] for e in refused.json()["errors"]] == [field]
+    case = service[1][0]
+    await http.get(f"/v1/audit/cases/{case}/history", params=WHY, headers=as_user(AUDITOR))
+    found = await http.get("/v1/audit/access-log", headers=as_user(OTHER_AUDITOR),
+                           params={"month": month, "case_id": str(case).upper(), **WHY})
+    assert [i["case_id"] for i in found.json()["items"]] == [str(case)]

@@ -107,3 +107,18 @@ async def test_not_found_and_forbidden_name_what_to_change(
 ) -> None:
     refused = await problem(http, url, token(user, ref) if user else {}, status)
     assert [e["field"] for e in refused["errors"]] == [field]
+
+
+@pytest.mark.parametrize(("query", "status", "field"), [
+    ("month_from=2026-13", 422, "query:month_from"),
+    ("month_to=2026-00", 422, "query:month_to"),
+    ("month_from=2026-1", 422, "query:month_from"),
+    ("month_from=2026-01&month_to=2026-12", 200, None),
+])
+async def test_sla_months_are_real_months(
+    http: httpx.AsyncClient, ref: Reference, query: str, status: int, field: str | None,
+) -> None:
+    response = await http.get(f"/v1/projections/sla?{query}", headers=token(SUPERVISOR, ref))
+    assert response.status_code == status, response.text
+    if field is not None:
+        assert [e["field"] for e in response.json()["errors"]] == [field]

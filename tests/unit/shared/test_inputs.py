@@ -7,9 +7,11 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from services.intake.domain.submission import ResultSubmission
-from shared.inputs import Text
+from shared.inputs import Moment, Month, Text
 
 TEXT = TypeAdapter(Text)
+MONTH = TypeAdapter(Month)
+MOMENT = TypeAdapter(Moment)
 
 
 @pytest.mark.parametrize("value", ["a\x00b", "\x01", "x\x08", "\x0b", "\x0c", "\x1b[2J", "\x1f"])
@@ -32,3 +34,18 @@ def test_a_result_from_another_system_with_a_nul_in_its_summary_is_refused() -> 
             "case_id": "0c8f4e7a-2d3b-4c1e-9f5a-6b7c8d9e0f1a", "result_type": "payment",
             "reference": "R-1", "summary": "paid\x00", "details": {"bank": "ok\x00"}})
     assert {e["loc"] for e in refused.value.errors()} == {("summary",), ("details", "bank")}
+
+
+@pytest.mark.parametrize("value", ["2026-00", "2026-13", "2026-99", "2026-1", "26-01", "2026_01",
+                                   "2026-01\n", "２０２６-01"])
+def test_a_month_is_yyyy_mm_with_a_month_from_01_to_12(value: str) -> None:
+    with pytest.raises(ValidationError):
+        MONTH.validate_python(value)
+    assert MONTH.validate_python("2026-12") == "2026-12"
+
+
+def test_a_moment_without_a_utc_form_is_refused() -> None:
+    with pytest.raises(ValidationError, match="out of the range of dates"):
+        MOMENT.validate_python("0001-01-01T00:00:00+14:00")
+    assert MOMENT.validate_python("0001-01-01T00:00:00-01:00").year == 1
+    assert MOMENT.validate_python("2026-03-02T09:00:00").tzinfo is None
