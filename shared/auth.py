@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.http import ProblemError
-from shared.reference.staff import Role
+from shared.reference.staff import Role, StaffDirectory, StaffMember
 from shared.settings import Settings, get_settings
 
 _ROLES = frozenset(Role)
@@ -114,3 +114,26 @@ async def require_principal(
 
 
 CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
+
+
+def require_staff(who: Principal, staff: StaffDirectory) -> StaffMember:
+    """The staff member ``who`` is, for a read: a token proves who signed it, not that its
+    claims still hold, so reads check them against the directory as commands do (cases'
+    ``check_actor``). A system identity, a user the directory does not know, or a role or unit
+    that is not theirs is a 403 naming the claim."""
+    if who.role == Role.SYSTEM:
+        raise ProblemError(403, "Not a person", "system identities do not read over HTTP",
+                           errors=[{"field": "token:role", "message": "role system refused"}])
+    member = staff.get(who.user_id)
+    if member is None:
+        raise ProblemError(403, "Not in the staff directory",
+                           f"{who.user_id} is not in the staff directory",
+                           errors=[{"field": "token:sub", "message": "unknown staff member"}])
+    for claim, given, recorded in (("role", who.role, member.role),
+                                   ("unit", who.unit, member.unit)):
+        if given != recorded:
+            raise ProblemError(
+                403, "Does not match the staff directory",
+                f"the token's {claim} is {given}; the directory's is {recorded}",
+                errors=[{"field": f"token:{claim}", "message": f"not {who.user_id}'s {claim}"}])
+    return member

@@ -17,7 +17,7 @@ from services.cases.domain import commands as c
 from services.cases.domain.errors import Rejection
 from services.cases.handlers import CaseCommands, Handled, PreconditionFailed, StillConflicting
 from services.cases.metrics import render
-from shared.auth import CurrentPrincipal, Principal
+from shared.auth import CurrentPrincipal, Principal, require_staff
 from shared.contracts.cases import Actor, Outcome
 from shared.http import ProblemError
 from shared.inputs import Text
@@ -285,6 +285,7 @@ async def add_note(case_id: uuid.UUID, body: NoteBody, ctx: Ctx, response: Respo
 @router.get("/{case_id}", response_model=CaseView, summary="A case's current state")
 async def get_case(case_id: uuid.UUID, who: CurrentPrincipal, handler: Handler,
                    response: Response) -> CaseView:
+    require_staff(who, handler.ref.staff)
     state, version, position, _ = await handler.load(case_id)
     if state is None:
         raise ProblemError(404, "Not found", f"no case {case_id}",

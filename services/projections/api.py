@@ -27,13 +27,13 @@ from services.projections import queries as q
 from services.projections.live import LiveStats
 from services.projections.metrics import render
 from services.projections.progress import Progress, advance_watermark, read_progress
-from shared.auth import CurrentPrincipal, Principal
+from shared.auth import CurrentPrincipal, Principal, require_staff
 from shared.eventstore.postgres import Conn
 from shared.http import ProblemError
 from shared.inputs import BIGINT_MAX, Moment, Month
 from shared.logging import get_logger
 from shared.reference.org import OrgTree
-from shared.reference.staff import Role
+from shared.reference.staff import Role, StaffDirectory
 from shared.service import PROMETHEUS_TEXT
 
 log = get_logger(__name__)
@@ -46,10 +46,12 @@ operations = APIRouter(tags=["operations"])
 
 @dataclass
 class Reader:
-    """What the routes need: the pool, the org tree, and the live path's counters."""
+    """What the routes need: the pool, the org tree, the staff directory (every read checks
+    its caller against it), and the live path's counters."""
 
     pool: asyncpg.Pool
     org: OrgTree
+    staff: StaffDirectory
     max_wait_s: float = 5.0
     live: LiveStats | None = None
     envelopes_parked: Callable[[], int] = field(default=lambda: 0)
@@ -66,9 +68,7 @@ class Reader:
         """The jurisdiction to read: ``unit`` (default: the caller's own), which must lie
         within the caller's unit unless the caller is an auditor; ``field`` names where the
         unit was given (a query or a path parameter)."""
-        if who.role == Role.SYSTEM:
-            raise ProblemError(403, "Not a person", "system identities do not read here",
-                               errors=[{"field": "token:role", "message": "role system"}])
+        self.check(who)
         target = unit or (self.org.root.code if who.role == Role.AUDITOR else who.unit)
         if target not in self.org:
             raise ProblemError(404, "Unknown unit", f"no unit {target}",
@@ -78,6 +78,10 @@ class Reader:
                                f"{target} is not {who.unit} or under it",
                                errors=[{"field": field, "message": "outside jurisdiction"}])
         return q.Scope.of(self.org, target)
+
+    def check(self, who: Principal) -> None:
+        """The caller is a person of the staff directory with the token's role and unit."""
+        require_staff(who, self.staff)
 
     def may_see(self, who: Principal, *units: str | None) -> bool:
         if who.role == Role.AUDITOR:
@@ -308,6 +312,7 @@ async def _visible_case(reader: Reader, conn: Conn, schema: str, who: Principal,
 @router.get("/cases/{case_id}", summary="One case's summary")
 async def case_summary(case_id: uuid.UUID, who: CurrentPrincipal, reader: Read,
                        response: Response, min_position: MinPosition = None) -> dict[str, Any]:
+    reader.check(who)  # here, not in a dependency: the fast path calls this very function
     async with reader.reading(min_position, snapshot=False) as (conn, schema, progress):
         case = await _visible_case(reader, conn, schema, who, case_id)
     return answer(response, progress, {"case": case})
@@ -318,6 +323,7 @@ async def case_timeline(case_id: uuid.UUID, who: CurrentPrincipal, reader: Read,
                         response: Response, min_position: MinPosition = None) -> dict[str, Any]:
     """Each step with when, who (and on whose behalf), which unit and level, and the moves'
     from-unit and to-unit."""
+    reader.check(who)
     async with reader.reading(min_position) as (conn, schema, progress):
         case = await _visible_case(reader, conn, schema, who, case_id)
         steps = await q.timeline(conn, schema, case_id)
@@ -327,6 +333,7 @@ async def case_timeline(case_id: uuid.UUID, who: CurrentPrincipal, reader: Read,
 
 @router.get("/status", summary="The projection's position, head and lag")
 async def status(who: CurrentPrincipal, reader: Read, response: Response) -> dict[str, Any]:
+    reader.check(who)
     async with reader.reading(None, snapshot=False) as (_, _schema, progress):
         return answer(response, progress, {"parked": progress.parked})
 

@@ -26,7 +26,7 @@ from shared.audit import (
     render_text,
 )
 from shared.audit.jsonable import to_jsonable
-from shared.auth import CurrentPrincipal
+from shared.auth import CurrentPrincipal, require_staff
 from shared.http import ProblemError
 from shared.inputs import BIGINT_MAX, Moment, Month
 from shared.reference.staff import Role
@@ -53,8 +53,9 @@ def audit_service(request: Request, reader: Read) -> AuditService[Case]:
 Audit = Annotated[AuditService[Case], Depends(audit_service)]
 
 
-def auditor(who: CurrentPrincipal, reason: Reason) -> Requester:
-    """The caller, who must be an auditor, with their reason."""
+async def auditor(who: CurrentPrincipal, reason: Reason, reader: Read) -> Requester:
+    """The caller, who must be an auditor of the staff directory, with their reason."""
+    require_staff(who, reader.staff)
     if who.role != Role.AUDITOR:
         raise ProblemError(403, "Auditors only", "audit reads are for the auditor role",
                            errors=[{"field": "token:role", "message": f"role {who.role}"}])

@@ -176,3 +176,20 @@ async def test_the_access_log_takes_real_months_and_a_case_id_that_is_one(
     found = await http.get("/v1/audit/access-log", headers=as_user(OTHER_AUDITOR),
                            params={"month": month, "case_id": str(case).upper(), **WHY})
     assert [i["case_id"] for i in found.json()["items"]] == [str(case)]
+
+
+async def test_a_token_for_no_one_in_the_staff_directory_reads_nothing_and_is_not_logged(
+    http: httpx.AsyncClient, service: tuple[ProjectionsService, list[Any]]
+) -> None:
+    case = service[1][0]
+    ghost = {"Authorization": "Bearer " + mint_token(
+        Principal(user_id="ghost.1", role="auditor", unit="530100"), SETTINGS)}
+    month = month_of(datetime.now(UTC))
+    for url, params in [(f"/v1/audit/cases/{case}/history", {}),
+                        (f"/v1/audit/cases/{case}/as-of", {}),
+                        ("/v1/audit/units/530102/queue/as-of", {}),
+                        ("/v1/audit/access-log", {"month": month})]:
+        refused = await http.get(url, params={**params, **WHY}, headers=ghost)
+        assert refused.status_code == 403, (url, refused.text)
+        assert [e["field"] for e in refused.json()["errors"]] == ["token:sub"]
+    assert await access_log_of(http, "ghost.1") == []

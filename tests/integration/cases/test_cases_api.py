@@ -284,3 +284,19 @@ async def test_a_body_over_the_limit_is_413_declared_or_streamed(
             assert refused.headers["content-type"] == "application/problem+json"
             assert refused.json()["errors"][0]["field"] == "body"
     assert len(await service.store.read_stream(f"case-{case_id}")) == 1
+
+
+async def test_a_case_is_read_only_by_people_the_staff_directory_knows_as_such(
+    service: CasesService, http: httpx.AsyncClient, ref: Reference
+) -> None:
+    case_id = await submitted_case(service, MLG_DOCUMENTS)
+    assert (await http.get(f"/v1/cases/{case_id}", headers=as_(CLERK, ref))).status_code == 200
+    for user_id, role, unit, field in [("sla-clock", "system", STATION, "token:role"),
+                                       ("ghost.1", "auditor", "530100", "token:sub"),
+                                       (CLERK, "auditor", STATION, "token:role"),
+                                       (CLERK, "station_clerk", "530100", "token:unit")]:
+        token = mint_token(Principal(user_id=user_id, role=role, unit=unit), SETTINGS)
+        refused = await http.get(f"/v1/cases/{case_id}",
+                                 headers={"Authorization": f"Bearer {token}"})
+        assert refused.status_code == 403, refused.text
+        assert [e["field"] for e in refused.json()["errors"]] == [field]

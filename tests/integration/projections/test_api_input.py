@@ -122,3 +122,33 @@ async def test_sla_months_are_real_months(
     assert response.status_code == status, response.text
     if field is not None:
         assert [e["field"] for e in response.json()["errors"]] == [field]
+
+
+def claims(user_id: str, role: str, unit: str) -> dict[str, str]:
+    principal = Principal(user_id=user_id, role=role, unit=unit)
+    return {"Authorization": f"Bearer {mint_token(principal, SETTINGS)}"}
+
+
+IMPOSTORS = [
+    (claims("ghost.1", "auditor", "530100"), "token:sub"),
+    (claims("sla-clock", "system", "530100"), "token:role"),
+    (claims(SUPERVISOR, "auditor", "530102"), "token:role"),
+    (claims(SUPERVISOR, "supervisor", "530100"), "token:unit"),
+]
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+async def test_every_read_checks_the_token_against_the_staff_directory(
+    projections: ProjectionsService, fast_path: bool,
+) -> None:
+    case = uuid.UUID(int=7)
+    transport = httpx.ASGITransport(app=build_app(projections, fast_path=fast_path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://projections") as client:
+        for url in [f"/v1/projections/cases/{case}", f"/v1/projections/cases/{case}?min_position=1",
+                    f"/v1/projections/cases/{case}/timeline", "/v1/projections/cases",
+                    "/v1/projections/overdue", "/v1/projections/units/530102/queue",
+                    "/v1/projections/units/530102/counts", "/v1/projections/sla",
+                    "/v1/projections/handoffs", "/v1/projections/status"]:
+            for headers, field in IMPOSTORS:
+                refused = await problem(client, url, headers, 403)
+                assert [e["field"] for e in refused["errors"]] == [field], (url, field)
