@@ -4,11 +4,13 @@ from the request through the logs and the event store, and the health endpoints.
 from __future__ import annotations
 
 import re
+import socket
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -25,6 +27,7 @@ log = get_logger(__name__)
 PROBLEM = "application/problem+json"
 CORRELATION_HEADER = "X-Correlation-ID"
 MAX_BODY_DEFAULT = 1 << 20
+RETRY_AFTER_S = 5  # what a 503 asks a client to wait: a database restart or a full pool
 """The request body a service takes unless it says otherwise (bytes): a command or a visit is
 a few kilobytes; a bigger body is refused before it is read."""
 
@@ -142,6 +145,35 @@ async def _http(request: Request, exc: Exception) -> Response:
                             errors=errors, headers=getattr(exc, "headers", None))
 
 
+# The database is not there (down, restarting, out of connections, unreachable) rather than
+# the request or the code being wrong.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.PostgresConnectionError,  # class 08, incl. ConnectionDoesNotExistError
+    asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError, asyncpg.exceptions.TooManyConnectionsError,
+    ConnectionError, TimeoutError,  # refused, reset; TimeoutError: a pool acquire timed out
+    socket.gaierror,
+)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached now (answer 503, retry later)."""
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    if type(exc) is OSError:  # asyncio, when every address refused: "Multiple exceptions: …"
+        return True  # (its subclasses of the file system, e.g. FileNotFoundError, are bugs)
+    return isinstance(exc, asyncpg.exceptions.InterfaceError) and "clos" in str(exc)
+
+
+def service_unavailable(request: Request, exc: BaseException) -> JSONResponse:
+    log.warning("http.unavailable", path=request.url.path, error=repr(exc))
+    detail = "the database cannot be reached; retry later"
+    return problem_response(request, 503, "Service unavailable", detail,
+                            type_="/problems/unavailable",
+                            errors=[{"field": "request", "message": detail}],
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("http.unhandled", path=request.url.path)
     return problem_response(request, 500, "Internal error",
@@ -204,7 +236,11 @@ class RequestGuard:
       a 500) is a 422 naming it;
     - a body over ``max_body`` bytes is a 413 naming ``body``, at once when its Content-Length
       says so (nothing read, whoever sends it: a 100 MB body was read before the 401), else as
-      soon as the bytes streamed in pass the limit (the rest is not read).
+      soon as the bytes streamed in pass the limit (the rest is not read);
+    - the database out of reach (``unavailable``) while serving is a 503 with Retry-After,
+      logged once as a warning. Caught here, not in an exception handler: Starlette's
+      server-error middleware re-raises what it handles, and uvicorn logged the traceback a
+      second time (and a fast path's errors never reach FastAPI's handlers).
 
     Plain ASGI, inside the correlation middleware. (FastAPI's own ``max_body_size`` answers a
     plain-text 413 from outside the exception handlers and the correlation id.)"""
@@ -256,6 +292,10 @@ class RequestGuard:
             if started:
                 raise
             await too_large(Request(scope), limit)(scope, receive, send)
+        except Exception as exc:
+            if started or not unavailable(exc):
+                raise
+            await service_unavailable(Request(scope), exc)(scope, receive, send)
 
 
 def install(app: FastAPI, inner: Sequence[Callable[[ASGIApp], ASGIApp]] = (), *,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
+import asyncpg
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -235,3 +237,66 @@ def test_a_body_that_is_not_json_names_the_body_and_the_character(client: TestCl
     (error,) = response.json()["errors"]
     assert error["field"] == "body"
     assert error["message"].startswith("invalid JSON at character 16: ")
+
+
+OUTAGES: dict[str, Exception] = {
+    "connection lost": asyncpg.exceptions.ConnectionDoesNotExistError(
+        "connection was closed in the middle of operation"),
+    "starting up": asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+    "pool closing": asyncpg.exceptions.InterfaceError("pool is closing"),
+    "refused": ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)"),
+    "every address refused": OSError("Multiple exceptions: [Errno 111] Connect call failed"),
+    "too many connections": asyncpg.exceptions.TooManyConnectionsError("too many clients"),
+    "pool acquire timeout": TimeoutError(),
+}
+
+
+def failing_app(error: Exception) -> FastAPI:
+    app = FastAPI()
+    install(app)
+
+    @app.post("/visits")
+    async def visit() -> None:
+        raise error
+
+    return app
+
+
+@pytest.mark.parametrize("what", list(OUTAGES))
+def test_the_database_out_of_reach_is_a_503_logged_once_as_a_warning(
+    what: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # raise_server_exceptions: had the error gone on past the app (where uvicorn logs it
+    # again, "Exception in ASGI application"), the client would raise it here
+    client = TestClient(failing_app(OUTAGES[what]), raise_server_exceptions=True)
+    with caplog.at_level(logging.INFO):
+        response = client.post("/visits")
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"].isdigit()
+    assert response.json()["errors"][0]["field"] == "request"
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [(r.levelno, "http.unavailable" in r.getMessage()) for r in records] == [
+        (logging.WARNING, True)]
+
+
+def test_an_outage_met_in_a_plain_asgi_layer_is_a_503_too() -> None:
+    app = FastAPI()
+
+    def fast_path(inner: Any) -> Any:
+        async def serve(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                raise ConnectionResetError("reset by peer")
+            await inner(scope, receive, send)
+        return serve
+
+    install(app, inner=[fast_path])
+    response = TestClient(app, raise_server_exceptions=True).get("/anything")
+    assert response.status_code == 503 and response.headers["retry-after"]
+
+
+@pytest.mark.parametrize("error", [FileNotFoundError("/etc/yizhan"), RuntimeError("bug"),
+                                   asyncpg.exceptions.InterfaceError("cannot call it now")])
+def test_other_failures_stay_500(error: Exception) -> None:
+    response = TestClient(failing_app(error), raise_server_exceptions=False).post("/visits")
+    assert response.status_code == 500
