@@ -162,6 +162,8 @@ def unavailable(exc: BaseException) -> bool:
         return True
     if type(exc) is OSError:  # asyncio, when every address refused: "Multiple exceptions: …"
         return True  # (its subclasses of the file system, e.g. FileNotFoundError, are bugs)
+    if isinstance(exc, FileNotFoundError) and exc.errno is not None and exc.filename is None:
+        return True  # the server's Unix socket is gone (it is down): no path, unlike open()'s
     return isinstance(exc, asyncpg.exceptions.InterfaceError) and "clos" in str(exc)
 
 

@@ -248,6 +248,8 @@ OUTAGES: dict[str, Exception] = {
     "every address refused": OSError("Multiple exceptions: [Errno 111] Connect call failed"),
     "too many connections": asyncpg.exceptions.TooManyConnectionsError("too many clients"),
     "pool acquire timeout": TimeoutError(),
+    # what connecting raises while the embedded server is down: its Unix socket is gone
+    "socket file gone": FileNotFoundError(2, "No such file or directory"),
 }
 
 
