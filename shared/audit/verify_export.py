@@ -23,7 +23,7 @@ of the file leaves a shorter history that still holds).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -149,13 +149,28 @@ def _checkpoint(obj: dict[str, Any]) -> Checkpoint:
                       obj.get("prev_hash"))
 
 
+def _lines_of(lines: Iterable[str]) -> Iterator[str]:
+    """The file's lines; a file that is not UTF-8 text (a binary, another encoding) is not an
+    export, said as such, not a decoding traceback."""
+    iterator = iter(lines)
+    number = 0
+    while True:
+        number += 1
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as exc:
+            raise ExportUnreadable(f"line {number} is not UTF-8 text: {exc.reason}") from exc
+
+
 def read_export(path: Path) -> tuple[dict[str, Any], list[Checkpoint], list[_Line]]:
     """Header, checkpoints and chain lines of an export file."""
     header: dict[str, Any] | None = None
     checkpoints: list[Checkpoint] = []
     chain: list[_Line] = []
     with path.open(encoding="utf-8") as lines:
-        for number, raw in enumerate(lines, 1):
+        for number, raw in enumerate(_lines_of(lines), 1):
             obj = _parse(raw, number)
             if obj["kind"] == "header":
                 header = obj

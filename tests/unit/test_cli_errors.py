@@ -195,6 +195,15 @@ def test_a_file_that_is_no_export_is_one_line(capsys: pytest.CaptureFixture[str]
     assert len(err.splitlines()) == 1
 
 
+def test_a_binary_file_is_one_line_not_a_decoding_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    Path("scan.pdf").write_bytes(b"%PDF-1.7\n\xff\xfe\x00\x81binary")
+    code, _, err = yizhan(capsys, "audit", "verify-export", "scan.pdf")
+    assert code == 2 and err.startswith("error: line ") and "not UTF-8 text" in err
+    assert len(err.splitlines()) == 1
+
+
 class Other(BaseModel):
     number: int
 
