@@ -9,7 +9,7 @@
     yizhan demo [--days N]         realistic casework through the real interfaces, then dashboards
     yizhan token USER              a bearer token for a user of the staff directory
     yizhan audit checkpoint        sign a checkpoint at the log's head now
-    yizhan audit verify [--from-checkpoint] [--public-key B64]
+    yizhan audit verify [--from-checkpoint] [--public-key B64] [--witness FILE]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 from pydantic import AliasChoices, ValidationError
@@ -34,6 +35,9 @@ from shared.audit import CaseNotFound, ExportUnreadable, ReasonRequired
 from shared.eventstore.checkpoints import (
     CheckpointSigner,
     InvalidPublicKey,
+    Witness,
+    WitnessUnreadable,
+    compare_witness,
     load_public_key,
     run_checkpointer,
     write_checkpoint,
@@ -61,7 +65,7 @@ SETTINGS_CLASSES: dict[str, type[BaseSettings]] = {
 # mistyped public key. Anything else is a bug and keeps its traceback.
 USER_MISTAKES: tuple[type[Exception], ...] = (
     CaseNotFound, ErasureRefused, ExportUnreadable, InvalidPublicKey, NotAnAuditor,
-    ReasonRequired)
+    ReasonRequired, WitnessUnreadable)
 
 
 async def prepare_database(ep: Endpoints) -> list[str]:
@@ -118,7 +122,7 @@ async def serve_relay(settings: Settings, ep: Endpoints, stop: asyncio.Event) ->
             await asyncio.gather(
                 relay.run(stop),
                 run_checkpointer(pool, signer, settings.checkpoint_every_events,
-                                 settings.checkpoint_every_s, stop),
+                                 settings.checkpoint_every_s, stop, witness_of(settings, ep)),
                 serve_http(relay_app(relay, pool), settings.http_host, settings.relay_port,
                            stop, name="relay"),
             )
@@ -264,12 +268,17 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def witness_of(settings: Settings, ep: Endpoints) -> Witness | None:
+    path = settings.witness_path(ep.embedded)
+    return None if path is None else Witness(path)
+
+
 def cmd_checkpoint(settings: Settings, _: argparse.Namespace) -> int:
     async def go(ep: Endpoints) -> None:
         pool = await create_pool(ep.service_url, min_size=1, max_size=2)
         signer = CheckpointSigner(settings.checkpoint_signing_key)
         try:
-            cp = await write_checkpoint(pool, signer)
+            cp = await write_checkpoint(pool, signer, witness=witness_of(settings, ep))
         finally:
             await pool.close()
         print("nothing new to sign" if cp is None else
@@ -292,13 +301,20 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     async def go(ep: Endpoints) -> int:
+        witness = Witness(args.witness) if args.witness else witness_of(settings, ep)
+        seen = witness.read() if witness is not None else []  # a bad file: before any work
         pool = await create_pool(ep.service_url, min_size=1, max_size=2)
         try:
             report = await verify_log(pool, public, from_checkpoint=args.from_checkpoint,
                                       progress=progress)
+            differs = await compare_witness(pool, seen, public) if seen else None
         finally:
             await pool.close()
         print(file=sys.stderr)
+        if differs is not None and report.ok:  # the log holds together, but is not the one
+            assert witness is not None          # whose checkpoints the witness recorded
+            print(f"TAMPERED at position {differs[0]}: {differs[1]} (witness {witness.path})")
+            return 1
         for note in report.notes:
             print(f"note: {note}")
         if report.ok:
@@ -310,6 +326,10 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"(events up to position {report.started_from:,} were not checked: the "
                       "signed checkpoint there is trusted; run without --from-checkpoint to "
                       "check the whole log)")
+            if seen:
+                assert witness is not None
+                print(f"witness {witness.path}: the log still holds every checkpoint it "
+                      f"recorded ({len(seen):,})")
             return 0
         print(f"{report.verdict} at position {report.first_bad_position}"
               f"{f' (stream {report.stream_id})' if report.stream_id else ''}: {report.problem}")
@@ -356,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--from-checkpoint", action="store_true",
                         help="start at the latest signed checkpoint instead of genesis")
     verify.add_argument("--public-key", help="base64 Ed25519 public key (default: from settings)")
+    verify.add_argument("--witness", type=Path,
+                        help="a copy of the signed checkpoints kept outside the database "
+                             "(default: YIZHAN_CHECKPOINT_WITNESS_FILE, or the embedded one's)")
     verify.set_defaults(fn=cmd_verify)
     from services.audit_cli import add_audit_commands
 

@@ -118,6 +118,17 @@ class Settings(BaseSettings):
     )
     checkpoint_every_events: int = Field(default=10_000, ge=1)
     checkpoint_every_s: float = Field(default=60.0, gt=0)
+    checkpoint_witness_file: Path | None = Field(
+        default=None, description="An append-only copy of every signed checkpoint, outside the "
+        "database (a write-once volume, another host): `yizhan audit verify` checks the log "
+        "against it, which catches a rewrite whose newest checkpoints were deleted. Unset: "
+        "<data dir>/checkpoint-witness.jsonl on the embedded database, none otherwise.")
+
+    def witness_path(self, embedded: bool) -> Path | None:
+        """Where checkpoints are witnessed: the setting, or beside the embedded database."""
+        if self.checkpoint_witness_file is not None:
+            return self.checkpoint_witness_file
+        return self.data_dir / "checkpoint-witness.jsonl" if embedded else None
 
     @field_validator("checkpoint_signing_key")
     @classmethod

@@ -7,8 +7,10 @@ before it (0 and the genesis hash for the first): the checkpoints form a chain, 
 from the middle shows (``chain_break``), as its successor names it. Format 1 (position, hash,
 time), signed before, still verifies. The newest checkpoints are named by none: removing them
 (to rewrite the log after the one left) shows only against something kept outside the
-database. ``run_checkpointer`` keeps the last checkpoint it signed and refuses to sign a log
-whose checkpoints no longer reach it (``CheckpointsRolledBack``)."""
+database: a ``Witness``, an append-only file of every checkpoint signed, kept where the
+database's administrators cannot rewrite it (``compare_witness``). ``run_checkpointer`` keeps
+the last checkpoint it signed and refuses to sign a log whose checkpoints no longer reach it
+(``CheckpointsRolledBack``)."""
 
 from __future__ import annotations
 
@@ -17,10 +19,13 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import json
+import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
+from pathlib import Path
 
 import asyncpg
 from cryptography.exceptions import InvalidSignature
@@ -152,12 +157,101 @@ def chain_break(checkpoints: Sequence[Checkpoint]) -> tuple[int, str] | None:
     return None
 
 
+class WitnessUnreadable(ValueError):
+    """The witness file holds a line that is not a checkpoint."""
+
+
+class Witness:
+    """An append-only JSON-lines file of every checkpoint signed: a copy of the signatures
+    outside the database. Whoever can rewrite the database (and delete its newest checkpoints
+    to rewrite the log after the one left) cannot rewrite this too if it lives elsewhere: a
+    write-once volume, another host, an auditor's archive. Each line is appended and flushed
+    to disk after the checkpoint's own commit, so it never names one the database lacks."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def append(self, checkpoint: Checkpoint) -> None:
+        line = json.dumps({**asdict(checkpoint), "signed_at": iso(checkpoint.signed_at)},
+                          separators=(",", ":")) + "\n"
+        await asyncio.to_thread(self._append, line.encode())
+
+    def _append(self, data: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self) -> list[Checkpoint]:
+        """The checkpoints on file (``WitnessUnreadable`` naming a line that is not one)."""
+        found: list[Checkpoint] = []
+        if not self.path.exists():
+            return found
+        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                obj["signed_at"] = datetime.fromisoformat(obj["signed_at"])
+                found.append(Checkpoint(**obj))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise WitnessUnreadable(
+                    f"{self.path} line {number} is not a checkpoint: {exc}") from exc
+        return found
+
+
+async def compare_witness(pool: asyncpg.Pool, witness: Sequence[Checkpoint],
+                          public: Ed25519PublicKey) -> tuple[int, str] | None:
+    """(position, problem) where the log or its checkpoints differ from what the witness
+    recorded when they were signed, else None: a witness line whose signature fails, a
+    checkpoint the database no longer holds as signed, an event no longer under its signed
+    hash, or a log that ends before the last position the witness saw signed."""
+    for checkpoint in witness:
+        if not signature_valid(checkpoint, public):
+            return checkpoint.position, (f"the witness's checkpoint at position "
+                                         f"{checkpoint.position} has an invalid signature")
+    rows = await pool.fetch(
+        "SELECT w.position, (SELECT c.signature FROM event_checkpoints c"
+        " WHERE c.position = w.position) AS signature,"
+        " (SELECT e.hash FROM events e WHERE e.position = w.position) AS hash"
+        " FROM unnest($1::bigint[]) AS w(position) ORDER BY w.position",
+        [c.position for c in witness])
+    signed = {c.position: c for c in witness}
+    for row in rows:
+        checkpoint = signed[row["position"]]
+        if row["hash"] is None:
+            return checkpoint.position, (
+                f"the event at position {checkpoint.position}, which the witness saw signed, "
+                "is gone from the log")
+        if row["hash"] != checkpoint.hash:
+            return checkpoint.position, (
+                f"the event at position {checkpoint.position} no longer has the hash the "
+                f"witness saw signed ({checkpoint.hash[:16]}…): history was rewritten")
+        if row["signature"] != checkpoint.signature:
+            return checkpoint.position, (
+                f"the signed checkpoint at position {checkpoint.position} that the witness "
+                "recorded is gone from the database (or replaced)")
+    return None
+
+
 async def write_checkpoint(pool: asyncpg.Pool, signer: CheckpointSigner, *,
-                           after: Checkpoint | None = None) -> Checkpoint | None:
+                           after: Checkpoint | None = None,
+                           witness: Witness | None = None) -> Checkpoint | None:
     """Sign the current head after the newest checkpoint and store it; None when the log is
     empty or already checkpointed at its head. ``after``: the checkpoint this signer signed
     last; if the log no longer holds it (as signed, over an event with that hash), raise
-    ``CheckpointsRolledBack`` and sign nothing."""
+    ``CheckpointsRolledBack`` and sign nothing. ``witness``: appended to once committed."""
+    checkpoint = await _sign_and_store(pool, signer, after)
+    if checkpoint is not None and witness is not None:
+        await witness.append(checkpoint)
+    return checkpoint
+
+
+async def _sign_and_store(pool: asyncpg.Pool, signer: CheckpointSigner,
+                          after: Checkpoint | None) -> Checkpoint | None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _CHECKPOINT_LOCK)
         if after is not None:
@@ -205,7 +299,7 @@ async def read_checkpoints(pool: asyncpg.Pool) -> list[Checkpoint]:
 
 async def run_checkpointer(
     pool: asyncpg.Pool, signer: CheckpointSigner, every_events: int, every_s: float,
-    stop: asyncio.Event,
+    stop: asyncio.Event, witness: Witness | None = None,
 ) -> None:
     """Sign a checkpoint whenever ``every_events`` new events or ``every_s`` seconds have passed
     (and there is something new); several processes may run this, positions are unique. The
@@ -221,7 +315,8 @@ async def run_checkpointer(
             signed = await pool.fetchval("SELECT max(position) FROM event_checkpoints") or 0
             due = head - signed >= every_events or time.monotonic() - last_time >= every_s
             if head > signed and (due or stop.is_set()):
-                checkpoint = await write_checkpoint(pool, signer, after=signed_last)
+                checkpoint = await write_checkpoint(pool, signer, after=signed_last,
+                                                    witness=witness)
                 last_time = time.monotonic()
                 if checkpoint is not None:
                     signed_last = checkpoint

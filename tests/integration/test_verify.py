@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -14,6 +15,8 @@ from shared.eventstore import verify
 from shared.eventstore.checkpoints import (
     CheckpointSigner,
     CheckpointsRolledBack,
+    Witness,
+    compare_witness,
     read_checkpoints,
     run_checkpointer,
     write_checkpoint,
@@ -357,3 +360,54 @@ async def test_an_untouched_log_never_needs_the_event_by_event_check(
         report = await verify_log(pool, SIGNER.public_key, batch_size=batch_size)
         assert report.ok and report.checkpoints_checked >= 3, report
     assert reread == []
+
+
+@pytest.fixture
+async def witnessed(pg_store: PostgresEventStore, admin_pool: asyncpg.Pool,
+                    tmp_path: Path) -> Witness:
+    """The log of ``log``, its checkpoints (20, 40) also copied to a witness file."""
+    witness = Witness(tmp_path / "witness.jsonl")
+    for i in range(50):
+        await pg_store.append(f"case-{i % 10}", i // 10, [NewEvent("Noted", {"i": i})])
+        if i + 1 in (20, 40):
+            await write_checkpoint(admin_pool, SIGNER, witness=witness)
+    return witness
+
+
+async def test_the_witness_holds_every_checkpoint_and_an_untouched_log_agrees(
+    witnessed: Witness, admin_pool: asyncpg.Pool
+) -> None:
+    assert [(c.position, c.format) for c in witnessed.read()] == [(20, 2), (40, 2)]
+    assert await compare_witness(admin_pool, witnessed.read(), SIGNER.public_key) is None
+
+
+async def test_a_rewrite_whose_newest_checkpoint_was_deleted_passes_verify_but_not_the_witness(
+    witnessed: Witness, admin_pool: asyncpg.Pool
+) -> None:
+    await tamper.alter_data(admin_pool, 25, '{"i":0}')
+    await tamper.rewrite_chain_from(admin_pool, 25)
+    await tamper.delete_checkpoints(admin_pool, 40)
+    assert (await verify_log(admin_pool, SIGNER.public_key)).ok  # the database alone: fooled
+    differs = await compare_witness(admin_pool, witnessed.read(), SIGNER.public_key)
+    assert differs is not None and differs[0] == 40 and "rewritten" in differs[1]
+
+
+async def test_a_tail_cut_with_its_checkpoint_shows_against_the_witness(
+    witnessed: Witness, admin_pool: asyncpg.Pool
+) -> None:
+    await tamper.delete_checkpoints(admin_pool, 40)
+    await tamper.delete_tail(admin_pool, 30)
+    assert (await verify_log(admin_pool, SIGNER.public_key)).ok
+    differs = await compare_witness(admin_pool, witnessed.read(), SIGNER.public_key)
+    assert differs == (40, "the event at position 40, which the witness saw signed, is gone "
+                           "from the log")
+
+
+async def test_a_witness_line_that_was_not_signed_is_refused(
+    witnessed: Witness, admin_pool: asyncpg.Pool
+) -> None:
+    lines = witnessed.path.read_text().splitlines()
+    lines[0] = lines[0].replace('"position":20', '"position":21')
+    witnessed.path.write_text("\n".join(lines) + "\n")
+    differs = await compare_witness(admin_pool, witnessed.read(), SIGNER.public_key)
+    assert differs is not None and differs[0] == 21 and "invalid signature" in differs[1]
