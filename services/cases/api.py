@@ -295,7 +295,7 @@ async def get_case(case_id: uuid.UUID, who: CurrentPrincipal, handler: Handler,
         org.is_within(state.unit, who.unit) or org.is_within(state.station, who.unit)
     ):
         raise ProblemError(403, "Outside your jurisdiction",
-                           f"case {case_id} is held by {state.unit}, outside {who.unit}",
+                           f"case {case_id} is outside the jurisdiction of {who.unit}",
                            errors=[{"field": "token:unit",
                                     "message": f"{who.unit} does not hold this case"}])
     response.headers["ETag"] = f'"{version}"'

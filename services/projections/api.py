@@ -303,7 +303,7 @@ async def _visible_case(reader: Reader, conn: Conn, schema: str, who: Principal,
                            errors=[{"field": "path:case_id", "message": "no such case"}])
     if not reader.may_see(who, case["unit"], case["station"]):
         raise ProblemError(403, "Outside your jurisdiction",
-                           f"case {case_id} is held by {case['unit']}, outside {who.unit}",
+                           f"case {case_id} is outside the jurisdiction of {who.unit}",
                            errors=[{"field": "token:unit",
                                     "message": f"{who.unit} does not hold this case"}])
     return case

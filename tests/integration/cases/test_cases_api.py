@@ -187,6 +187,7 @@ async def test_an_officer_of_another_township_is_forbidden(
     response = await http.get(f"/v1/cases/{case_id}", headers=as_(OTHER_TOWN, ref))
     assert response.status_code == 403
     assert response.json()["errors"][0]["field"] == "token:unit"
+    assert TOWNSHIP not in response.text  # nor where it is held: that is case data too
     unknown = await http.get(f"/v1/cases/{uuid.uuid4()}", headers=as_(OTHER_TOWN, ref))
     assert unknown.status_code == 404
     assert unknown.json()["errors"][0]["field"] == "path:case_id"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -221,6 +222,9 @@ async def test_the_journey_seen_from_every_level(
               status=403)
     await get(http, f"/v1/projections/cases/{b}/timeline", "supervisor.530102002", ref,
               status=403)
+    refused = await get(http, f"/v1/projections/cases/{b}", "supervisor.530102002", ref,
+                        status=403)
+    assert TOWNSHIP not in json.dumps(refused)  # nor where it is held: that is case data too
     audited = await get(http, "/v1/projections/cases", "auditor.530100.a", ref)
     assert {c["case_id"] for c in audited["items"]} == {a_s, b_s}
 
