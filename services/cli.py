@@ -234,10 +234,11 @@ def cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
     from services.intake.privacy import check_erasure_order
     from shared.reference import load_reference
 
-    check_erasure_order(args.by, args.reason, load_reference().staff)  # before any database
+    ref = load_reference()
+    check_erasure_order(args.by, args.reason, ref.staff)  # before any database starts
     with endpoints(settings, kafka=False) as ep:
         print(asyncio.run(intake.erase_subject(settings, ep, args.subject, erased_by=args.by,
-                                               reason=args.reason)))
+                                               reason=args.reason, ref=ref)))
     return 0
 
 

@@ -17,7 +17,7 @@ from shared.eventstore.port import NO_STREAM
 from shared.eventstore.postgres import PostgresEventStore, create_pool
 from shared.kafka import ensure_topics, topic_specs
 from shared.logging import current_correlation_id, get_logger, new_correlation_id
-from shared.reference import load_reference
+from shared.reference import Reference, load_reference
 from shared.service import serve_http
 from shared.settings import Settings
 from shared.stack import Endpoints
@@ -46,16 +46,13 @@ async def serve(settings: Settings, endpoints: Endpoints, stop: asyncio.Event, *
 
 
 async def erase_subject(settings: Settings, endpoints: Endpoints, subject_id: str, *,
-                        erased_by: str, reason: str,
-                        intake: IntakeSettings | None = None) -> str:
+                        erased_by: str, reason: str, intake: IntakeSettings | None = None,
+                        ref: Reference | None = None) -> str:
     """Crypto-shred a data subject: record the order in the log (``SubjectErased``), then
     delete their key. No event is changed, so ``yizhan audit verify`` still passes. What
     happened, as a sentence (``ErasureRefused`` first if the order is not one a supervisor or
     auditor gave with a reason)."""
-    staff = load_reference().staff
-    check_erasure_order(erased_by, reason, staff)
-    member = staff.get(erased_by)
-    assert member is not None
+    member = check_erasure_order(erased_by, reason, (ref or load_reference()).staff)
     intake = intake or IntakeSettings()
     pool = await create_pool(endpoints.service_url, min_size=1, max_size=2)
     store = PostgresEventStore(pool)

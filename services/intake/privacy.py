@@ -30,7 +30,7 @@ from services.intake.domain.submission import Applicant
 from services.intake.settings import IntakeSettings
 from shared.contracts.cases import EncryptedApplicant
 from shared.logging import get_logger
-from shared.reference import Role, StaffDirectory
+from shared.reference import Role, StaffDirectory, StaffMember
 
 log = get_logger(__name__)
 FIELD_FORMAT = "v1"
@@ -45,9 +45,9 @@ class ErasureRefused(ValueError):
 ORDERS_ERASURES = frozenset({Role.SUPERVISOR, Role.AUDITOR})
 
 
-def check_erasure_order(erased_by: str, reason: str, staff: StaffDirectory) -> None:
-    """Raise ``ErasureRefused`` unless ``erased_by`` may order an erasure and ``reason`` says
-    why."""
+def check_erasure_order(erased_by: str, reason: str, staff: StaffDirectory) -> StaffMember:
+    """Who orders the erasure; ``ErasureRefused`` unless ``erased_by`` may order one and
+    ``reason`` says why."""
     member = staff.get(erased_by)
     if member is None:
         raise ErasureRefused(f"{erased_by} is not in the staff directory")
@@ -56,6 +56,7 @@ def check_erasure_order(erased_by: str, reason: str, staff: StaffDirectory) -> N
                              "orders an erasure")
     if not reason.strip():
         raise ErasureRefused("give the legal ground of the erasure (--reason)")
+    return member
 
 
 class SubjectErased(LookupError):

@@ -9,8 +9,9 @@ chain that holds, so the head is also held against what other durable records sa
 reached: the relay's published position (``relay_positions``, ``relay_partition_offsets``) and
 every idempotent consumer's applied position (``consumer_positions``: log positions too). A
 log that ends below any of them was truncated. Those records live in the same database, so a
-forger who also lowers them is not caught here: only something outside the database (the
-published Kafka topic, a copy of the newest checkpoint kept elsewhere) can tell.
+forger who also lowers them is not caught here: only something outside the database can tell,
+such as the witness file of the signed checkpoints (``checkpoints.compare_witness``, which
+`yizhan audit verify` runs after this).
 
 How it goes fast: PostgreSQL assembles each event's canonical bytes, a range of events (4,000)
 at a time in pieces of 200, each piece one row; two connections each build a range while Python
