@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
 
+from shared.contracts.canonical import loads
 from shared.contracts.envelope import RecordedEvent
 from shared.eventstore.postgres import NO_FLUSH_WAIT, NOTIFY_CHANNEL, Conn, PostgresEventStore
 from shared.kafka import broker_state, recreate_topic
@@ -71,16 +76,60 @@ class RelayStats:
     extra: dict[str, int] = field(default_factory=dict)
 
 
+class Ack(NamedTuple):
+    """Where the broker put one event."""
+
+    partition: int
+    offset: int
+
+
 def headers_for(event: RecordedEvent) -> list[tuple[str, bytes]]:
     headers = [
         ("type", event.type.encode()),
         ("schema_version", str(event.schema_version).encode()),
         ("position", str(event.position).encode()),
     ]
-    correlation = event.metadata.get("correlation_id")
+    correlation = correlation_id(event.metadata_json)
     if correlation:
-        headers.append(("correlation_id", str(correlation).encode()))
+        headers.append(("correlation_id", correlation.encode()))
     return headers
+
+
+_CORRELATION = re.compile(r'"correlation_id":"([^"\\]*)"')
+
+
+def correlation_id(metadata_json: str) -> str | None:
+    """The metadata's ``correlation_id`` as text, read without parsing the metadata when it
+    is a flat object (ours always is): there an unescaped ``"correlation_id":"`` can only be
+    that key at the top level. Anything else (nesting, escapes, a value not a string) is
+    parsed."""
+    if metadata_json.count("{") == 1:
+        found = _CORRELATION.search(metadata_json)
+        if found is not None:
+            return found.group(1)
+        if '"correlation_id"' not in metadata_json:
+            return None
+    value = loads(metadata_json).get("correlation_id") if metadata_json else None
+    return None if value is None else str(value)
+
+
+class Partitioner:
+    """The producer's default partitioner (murmur2 of the key, as Kafka's Java client), with
+    each stream's partition remembered: a stream's events come in runs, and murmur2 in pure
+    Python cost more than building the record."""
+
+    def __init__(self, partitions: int, remember: int = 100_000) -> None:
+        self.partitions, self.remember = partitions, remember
+        self._known: dict[str, int] = {}
+
+    def __call__(self, stream_id: str) -> int:
+        partition = self._known.get(stream_id)
+        if partition is None:
+            if len(self._known) >= self.remember:
+                self._known.clear()
+            partition = (murmur2(stream_id.encode()) & 0x7FFFFFFF) % self.partitions
+            self._known[stream_id] = partition
+        return partition
 
 
 class Relay:
@@ -94,6 +143,7 @@ class Relay:
         self._wake = asyncio.Event()
         self._known_cluster: str | None = None
         self._led_last_term = False
+        self._partition = Partitioner(config.partitions)
 
     # -- leadership --------------------------------------------------------------------------
 
@@ -220,21 +270,41 @@ class Relay:
         finally:
             await producer.stop()
 
-    async def _send(
-        self, producer: AIOKafkaProducer, batch: Sequence[RecordedEvent]
-    ) -> list[RecordMetadata]:
-        futures = [
-            await producer.send(
-                self.config.topic, value=e.to_wire_json().encode(),
-                key=e.stream_id.encode(), headers=headers_for(e),
-            )
-            for e in batch
-        ]
-        return list(await asyncio.gather(*futures))
+    async def _send(self, producer: AIOKafkaProducer,
+                    batch: Sequence[RecordedEvent]) -> list[Ack]:
+        """Publish ``batch`` (one record batch per partition, in position order within each;
+        ``_check_broker`` has just seen the topic with ``partitions`` partitions) and wait for
+        every acknowledgement: where each event went, in the order of ``batch``."""
+        topic, partition_of = self.config.topic, self._partition
+        builders: dict[int, tuple[list[int], BatchBuilder]] = {}
+        sent: list[tuple[int, list[int], asyncio.Future[RecordMetadata]]] = []
+        for index, event in enumerate(batch):
+            partition = partition_of(event.stream_id)
+            indexes, builder = builders.get(partition) or ([], producer.create_batch())
+            value, key = event.to_wire_json().encode(), event.stream_id.encode()
+            headers = headers_for(event)
+            if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                # full: send it, and start the partition's next one with this event
+                sent.append((partition, indexes, await producer.send_batch(
+                    builder, topic, partition=partition)))
+                indexes, builder = [], producer.create_batch()
+                if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                    raise KafkaError(f"event {event.position} does not fit a record batch")
+            indexes.append(index)
+            builders[partition] = (indexes, builder)
+        for partition, (indexes, builder) in builders.items():
+            sent.append((partition, indexes, await producer.send_batch(
+                builder, topic, partition=partition)))
+        acks: list[Ack] = [Ack(-1, -1)] * len(batch)
+        for partition, indexes, future in sent:
+            base = (await future).offset
+            for relative, index in enumerate(indexes):
+                acks[index] = Ack(partition, base + relative)
+        return acks
 
     async def _save(
         self, conn: Conn, position: int, batch: Sequence[RecordedEvent],
-        acks: list[RecordMetadata], offsets: dict[int, int],
+        acks: list[Ack], offsets: dict[int, int],
     ) -> None:
         last: dict[int, tuple[int, int]] = {}
         for event, ack in zip(batch, acks, strict=True):
@@ -313,7 +383,7 @@ class Relay:
         self.stats.republished_from_zero += 1
 
 
-def _check_acks(acks: list[RecordMetadata], offsets: dict[int, int]) -> None:
+def _check_acks(acks: Sequence[Ack], offsets: dict[int, int]) -> None:
     """Offsets on a partition only grow while the broker keeps its log."""
     lowest: dict[int, int] = {}
     for ack in acks:
