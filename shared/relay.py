@@ -12,6 +12,8 @@
   memory broker keeps a "ghost" topic it no longer lists) or with the wrong partition count, or
   an acknowledgement at a lower offset than one already acknowledged on that partition. It then
   recreates the topic (which also clears stray records) and publishes again from position 0.
+  The broker is checked at the start of each leadership term, before a batch whenever a
+  connection to it was lost or opened since the last check, and every probe interval.
   Consumers skip what they have already applied by position.
 """
 
@@ -23,7 +25,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -246,6 +248,12 @@ class Relay:
                 "SELECT position FROM relay_positions WHERE relay = $1", cfg.name)
             offsets = await self._load_offsets(conn)
             last_probe = time.monotonic()
+            # A broker that lost its log is one that restarted, so the broker is checked
+            # before a batch only when a connection to it was lost or opened since the last
+            # check (and every probe interval): the all-topics metadata request cost more CPU,
+            # the relay's and the broker's, than publishing a small batch
+            clients = (producer.client, admin._client)
+            seen: list[object] = []
             linger_until = 0.0
             while not stop.is_set():
                 # Under a steady trickle every commit would be a batch of its own, each paying
@@ -255,9 +263,11 @@ class Relay:
                     await _sleep_or_stop(stop, wait)
                 self._wake.clear()
                 batch = await self.store.read_batch(position, cfg.batch_size)
-                if time.monotonic() - last_probe > cfg.probe_interval_s or batch:
+                if (time.monotonic() - last_probe > cfg.probe_interval_s
+                        or (batch and not _unbroken(seen, clients))):
                     await self._check_broker(conn, admin)
                     last_probe = time.monotonic()
+                    seen = _connections(clients)
                 if not batch:
                     await _wait_any(self._wake, stop, cfg.poll_interval_s)
                     continue
@@ -296,10 +306,10 @@ class Relay:
             sent.append((partition, indexes, await producer.send_batch(
                 builder, topic, partition=partition)))
         acks: list[Ack] = [Ack(-1, -1)] * len(batch)
-        for partition, indexes, future in sent:
-            base = (await future).offset
+        done = await asyncio.gather(*(future for _, _, future in sent))  # every error retrieved
+        for (partition, indexes, _), metadata in zip(sent, done, strict=True):
             for relative, index in enumerate(indexes):
-                acks[index] = Ack(partition, base + relative)
+                acks[index] = Ack(partition, metadata.offset + relative)
         return acks
 
     async def _save(
@@ -381,6 +391,20 @@ class Relay:
                 cfg.name, cfg.topic,
             )
         self.stats.republished_from_zero += 1
+
+
+def _connections(clients: Sequence[Any]) -> list[object]:
+    """The clients' open connections (aiokafka keeps them by node; a lost one is replaced by a
+    new object)."""
+    return [conn for client in clients for conn in client._conns.values()]
+
+
+def _unbroken(seen: list[object], clients: Sequence[Any]) -> bool:
+    """The clients hold exactly the connections ``seen`` at the last check, each still open:
+    the broker has not restarted since (its process ending closes every one)."""
+    now = _connections(clients)
+    return bool(seen) and len(now) == len(seen) and all(
+        a is b and b.connected() for a, b in zip(now, seen, strict=True))  # type: ignore[attr-defined]
 
 
 def _check_acks(acks: Sequence[Ack], offsets: dict[int, int]) -> None:

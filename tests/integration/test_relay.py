@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 
@@ -100,6 +101,26 @@ async def test_broker_restart_loses_nothing(
                        timeout=60)
     messages = await read_topic(own_broker.bootstrap_servers, cfg.topic, PARTITIONS, until=1000)
     assert_complete_and_ordered(messages, 1000)
+
+
+async def test_broker_restarted_while_the_relay_was_idle_is_noticed_before_publishing(
+    pg_store: PostgresEventStore, own_broker: EmbeddedKafka
+) -> None:
+    """No failed request tells the relay: its connections ended with the broker's process,
+    and that alone makes it check the broker before the next batch (no periodic probe here)."""
+    cfg = dataclasses.replace(config(own_broker.bootstrap_servers), probe_interval_s=3600)
+    relay = Relay(pg_store, cfg)
+    async with running(relay):
+        await append_many(pg_store, 300)
+        await wait_for(lambda: relay.stats.position == 300)
+        own_broker.stop(kill=True)
+        own_broker.start()
+        await asyncio.sleep(1.0)  # idle meanwhile: nothing to publish, nothing failed
+        await append_many(pg_store, 200)
+        await wait_for(lambda: relay.stats.position == 500, timeout=60)
+    assert relay.stats.republished_from_zero == 1
+    messages = await read_topic(own_broker.bootstrap_servers, cfg.topic, PARTITIONS, until=500)
+    assert_complete_and_ordered(messages, 500)
 
 
 async def test_fresh_empty_broker_is_refilled_from_position_zero(
