@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.cases.domain import (
+    Case,
     Command,
     sla_clock_actor,
     timer_commands_due,
@@ -105,7 +106,7 @@ async def fire_due(
 ) -> FireReport:
     """Send every timer command due at ``now``; return what was recorded."""
     rows = await conn.fetch(
-        "SELECT case_id FROM sla_due WHERE (NOT warned AND warn_at <= $1)"
+        "SELECT case_id, timer_no FROM sla_due WHERE (NOT warned AND warn_at <= $1)"
         " OR (NOT breached AND due_at <= $1) ORDER BY due_at LIMIT $2", now, limit)
     report = FireReport(checked=len(rows))
     ref: Reference = commands.ref
@@ -114,7 +115,10 @@ async def fire_due(
         case, *_ = await commands.load(row["case_id"])
         if case is None:
             continue
-        for command in timer_commands_due(case, now, actor):
+        due = timer_commands_due(case, now, actor)
+        if not due:
+            await _owes_nothing(conn, case, row["timer_no"])
+        for command in due:
             timer_no = getattr(command, "timer_no", 0)
             try:
                 done = await commands.handle(command, command_id=timer_command_id(command,
@@ -129,6 +133,20 @@ async def fire_due(
                     report.breaches += 1
                     report.escalations += await _escalate(commands, event, ref)
     return report
+
+
+async def _owes_nothing(conn: Conn, case: Case, timer_no: int) -> None:
+    """The row looked due, yet its timer owes nothing: a level warned (or breached) before a
+    pause or a return is not warned again on its new timer, which ``SlaTimerScheduled`` does
+    not say, so the row has it "not warned" with the time past. Left so, it was picked first at
+    every tick until the level moved on, and enough of them filled the tick's limit: no other
+    timer fired (found in review). Mark on the row what the case says its timer has had."""
+    timer = case.timer
+    if timer is None or timer.timer_no != timer_no:  # the row is behind the log: not ours
+        return
+    await conn.execute("UPDATE sla_due SET warned = warned OR $3, breached = breached OR $4"
+                       " WHERE case_id = $1 AND timer_no = $2",
+                       case.case_id, timer_no, timer.warned, timer.breached)
 
 
 async def _escalate(commands: CaseCommands, breach: SlaBreached, ref: Reference) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 import pytest
@@ -153,3 +153,47 @@ async def test_a_batch_of_many_cases_leaves_what_one_event_at_a_time_leaves(
     one_by_one = [dict(r) for r in await service.pool.fetch(snapshot)]
     assert batched == one_by_one
     assert {r["case_id"] for r in batched} == set(cases[:3])
+
+
+async def test_a_resumed_clock_of_a_warned_level_does_not_block_the_timers_behind_it(
+    service: CasesService, admin_pool: asyncpg.Pool,
+) -> None:
+    """A level warned once is not warned again after a pause (the domain's rule), but its new
+    timer's row said "not warned" with the warning time already past: every tick picked it
+    first, fired nothing, and with the tick's limit full of such rows no other timer fired."""
+    from services.cases.domain import RequestDocuments, SupplyDocuments
+
+    clerk = Actor(user_id=CLERK, role=Role.STATION_CLERK, unit=STATION)
+    clock = service.clock
+    resumed = await accepted_case(service)
+    clock.now += timedelta(days=1)  # type: ignore[attr-defined]
+    other = await accepted_case(service)
+    await catch_up(service)
+
+    async def row(case_id: uuid.UUID) -> asyncpg.Record:
+        found = await admin_pool.fetchrow("SELECT * FROM sla_due WHERE case_id = $1", case_id)
+        assert found is not None
+        return found
+
+    async def tick(now: datetime, limit: int) -> object:
+        async with service.pool.acquire() as conn:  # type: ignore[union-attr]
+            return await fire_due(service.commands, conn, now, limit=limit)
+
+    warn_at = (await row(resumed))["warn_at"]
+    assert (await tick(warn_at, 500)).warnings == 1  # type: ignore[attr-defined]
+    clock.now = warn_at  # type: ignore[attr-defined]
+    await service.commands.handle(RequestDocuments(
+        case_id=resumed, at=clock(), actor=clerk, documents=("id_card",)),
+        command_id=uuid.uuid4())
+    clock.now += timedelta(hours=12)  # type: ignore[attr-defined]
+    await service.commands.handle(SupplyDocuments(
+        case_id=resumed, at=clock(), actor=clerk, documents=("id_card",)),
+        command_id=uuid.uuid4())  # warned before the pause: no warning is owed any more
+    await catch_up(service)
+    now = (await row(other))["warn_at"]  # the other case's warning is owed; the resumed owes none
+    assert (await row(resumed))["warn_at"] < now < (await row(resumed))["due_at"]
+    assert (await row(resumed))["due_at"] < (await row(other))["due_at"]  # picked first
+    for _ in range(2):  # one row a tick
+        await tick(now, 1)
+    assert "SlaWarningRaised" in await events_of(service, other)
+    assert (await events_of(service, resumed)).count("SlaWarningRaised") == 1
