@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from fractions import Fraction
 from typing import Protocol
 
 from shared.reference import CHINA_TZ
@@ -70,7 +71,9 @@ def plan(
     """Warning and due instants for a level that starts (or resumes) at ``starts_at`` having
     already used ``used_seconds`` of its ``budget_days``."""
     budget = budget_days * DAY_SECONDS
-    warn_after = math.ceil(budget * warning_share)
+    # the share as the catalogue writes it (0.55), not its binary approximation, whose
+    # product with a budget can land just above a whole second and be rounded up past it
+    warn_after = math.ceil(budget * Fraction(str(warning_share)))
     return SlaPlan(
         starts_at=starts_at.astimezone(UTC),
         warn_at=add_working_seconds(calendar, starts_at, warn_after - used_seconds),

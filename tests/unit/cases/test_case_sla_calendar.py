@@ -145,3 +145,12 @@ def test_an_override_file_makes_a_day_of_an_unknown_year_a_holiday(tmp_path):
 def test_an_override_wins_over_the_package():
     calendar = WorkingCalendar([DayOverride(date=date(2026, 3, 2), working=False, name="x")])
     assert not calendar.is_working_day(date(2026, 3, 2))
+
+
+@pytest.mark.parametrize("share", [0.55, 0.7, 0.85, 0.95])
+def test_the_warning_falls_on_the_share_to_the_second(calendar, share):
+    # a day's 86,400 s × 0.55 is 47,520.000000000007 in binary floating point: rounding that up
+    # warned a second after the share
+    planned = sla.plan(calendar, starts_at=cst(2026, 3, 2), budget_days=1, warning_share=share)
+    expected = round(DAY * share)
+    assert sla.working_seconds_between(calendar, cst(2026, 3, 2), planned.warn_at) == expected
