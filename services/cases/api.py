@@ -27,6 +27,12 @@ from shared.service import PROMETHEUS_TEXT
 router = APIRouter(prefix="/v1/cases", tags=["cases"])
 operations = APIRouter(tags=["operations"])
 _STATUS = {"forbidden": 403, "conflict": 409, "invalid": 422, "not_found": 404}
+_REQUEST_FIELD = {
+    "actor": "token", "actor.user_id": "token:sub", "actor.role": "token:role",
+    "actor.unit": "token:unit", "actor.acting_for": "acting_for", "case_id": "path:case_id",
+}
+"""Where a command field the domain names comes from in a request: the actor is the bearer
+token (plus the body's ``acting_for``), the case the path; the rest are body fields."""
 IDEMPOTENCY_KEY_MAX = 200
 MAX_BODY_BYTES = 1 << 20  # a command is a few KB; a 4,000-character note is 24 KB \u-escaped
 
@@ -176,7 +182,7 @@ async def run(handler: CaseCommands, command: c.Command, pre: CommandContext,
         done: Handled = await handler.handle(command, command_id=pre.command_id,
                                              expected_version=pre.expected_version)
     except Rejection as refused:
-        field = refused.field or "command"
+        field = _REQUEST_FIELD.get(refused.field or "", refused.field) or "command"
         raise ProblemError(
             _STATUS[refused.kind], type(refused).__name__, refused.reason,
             type_=f"/problems/{type(refused).__name__}",

@@ -301,3 +301,23 @@ async def test_a_case_is_read_only_by_people_the_staff_directory_knows_as_such(
                                  headers={"Authorization": f"Bearer {token}"})
         assert refused.status_code == 403, refused.text
         assert [e["field"] for e in refused.json()["errors"]] == [field]
+
+
+async def test_a_refusal_names_the_part_of_the_request_at_fault(
+    service: CasesService, http: httpx.AsyncClient, ref: Reference
+) -> None:
+    """Over HTTP the actor is the bearer token and the case the path: a refusal names those
+    (as the reads do), not the domain's ``actor.unit`` or ``case_id``, which no request has."""
+    case_id = await submitted_case(service, MLG_DOCUMENTS)
+    await act(http, ref, case_id, "accept", CLERK)
+    await act(http, ref, case_id, "hand-off", CLERK)
+    elsewhere = await act(http, ref, case_id, "receive", OTHER_TOWN, status=403)
+    assert [e["field"] for e in elsewhere["errors"]] == ["token:unit"]
+    await act(http, ref, case_id, "receive", TOWN)
+    not_owner = await act(http, ref, case_id, "hand-off", f"officer.{TOWNSHIP}.b", status=403)
+    assert [e["field"] for e in not_owner["errors"]] == ["token:sub"]
+    not_backup = await act(http, ref, case_id, "notes", CLERK_B,
+                           {"text": "x", "acting_for": TOWN}, status=403)
+    assert [e["field"] for e in not_backup["errors"]] == ["acting_for"]
+    unknown = await act(http, ref, uuid.uuid4(), "accept", CLERK, status=404)
+    assert [e["field"] for e in unknown["errors"]] == ["path:case_id"]
