@@ -10,6 +10,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
+from shared.reference.calendar import CHINA_TZ
+
 # C0 control characters other than tab, line feed and carriage return: PostgreSQL's text
 # refuses NUL outright, and none of the others has a place in anything a person types.
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
@@ -51,6 +53,13 @@ def _storable(value: datetime) -> datetime:
     return value
 
 
+def _china_time(value: datetime) -> datetime:
+    # without a zone, the database driver would read the moment in the server's own zone
+    if value.tzinfo is None:
+        return value.replace(tzinfo=CHINA_TZ)
+    return value
+
+
 Text = Annotated[str, AfterValidator(_no_control)]
 """Free text a person types (a note, a reason, a name): no C0 control characters except tab,
 line feed and carriage return."""
@@ -58,3 +67,7 @@ Month = Annotated[str, AfterValidator(_month)]
 """A calendar month, ``YYYY-MM``."""
 Moment = Annotated[datetime, AfterValidator(_storable)]
 """A moment PostgreSQL can store (its UTC form exists)."""
+ChinaMoment = Annotated[datetime, AfterValidator(_china_time), AfterValidator(_storable)]
+"""A ``Moment`` in which a date or time given without a zone is China Standard Time, the time
+the network works in (and counts its SLA months in): a supervisor's "from 1 March" is from
+midnight in Kunming, not in whatever zone the server runs."""

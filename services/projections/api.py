@@ -30,7 +30,7 @@ from services.projections.progress import Progress, advance_watermark, read_prog
 from shared.auth import CurrentPrincipal, Principal, require_staff
 from shared.eventstore.postgres import Conn
 from shared.http import ProblemError
-from shared.inputs import BIGINT_MAX, Moment, Month
+from shared.inputs import BIGINT_MAX, ChinaMoment, Month
 from shared.logging import get_logger
 from shared.reference.org import OrgTree
 from shared.reference.staff import Role, StaffDirectory
@@ -201,12 +201,14 @@ async def list_cases(
     level: str | None = None, overdue: bool | None = None,
     tracking_no: Annotated[str | None, Query(pattern=TRACKING_NO,
                                              max_length=TRACKING_NO_MAX)] = None,
-    submitted_from: Moment | None = None, submitted_to: Moment | None = None,
+    submitted_from: ChinaMoment | None = None, submitted_to: ChinaMoment | None = None,
     sort: str = "last_change_at", order: Order = "desc", limit: Limit = 50,
     offset: Offset = 0, min_position: MinPosition = None,
 ) -> dict[str, Any]:
     """Cases held by ``unit`` (default: yours) or any unit under it: status, service, holding
-    unit and level, owner, acting person, due date, overdue flag, last change."""
+    unit and level, owner, acting person, due date, overdue flag, last change. Submitted from
+    ``submitted_from`` up to (not including) ``submitted_to``; a date or time without a zone
+    is China Standard Time."""
     scope = reader.scope(who, unit)
     f = _filter(status, service_code, level, overdue, tracking_no, submitted_from,
                 submitted_to, sort, order, limit, offset)
@@ -281,7 +283,7 @@ async def sla(who: CurrentPrincipal, reader: Read, response: Response,
 async def handoffs(who: CurrentPrincipal, reader: Read, response: Response,
                    unit: str | None = None,
                    group_by: Annotated[list[str] | None, Query()] = None,
-                   since: Moment | None = None,
+                   since: ChinaMoment | None = None,
                    min_position: MinPosition = None) -> dict[str, Any]:
     """Per from-level → to-level: moves, still waiting, mean / median / p90 seconds until
     the upper unit received the case."""

@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
+from services.cases.domain import AcceptCase, HandOffCase, SubmitCase, decide, evolve
 from services.projections.bootstrap import ProjectionsService, bootstrap, build_app
+from services.projections.live import LiveProjection
+from services.projections.projectors import UnitPaths
 from shared.auth import Principal, mint_token
-from shared.reference import Reference
+from shared.contracts.cases import Actor, EncryptedApplicant
+from shared.contracts.envelope import NewEvent
+from shared.eventstore.postgres import PostgresEventStore
+from shared.reference import CHINA_TZ, Reference
 from tests.conftest import Db
 from tests.integration.projections.helpers import SETTINGS
 
@@ -66,6 +74,7 @@ async def test_a_nul_in_a_tracking_number_is_refused_not_sent_to_postgresql(
     (f"offset={HUGE}", "query:offset"),
     (f"min_position={HUGE}", "query:min_position"),
     ("submitted_from=0001-01-01T00:00:00%2B14:00", "query:submitted_from"),
+    ("submitted_to=0001-01-01", "query:submitted_to"),  # China time: no UTC form either
 ])
 async def test_bad_list_filters_are_a_problem_naming_the_parameter(
     http: httpx.AsyncClient, ref: Reference, query: str, field: str,
@@ -152,3 +161,43 @@ async def test_every_read_checks_the_token_against_the_staff_directory(
             for headers, field in IMPOSTORS:
                 refused = await problem(client, url, headers, 403)
                 assert [e["field"] for e in refused["errors"]] == [field], (url, field)
+
+
+async def test_a_moment_without_a_zone_is_china_time(
+    http: httpx.AsyncClient, pool: asyncpg.Pool, pg_store: PostgresEventStore, ref: Reference,
+) -> None:
+    """A supervisor in Kunming who asks for what happened from 1 March means from midnight
+    there (16:00 UTC the day before), as the SLA months are counted: a case submitted and
+    handed up at 07:00 on 1 March is in that range and not before it, whatever the time zone
+    of the server."""
+    clerk = ref.staff.member("clerk.530102001001.a")
+    who = Actor(user_id=clerk.user_id, role=clerk.role, unit=clerk.unit)
+    at = datetime(2026, 3, 1, 7, 0, tzinfo=CHINA_TZ)
+    case_id, state, events = uuid.uuid4(), None, []
+    for command in (
+        SubmitCase(case_id=case_id, at=at, actor=who, tracking_no="KM-CST-1",
+                   service_code="minimum_living_guarantee", visit_id=uuid.uuid4(),
+                   station=clerk.unit, applicant=EncryptedApplicant(subject_id="s", id_hash="h")),
+        AcceptCase(case_id=case_id, at=at, actor=who),
+        HandOffCase(case_id=case_id, at=at, actor=who),
+    ):
+        for event in decide(state, command, ref):
+            state = evolve(state, event)
+            events.append(event)
+    await pg_store.append(f"case-{case_id}", 0, [
+        NewEvent(e.event_type, e.model_dump(mode="json")) for e in events])
+    async with pool.acquire() as conn, conn.transaction():
+        await LiveProjection(UnitPaths(ref.org)).apply(conn, await pg_store.read_batch(0, 10))
+    headers = token(SUPERVISOR, ref)
+    for query, found in (("submitted_from=2026-03-01", 1),
+                         ("submitted_from=2026-03-01T00:00:00", 1),
+                         ("submitted_to=2026-03-01", 0),
+                         ("submitted_from=2026-03-01T00:00:00%2B08:00", 1),
+                         ("submitted_from=2026-03-01T00:00:00Z", 0)):
+        response = await http.get(f"/v1/projections/cases?{query}", headers=headers)
+        assert response.status_code == 200, response.text
+        assert response.json()["total"] == found, query
+    for since, moves in (("2026-03-01", 1), ("2026-03-01T07:00:01", 0)):
+        response = await http.get(f"/v1/projections/handoffs?since={since}", headers=headers)
+        assert response.status_code == 200, response.text
+        assert sum(d["moves"] for d in response.json()["items"]) == moves, since

@@ -3,15 +3,19 @@ PostgreSQL can store."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from services.intake.domain.submission import ResultSubmission
-from shared.inputs import Moment, Month, Text
+from shared.inputs import ChinaMoment, Moment, Month, Text
+from shared.reference import CHINA_TZ
 
 TEXT = TypeAdapter(Text)
 MONTH = TypeAdapter(Month)
 MOMENT = TypeAdapter(Moment)
+CHINA_MOMENT = TypeAdapter(ChinaMoment)
 
 
 @pytest.mark.parametrize("value", ["a\x00b", "\x01", "x\x08", "\x0b", "\x0c", "\x1b[2J", "\x1f"])
@@ -49,3 +53,10 @@ def test_a_moment_without_a_utc_form_is_refused() -> None:
         MOMENT.validate_python("0001-01-01T00:00:00+14:00")
     assert MOMENT.validate_python("0001-01-01T00:00:00-01:00").year == 1
     assert MOMENT.validate_python("2026-03-02T09:00:00").tzinfo is None
+
+
+def test_a_china_moment_without_a_zone_is_china_standard_time() -> None:
+    assert CHINA_MOMENT.validate_python("2026-03-01") == datetime(2026, 3, 1, tzinfo=CHINA_TZ)
+    assert CHINA_MOMENT.validate_python("2026-03-01T00:00:00Z").utcoffset() == timedelta(0)
+    with pytest.raises(ValidationError, match="out of the range of dates"):
+        CHINA_MOMENT.validate_python("0001-01-01T00:00:00")
