@@ -168,6 +168,9 @@ MinPosition = Annotated[int | None, Query(
                 "(the `position` a command returned): read-your-writes.")]
 Limit = Annotated[int, Query(ge=1, le=500)]
 Offset = Annotated[int, Query(ge=0, le=BIGINT_MAX)]  # PostgreSQL's OFFSET is a bigint
+After = Annotated[str | None, Query(
+    max_length=512, description="The `next` of the page before: this page starts after its "
+                                "last case, however many cases changed meanwhile.")]
 TRACKING_NO = r"^[A-Za-z0-9][A-Za-z0-9-]*$"  # e.g. 530102-20260302-7K3M9Q2XPA
 TRACKING_NO_MAX = 64
 
@@ -181,14 +184,24 @@ def answer(response: Response, progress: Progress, body: dict[str, Any]) -> dict
 def _filter(status: list[str] | None, service_code: str | None, level: str | None,
             overdue: bool | None, tracking_no: str | None, submitted_from: datetime | None,
             submitted_to: datetime | None, sort: str, order: str, limit: int, offset: int,
-            **extra: Any) -> q.CaseFilter:
+            after: str | None, **extra: Any) -> q.CaseFilter:
     if sort not in q.SORTS:
         raise ProblemError(422, "Invalid request", f"sort must be one of {sorted(q.SORTS)}",
                            errors=[{"field": "query:sort", "message": "unknown sort key"}])
     return q.CaseFilter(status=status or (), service_code=service_code, level=level,
                         overdue=overdue, tracking_no=tracking_no, submitted_from=submitted_from,
                         submitted_to=submitted_to, sort=sort, descending=order == "desc",
-                        limit=limit, offset=offset, **extra)
+                        limit=limit, offset=offset, after=_cursor(sort, after), **extra)
+
+
+def _cursor(sort: str, after: str | None) -> tuple[Any, uuid.UUID] | None:
+    if after is None:
+        return None
+    try:
+        return q.read_cursor(sort, after)
+    except q.BadCursor as exc:
+        raise ProblemError(422, "Invalid request", str(exc),
+                           errors=[{"field": "query:after", "message": str(exc)}]) from exc
 
 
 Order = Annotated[str, Query(pattern="^(asc|desc)$")]
@@ -203,7 +216,7 @@ async def list_cases(
                                              max_length=TRACKING_NO_MAX)] = None,
     submitted_from: ChinaMoment | None = None, submitted_to: ChinaMoment | None = None,
     sort: str = "last_change_at", order: Order = "desc", limit: Limit = 50,
-    offset: Offset = 0, min_position: MinPosition = None,
+    offset: Offset = 0, after: After = None, min_position: MinPosition = None,
 ) -> dict[str, Any]:
     """Cases held by ``unit`` (default: yours) or any unit under it: status, service, holding
     unit and level, owner, acting person, due date, overdue flag, last change. Submitted from
@@ -211,7 +224,7 @@ async def list_cases(
     is China Standard Time."""
     scope = reader.scope(who, unit)
     f = _filter(status, service_code, level, overdue, tracking_no, submitted_from,
-                submitted_to, sort, order, limit, offset)
+                submitted_to, sort, order, limit, offset, after)
     async with reader.reading(min_position) as (conn, schema, progress):
         body = await q.list_cases(conn, schema, scope, f)
     return answer(response, progress, body)
@@ -220,12 +233,12 @@ async def list_cases(
 @router.get("/overdue", summary="Overdue cases in your jurisdiction, most overdue first")
 async def overdue(who: CurrentPrincipal, reader: Read, response: Response,
                   unit: str | None = None, service_code: str | None = None,
-                  limit: Limit = 50, offset: Offset = 0,
+                  limit: Limit = 50, offset: Offset = 0, after: After = None,
                   min_position: MinPosition = None) -> dict[str, Any]:
     """Open cases whose running SLA clock is past its due time."""
     scope = reader.scope(who, unit)
     f = q.CaseFilter(service_code=service_code, overdue=True, sort="due_at", descending=False,
-                     limit=limit, offset=offset)
+                     limit=limit, offset=offset, after=_cursor("due_at", after))
     async with reader.reading(min_position) as (conn, schema, progress):
         body = await q.list_cases(conn, schema, scope, f)
     return answer(response, progress, body)
@@ -236,11 +249,11 @@ async def queue(unit: str, who: CurrentPrincipal, reader: Read, response: Respon
                 status: Annotated[list[str] | None, Query()] = None,
                 service_code: str | None = None, sort: str = "last_change_at",
                 order: Order = "asc", limit: Limit = 50, offset: Offset = 0,
-                min_position: MinPosition = None) -> dict[str, Any]:
+                after: After = None, min_position: MinPosition = None) -> dict[str, Any]:
     """Open cases held by exactly this unit (not the units under it)."""
     scope = reader.scope(who, unit, field="path:unit")
     f = _filter(status, service_code, None, None, None, None, None, sort, order, limit,
-                offset, unit=unit, open_only=not status)
+                offset, after, unit=unit, open_only=not status)
     async with reader.reading(min_position) as (conn, schema, progress):
         body = await q.list_cases(conn, schema, scope, f)
     return answer(response, progress, {"unit": unit, **body})

@@ -7,6 +7,8 @@ county's query is an index range on ``(county, last_change_at)``.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -80,6 +82,7 @@ class CaseFilter:
     descending: bool = True
     limit: int = 50
     offset: int = 0
+    after: tuple[Any, UUID] | None = None  # (sort value, case id) of the last row seen
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -128,18 +131,78 @@ def _order_by(sort: str, descending: bool) -> str:
     return f"{sort} {direction}{nulls}, case_id {direction}"
 
 
+class BadCursor(ValueError):
+    """An ``after`` cursor that is not one this list gave (or was given for another sort)."""
+
+
+def cursor(sort: str, row: dict[str, Any]) -> str:
+    """The cursor of ``row`` in a list sorted by ``sort``: where the next page starts."""
+    value = row[sort]
+    text = value.isoformat() if isinstance(value, datetime) else value
+    raw = json.dumps([sort, text, str(row["case_id"])], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def read_cursor(sort: str, given: str) -> tuple[Any, UUID]:
+    """The (sort value, case id) a ``cursor`` of a list sorted by ``sort`` holds."""
+    try:
+        named, value, case_id = json.loads(base64.urlsafe_b64decode(
+            given + "=" * (-len(given) % 4)))
+        found = _sort_value(sort, value), UUID(case_id)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise BadCursor("not a cursor of this list") from exc
+    if named != sort:
+        raise BadCursor(f"a cursor of the list sorted by {named}, not by {sort}")
+    return found
+
+
+def _sort_value(sort: str, value: Any) -> Any:
+    """A sort value as a cursor holds it (JSON), as its column's type; ValueError or TypeError
+    if it is not one."""
+    if value is None and sort not in _NOT_NULL_SORTS:
+        return None
+    if sort in ("tracking_no", "status") and isinstance(value, str):
+        return value
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError("a moment without a zone")
+    return moment
+
+
+def _after(w: _Where, f: CaseFilter) -> None:
+    """Only the rows after the cursor, in the list's order (``_order_by``): a page that starts
+    where the last one ended, however many rows before it changed meanwhile. With an offset, a
+    queue read oldest change first skipped a case for each case on an earlier page worked
+    in between (it moves to the end, and every row after it one place up)."""
+    if f.after is None:
+        return
+    value, case_id = f.after
+    beyond = "<" if f.descending else ">"
+    if value is None:  # due_at, in the NULLS LAST tail
+        w.add(f"({f.sort} IS NULL AND case_id {beyond} ?)", case_id)
+    elif f.sort in _NOT_NULL_SORTS:
+        w.add(f"({f.sort}, case_id) {beyond} (?, ?)", value, case_id)
+    else:
+        w.add(f"(({f.sort}, case_id) {beyond} (?, ?) OR {f.sort} IS NULL)", value, case_id)
+
+
 async def list_cases(conn: Conn, schema: str, scope: Scope, f: CaseFilter) -> dict[str, Any]:
-    """Case summaries in scope, filtered, sorted and paginated, with the total."""
+    """Case summaries in scope, filtered, sorted and paginated, with the total (of the
+    filter, not of what follows the cursor) and the cursor of the next page (``None`` after
+    the last)."""
     if f.sort not in SORTS:
         raise ValueError(f"sort must be one of {sorted(SORTS)}")
     w = _case_where(scope, f)
-    order = _order_by(f.sort, f.descending)
-    rows = await conn.fetch(
-        f"SELECT {_CASE_COLUMNS} FROM {schema}.case_summary{w.sql} ORDER BY {order} "
-        f"LIMIT {int(f.limit)} OFFSET {int(f.offset)}", *w.args)
     total = await conn.fetchval(f"SELECT count(*) FROM {schema}.case_summary{w.sql}", *w.args)
-    return {"items": [dict(r) for r in rows], "total": int(total), "limit": f.limit,
-            "offset": f.offset}
+    _after(w, f)
+    order = _order_by(f.sort, f.descending)
+    rows = await conn.fetch(  # one more than asked: is there a next page?
+        f"SELECT {_CASE_COLUMNS} FROM {schema}.case_summary{w.sql} ORDER BY {order} "
+        f"LIMIT {int(f.limit) + 1} OFFSET {int(f.offset)}", *w.args)
+    items = [dict(r) for r in rows[:f.limit]]
+    after = cursor(f.sort, items[-1]) if len(rows) > f.limit else None
+    return {"items": items, "total": int(total), "limit": f.limit, "offset": f.offset,
+            "next": after}
 
 
 async def get_case(conn: Conn, schema: str, case_id: UUID) -> dict[str, Any] | None:
