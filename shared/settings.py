@@ -73,8 +73,9 @@ class Settings(BaseSettings):
         "bounds every hop's latency (Faust hard-codes 1,500 ms; aiokafka's default is 500).")
     kafka_background_fetch_max_wait_ms: int = Field(
         default=500, ge=1, le=30_000, description="The same for consumers nobody waits on (the "
-        "SLA clock's agent), which also batch over this long: every idle fetch costs the "
-        "broker, and the embedded one more as its memory log grows.")
+        "SLA clock's agent, which also batches over this long; intake's agent on submissions "
+        "from other systems): every idle fetch costs the broker, and the embedded one more as "
+        "its memory log grows.")
 
     migrate_on_start: bool = Field(
         default=True, description="`yizhan serve`/`relay` apply migrations first; false where "

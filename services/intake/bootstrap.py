@@ -110,8 +110,11 @@ async def running_worker(
     await publisher.start()
     previous_gc = tune_gc()
     try:
+        # other systems do not wait on their submissions' outcome: while the topic is quiet
+        # the agent polls the broker at the background pace (a busy topic is fetched at once)
         app = make_app(group or intake.consumer_group, settings=settings,
-                       bootstrap_servers=bootstrap_servers, partitions=partitions)
+                       bootstrap_servers=bootstrap_servers, partitions=partitions,
+                       fetch_max_wait_ms=settings.kafka_background_fetch_max_wait_ms)
         agent = SubmissionAgent(
             app, topic=submissions_topic or settings.topic_intake_submissions,
             ingress=build_ingress(service, publisher), batch_size=intake.batch_size,
