@@ -176,10 +176,31 @@ def service_unavailable(request: Request, exc: BaseException) -> JSONResponse:
                             headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
+_LOGGED = "yizhan.error_logged"
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("http.unhandled", path=request.url.path)
+    request.scope[_LOGGED] = True  # see ``LoggedOnce``
     return problem_response(request, 500, "Internal error",
                             "the server failed; the correlation id identifies the logs")
+
+
+class LoggedOnce:
+    """The outermost layer of a served app. Starlette raises an unexpected error on after the
+    app's handler has answered the 500 (``http.unhandled``, with the traceback and the
+    correlation id), and uvicorn then logged it a second time ("Exception in ASGI
+    application"): an error already answered and logged ends here. Any other goes on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            if not scope.get(_LOGGED):
+                raise
 
 
 class CorrelationMiddleware:

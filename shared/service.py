@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp
 
-from shared.http import MAX_BODY_DEFAULT, ProblemError, install
+from shared.http import MAX_BODY_DEFAULT, LoggedOnce, ProblemError, install
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -119,8 +119,8 @@ class _Server(uvicorn.Server):
 async def serve_http(app: FastAPI, host: str, port: int, stop: asyncio.Event, *,
                      name: str) -> None:
     """Serve ``app`` on ``host:port`` until ``stop`` is set (or the server fails)."""
-    server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on",
-                                    access_log=False))
+    server = _Server(uvicorn.Config(LoggedOnce(app), host=host, port=port, log_config=None,
+                                    lifespan="on", access_log=False))
     serving = asyncio.create_task(server.serve(), name=f"{name}-http")
     stopping = asyncio.create_task(stop.wait())
     log.info("http.serving", service=name, url=f"http://{host}:{port}",

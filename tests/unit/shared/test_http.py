@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
 
 from shared.auth import CurrentPrincipal, Principal, mint_token
-from shared.http import ProblemError, install
+from shared.http import LoggedOnce, ProblemError, install
 from shared.logging import current_correlation_id
 from shared.settings import Settings
 
@@ -302,3 +302,27 @@ def test_an_outage_met_in_a_plain_asgi_layer_is_a_503_too() -> None:
 def test_other_failures_stay_500(error: Exception) -> None:
     response = TestClient(failing_app(error), raise_server_exceptions=False).post("/visits")
     assert response.status_code == 500
+
+
+def test_a_genuine_500_is_logged_once_with_its_traceback(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # raise_server_exceptions: what leaves the served app, uvicorn logs a second time
+    client = TestClient(LoggedOnce(failing_app(RuntimeError("bug"))),
+                        raise_server_exceptions=True)
+    with caplog.at_level(logging.INFO):
+        response = client.post("/visits")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "http.unhandled" in errors[0].getMessage()
+    assert errors[0].exc_info is not None
+
+
+def test_an_error_raised_after_the_answer_began_is_not_swallowed() -> None:
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("mid-body")
+
+    with pytest.raises(RuntimeError, match="mid-body"):
+        TestClient(LoggedOnce(broken), raise_server_exceptions=True).get("/")
