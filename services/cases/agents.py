@@ -69,7 +69,7 @@ async def fire_sla_timers_once(service: CasesService, now: Callable[[], datetime
     ticks.warnings += report.warnings
     ticks.breaches += report.breaches
     ticks.escalations += report.escalations
-    if report.warnings or report.breaches:
+    if report.warnings or report.breaches or report.escalations:
         log.info("sla.fired", warnings=report.warnings, breaches=report.breaches,
                  escalations=report.escalations)
     return True

@@ -37,7 +37,8 @@ async def render(ticks: SlaTicks, agent_stats: StreamStats | None,
     if pool is not None:
         lines += prometheus_metric(
             "yizhan_cases_sla_timers_unfired", "gauge",
-            "Warnings and breaches due by now and not yet recorded (grows if the clock stops).",
+            "Warnings and breaches due by now and not yet recorded, or breaches still owed an"
+            " escalation (grows if the clock stops).",
             float(await pool.fetchval(_UNFIRED, now) or 0))
     lines += prometheus_metric("yizhan_cases_sla_ticks_total", "counter",
                                "Ticks of the SLA timer.", ticks.ticks)

@@ -3,8 +3,11 @@
 - ``apply_sla_events``: keeps the ``sla_due`` table from timer events on the log (consumed from
   ``case.events`` by an idempotent agent: positions, not Faust tables, make it exactly-once).
 - ``fire_due``: finds timers whose warning or due time has passed and sends the domain's timer
-  commands through the same handler as people's commands. Firing twice records once: the
-  domain ignores a timer that already fired, and the command ids are derived from the timer.
+  commands, then the escalation a breach owes where the catalogue asks, through the same
+  handler as people's commands. Firing twice records once: the domain ignores a timer that
+  already fired, and the command ids are derived from the timer. A row is marked breached by
+  the clock, once its case owes nothing more for the breach, so a breach whose escalation
+  failed stays due.
 """
 
 from __future__ import annotations
@@ -17,14 +20,15 @@ from datetime import datetime
 from services.cases.domain import (
     Case,
     Command,
+    escalations_owed,
     sla_clock_actor,
     timer_commands_due,
-    when_sla_breached_escalate,
 )
 from services.cases.domain.errors import Rejection
 from services.cases.handlers import CaseCommands
 from shared.contracts.cases import SlaBreached
 from shared.contracts.envelope import RecordedEvent
+from shared.contracts.registry import DomainEvent
 from shared.eventstore.postgres import Conn
 from shared.logging import get_logger
 from shared.reference import Reference
@@ -63,8 +67,8 @@ def sla_change(event: RecordedEvent) -> RowChange | None:
         case "SlaWarningRaised":
             return RowChange("UPDATE sla_due SET warned = true WHERE case_id = $1"
                              " AND timer_no = $2", (case_id, d["timer_no"]))
-        case "SlaBreached":
-            return RowChange("UPDATE sla_due SET warned = true, breached = true"
+        case "SlaBreached":  # breached is the clock's to mark: an escalation may be owed
+            return RowChange("UPDATE sla_due SET warned = true"
                              " WHERE case_id = $1 AND timer_no = $2", (case_id, d["timer_no"]))
     return None
 
@@ -104,7 +108,10 @@ class FireReport:
 async def fire_due(
     commands: CaseCommands, conn: Conn, now: datetime, *, limit: int = 500
 ) -> FireReport:
-    """Send every timer command due at ``now``; return what was recorded."""
+    """Send every timer command due at ``now``, then any escalation owed; return what was
+    recorded. The escalation is asked of the case after the breach, not sent in answer to it:
+    if it failed (a crash, a conflict, the database away), the row is still due and the next
+    tick finds it owed."""
     rows = await conn.fetch(
         "SELECT case_id, timer_no FROM sla_due WHERE (NOT warned AND warn_at <= $1)"
         " OR (NOT breached AND due_at <= $1) ORDER BY due_at LIMIT $2", now, limit)
@@ -115,51 +122,44 @@ async def fire_due(
         case, *_ = await commands.load(row["case_id"])
         if case is None:
             continue
-        due = timer_commands_due(case, now, actor)
-        if not due:
-            await _owes_nothing(conn, case, row["timer_no"])
-        for command in due:
-            timer_no = getattr(command, "timer_no", 0)
-            try:
-                done = await commands.handle(command, command_id=timer_command_id(command,
-                                                                                  timer_no))
-            except Rejection as refused:  # the case moved on meanwhile: nothing to fire
-                log.info("sla.fire_refused", case_id=str(case.case_id), reason=refused.reason)
+        recorded = [event for command in timer_commands_due(case, now, actor)
+                    for event in await _fire(commands, command)]
+        report.warnings += sum(e.event_type == "SlaWarningRaised" for e in recorded)
+        report.breaches += sum(isinstance(e, SlaBreached) for e in recorded)
+        if recorded:  # what the case owes now is asked of it as it is now
+            case, *_ = await commands.load(row["case_id"])
+            if case is None:
                 continue
-            for event in done.events:
-                if event.event_type == "SlaWarningRaised":
-                    report.warnings += 1
-                elif isinstance(event, SlaBreached):
-                    report.breaches += 1
-                    report.escalations += await _escalate(commands, event, ref)
+        owed = escalations_owed(case, now, actor, ref)
+        for command in owed:
+            report.escalations += bool(await _fire(commands, command))
+        if not owed:
+            await _owes_nothing(conn, case, row["timer_no"])
     return report
 
 
+async def _fire(commands: CaseCommands, command: Command) -> list[DomainEvent]:
+    """Send one of the clock's commands; the events it recorded (none if it had been)."""
+    timer_no = getattr(command, "timer_no", 0)
+    try:
+        done = await commands.handle(command, command_id=timer_command_id(command, timer_no))
+    except Rejection as refused:  # the case moved on meanwhile: nothing to fire
+        log.info("sla.fire_refused", case_id=str(command.case_id), command=type(command).__name__,
+                 reason=refused.reason)
+        return []
+    return done.events
+
+
 async def _owes_nothing(conn: Conn, case: Case, timer_no: int) -> None:
-    """The row looked due, yet its timer owes nothing: a level warned (or breached) before a
-    pause or a return is not warned again on its new timer, which ``SlaTimerScheduled`` does
-    not say, so the row has it "not warned" with the time past. Left so, it was picked first at
-    every tick until the level moved on, and enough of them filled the tick's limit: no other
-    timer fired (found in review). Mark on the row what the case says its timer has had."""
+    """The row looked due, and its timer owes nothing (more): mark on the row what the case
+    says its timer has had. A breach is marked only here, once no escalation is owed for it.
+    And a level warned (or breached) before a pause or a return is not warned again on its new
+    timer, which ``SlaTimerScheduled`` does not say, so the row has it "not warned" with the
+    time past. Left so, it was picked first at every tick until the level moved on, and enough
+    of them filled the tick's limit: no other timer fired (found in review)."""
     timer = case.timer
     if timer is None or timer.timer_no != timer_no:  # the row is behind the log: not ours
         return
     await conn.execute("UPDATE sla_due SET warned = warned OR $3, breached = breached OR $4"
                        " WHERE case_id = $1 AND timer_no = $2",
                        case.case_id, timer_no, timer.warned, timer.breached)
-
-
-async def _escalate(commands: CaseCommands, breach: SlaBreached, ref: Reference) -> int:
-    case, *_ = await commands.load(breach.case_id)
-    if case is None:
-        return 0
-    escalated = 0
-    for command in when_sla_breached_escalate(case, breach, ref):
-        try:
-            done = await commands.handle(
-                command, command_id=timer_command_id(command, breach.timer_no))
-        except Rejection as refused:
-            log.info("sla.escalation_refused", case_id=str(case.case_id), reason=refused.reason)
-            continue
-        escalated += bool(done.events)
-    return escalated

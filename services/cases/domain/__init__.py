@@ -25,9 +25,9 @@ from services.cases.domain.decide import decide, decide_all
 from services.cases.domain.errors import Rejection
 from services.cases.domain.evolve import evolve, fold
 from services.cases.domain.policies import (
+    escalations_owed,
     sla_clock_actor,
     timer_commands_due,
-    when_sla_breached_escalate,
 )
 from services.cases.domain.state import TERMINAL, TIMED, WORKABLE, Case, Timer
 
@@ -58,9 +58,9 @@ __all__ = [
     "WithdrawCase",
     "decide",
     "decide_all",
+    "escalations_owed",
     "evolve",
     "fold",
     "sla_clock_actor",
     "timer_commands_due",
-    "when_sla_breached_escalate",
 ]

@@ -126,6 +126,7 @@ class RecordSlaBreach(Command):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class EscalateOverdueCase(Command):
-    """Issued by the SLA clock after a breach where the catalogue asks for auto-escalation."""
+    """Issued by the SLA clock while a breach owes one (``escalations_owed``); firing twice
+    (or a stale timer) records nothing."""
 
     timer_no: int

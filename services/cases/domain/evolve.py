@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import reduce, singledispatch
 
-from services.cases.domain.state import Case, Timer, frozen_map, replace
+from services.cases.domain.state import WORKABLE, Case, Timer, frozen_map, replace
 from shared.contracts import cases as e
 from shared.contracts.cases import CaseEvent, CaseStatus
 from shared.contracts.registry import DomainEvent
@@ -174,7 +174,8 @@ def _(event: e.SlaWarningRaised, state: Case) -> Case:
 
 @_apply.register
 def _(event: e.SlaBreached, state: Case) -> Case:
-    timer = None if state.timer is None else replace(state.timer, breached=True)
+    timer = None if state.timer is None else replace(
+        state.timer, breached=True, breached_at_work=state.status in WORKABLE)
     return replace(state, timer=timer, breached_levels=state.breached_levels | {event.level})
 
 

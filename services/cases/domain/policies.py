@@ -1,4 +1,4 @@
-"""Policies of the SLA clock: which timer commands are due for a case (``when_x_do_y``).
+"""Policies of the SLA clock: which timer commands, and escalations, a case is owed.
 
 Pure. The clock's entrypoint keeps due times in PostgreSQL and turns what these return into
 commands through the same handler as people's commands.
@@ -15,7 +15,7 @@ from services.cases.domain.commands import (
     RecordSlaBreach,
 )
 from services.cases.domain.state import TIMED, WORKABLE, Case
-from shared.contracts.cases import Actor, SlaBreached
+from shared.contracts.cases import Actor
 from shared.reference import Reference, Role
 
 SLA_CLOCK_USER = "system.sla-clock"
@@ -42,12 +42,19 @@ def timer_commands_due(case: Case, now: datetime, actor: Actor) -> list[Command]
     return due
 
 
-def when_sla_breached_escalate(case: Case, event: SlaBreached, ref: Reference) -> list[Command]:
-    """Auto-escalation: after a breach at a level the catalogue names, hand the case up."""
+def escalations_owed(case: Case, now: datetime, actor: Actor, ref: Reference) -> list[Command]:
+    """Auto-escalation: a level whose breach was recorded while it worked the case, where the
+    catalogue asks, owes handing the case up until that is done (its timer then ends) or the
+    case moves on. Owed from the case's state, not sent once in answer to the breach event: an
+    escalation that failed (a crash after the breach, a conflict) is owed at the next tick as a
+    due timer is. At ``now``, the clock's time: the breach's own may be older than what the
+    case recorded since, which the domain refuses. Idempotent to fire: the timer is then stale.
+    """
+    timer = case.timer
+    if timer is None or not timer.breached_at_work or case.status not in WORKABLE:
+        return []
     service = ref.catalogue.service(case.service_code)
-    if not service.escalates_on_breach_at(event.level) or service.next_level(event.level) is None:
+    if not service.escalates_on_breach_at(timer.level) or service.next_level(timer.level) is None:
         return []
-    if case.status not in WORKABLE or case.timer is None or case.timer.timer_no != event.timer_no:
-        return []
-    return [EscalateOverdueCase(case_id=case.case_id, at=event.at, actor=event.actor,
-                                timer_no=event.timer_no)]
+    return [EscalateOverdueCase(case_id=case.case_id, at=now, actor=actor,
+                                timer_no=timer.timer_no)]

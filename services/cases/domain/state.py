@@ -45,6 +45,10 @@ class Timer:
     due_at: datetime
     warned: bool = False
     breached: bool = False
+    breached_at_work: bool = False
+    """This timer's own breach was recorded while its level worked the case: not one inherited
+    from an earlier timer of the level (after a pause or a return), nor one recorded while the
+    case was still on its way there. The breach an auto-escalation answers (``policies``)."""
 
 
 @dataclass(frozen=True)  # not slotted: ``replace`` copies its __dict__ in one step

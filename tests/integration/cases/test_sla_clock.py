@@ -6,13 +6,24 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
 
+from services.cases.agents import fire_sla_timers_once
 from services.cases.bootstrap import CasesService, bootstrap
-from services.cases.domain import AcceptCase, SubmitCase
-from services.cases.sla_clock import apply_sla_events, fire_due
+from services.cases.domain import (
+    AcceptCase,
+    AddNote,
+    Command,
+    EscalateOverdueCase,
+    RecordSlaBreach,
+    SubmitCase,
+    sla_clock_actor,
+)
+from services.cases.handlers import Handled, StillConflicting
+from services.cases.sla_clock import FireReport, apply_sla_events, fire_due
 from shared.consumer import ALL, IdempotentConsumer
 from shared.contracts.cases import Actor, EncryptedApplicant
 from shared.reference import Reference, Role
@@ -28,14 +39,20 @@ async def service(database: Db, ref: Reference) -> AsyncIterator[CasesService]:
     await svc.close()
 
 
-async def accepted_case(svc: CasesService) -> uuid.UUID:
+LIC = "labour_inspection_complaint"  # escalates automatically after a community breach
+
+
+async def accepted_case(
+    svc: CasesService, service: str = "minimum_living_guarantee",
+    documents: tuple[str, ...] = tuple(MLG_DOCUMENTS),
+) -> uuid.UUID:
     case_id = uuid.uuid4()
     clerk = Actor(user_id=CLERK, role=Role.STATION_CLERK, unit=STATION)
     await svc.commands.handle(SubmitCase(
         case_id=case_id, at=svc.clock(), actor=clerk, tracking_no="KM-1",
-        service_code="minimum_living_guarantee", visit_id=uuid.uuid4(), station=STATION,
+        service_code=service, visit_id=uuid.uuid4(), station=STATION,
         applicant=EncryptedApplicant(subject_id="s", id_hash="h", encrypted={}),
-        documents=tuple(MLG_DOCUMENTS)), command_id=uuid.uuid4())
+        documents=documents), command_id=uuid.uuid4())
     await svc.commands.handle(AcceptCase(case_id=case_id, at=svc.clock(), actor=clerk),
                               command_id=uuid.uuid4())
     return case_id
@@ -197,3 +214,76 @@ async def test_a_resumed_clock_of_a_warned_level_does_not_block_the_timers_behin
         await tick(now, 1)
     assert "SlaWarningRaised" in await events_of(service, other)
     assert (await events_of(service, resumed)).count("SlaWarningRaised") == 1
+
+
+async def tick(svc: CasesService, now: datetime) -> FireReport:
+    assert svc.pool is not None
+    async with svc.pool.acquire() as conn:
+        return await fire_due(svc.commands, conn, now)
+
+
+async def test_an_escalation_whose_command_failed_is_still_owed_at_the_next_tick(
+    service: CasesService, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The breach and its escalation are two commands. When the second failed (here it kept
+    conflicting; a crash or the database away are alike), the breach stood, the agent marked
+    the row breached, no tick picked it again and the escalation the catalogue asks for never
+    happened (found in review). It is owed until done, and sent at the clock's time: a note
+    added since the breach makes the breach's own time one the case refuses."""
+    case_id = await accepted_case(service, LIC, ("id_card",))
+    await catch_up(service)
+    assert service.pool is not None
+    due = await service.pool.fetchval("SELECT due_at FROM sla_due WHERE case_id = $1", case_id)
+    handle = service.commands.handle
+    failed: list[Command] = []
+
+    async def escalation_fails_once(command: Command, **kwargs: Any) -> Handled:
+        if isinstance(command, EscalateOverdueCase) and not failed:
+            failed.append(command)
+            raise StillConflicting("injected")
+        return await handle(command, **kwargs)
+
+    monkeypatch.setattr(service.commands, "handle", escalation_fails_once)
+    assert await fire_sla_timers_once(service, lambda: due + timedelta(minutes=1)) is False
+    assert failed and service.sla_ticks.breaches == 0  # the tick failed after the breach
+    clock: Any = service.clock
+    clock.now = due + timedelta(minutes=5)
+    clerk = Actor(user_id=CLERK, role=Role.STATION_CLERK, unit=STATION)
+    await service.commands.handle(AddNote(case_id=case_id, at=clock(), actor=clerk,
+                                          text="applicant called"), command_id=uuid.uuid4())
+    await catch_up(service)
+    later = due + timedelta(minutes=10)
+    assert (await tick(service, later)).escalations == 1
+    await catch_up(service)
+    assert (await tick(service, due + timedelta(hours=1))).checked == 0  # nothing more owed
+    events = await service.store.read_stream(f"case-{case_id}")
+    types = [e.type for e in events]
+    assert types.count("SlaBreached") == 1 and types.count("CaseEscalated") == 1
+    escalated = next(e for e in events if e.type == "CaseEscalated")
+    assert escalated.data["to_level"] == "township"
+    assert datetime.fromisoformat(escalated.data["at"]) == later
+
+
+async def test_an_owed_escalation_fired_by_ticks_at_once_and_again_is_recorded_once(
+    service: CasesService,
+) -> None:
+    """What a crash right after the breach leaves (the breach recorded, its escalation not):
+    ticks running at once, and a tick repeated, escalate the case once."""
+    case_id = await accepted_case(service, LIC, ("id_card",))
+    await catch_up(service)
+    assert service.pool is not None
+    due = await service.pool.fetchval("SELECT due_at FROM sla_due WHERE case_id = $1", case_id)
+    await service.commands.handle(RecordSlaBreach(
+        case_id=case_id, at=due, actor=sla_clock_actor(service.commands.ref), timer_no=1),
+        command_id=uuid.uuid4())
+    await catch_up(service)
+    reports = await asyncio.gather(*(tick(service, due + timedelta(minutes=5))
+                                     for _ in range(4)))
+    again = await tick(service, due + timedelta(minutes=6))  # before the agent caught up
+    await catch_up(service)
+    last = await tick(service, due + timedelta(hours=1))
+    types = await events_of(service, case_id)
+    assert types.count("SlaBreached") == 1 and types.count("CaseEscalated") == 1
+    assert sum(r.escalations for r in [*reports, again, last]) == 1
+    assert sum(r.breaches for r in [*reports, again, last]) == 0
+    assert last.checked == 0

@@ -32,16 +32,17 @@ from services.cases.domain import (
     SupplyDocuments,
     WithdrawCase,
     decide,
+    escalations_owed,
     evolve,
     fold,
     sla_clock_actor,
     timer_commands_due,
-    when_sla_breached_escalate,
 )
 from shared.contracts.canonical import canonical_json
 from shared.contracts.cases import (
     Actor,
     CaseAccepted,
+    CaseEscalated,
     CaseEvent,
     CaseStatus,
     EncryptedApplicant,
@@ -118,9 +119,6 @@ class CaseLifecycle(RuleBasedStateMachine):
         for event in new:
             self.state = evolve(self.state, event)
             self.events.append(event)
-            if isinstance(event, SlaBreached):
-                for follow_up in when_sla_breached_escalate(self.state, event, REF):
-                    self.apply(follow_up)
 
     def tick(self, data: st.DataObject) -> datetime:
         step = data.draw(st.integers(0, 2 * 24 * 60), label="minutes")
@@ -188,6 +186,9 @@ class CaseLifecycle(RuleBasedStateMachine):
         self.now = max(self.now, target)
         for command in timer_commands_due(self.state, self.now, CLOCK) * 2:  # fired twice
             self.apply(command)
+        for command in escalations_owed(self.state, self.now, CLOCK, REF) * 2:
+            self.apply(command)
+        assert escalations_owed(self.state, self.now, CLOCK, REF) == []  # none left owed
 
     def fields(self, kind, data: st.DataObject) -> dict:
         service = REF.catalogue.service(self.state.service_code)
@@ -266,7 +267,7 @@ class CaseLifecycle(RuleBasedStateMachine):
     @invariant()
     def timers_fire_at_most_once(self) -> None:
         fired = Counter((type(e).__name__, e.timer_no) for e in self.events
-                        if isinstance(e, SlaBreached | SlaWarningRaised))
+                        if isinstance(e, SlaBreached | SlaWarningRaised | CaseEscalated))
         assert all(count == 1 for count in fired.values())
 
 

@@ -8,16 +8,18 @@ import pytest
 
 from services.cases.domain import (
     AcceptCase,
+    AddNote,
     EscalateOverdueCase,
     HandOffCase,
     RaiseSlaWarning,
     ReceiveHandoff,
     RecordSlaBreach,
     RequestDocuments,
+    ReturnCase,
     SupplyDocuments,
+    escalations_owed,
     fold,
     timer_commands_due,
-    when_sla_breached_escalate,
 )
 from shared.contracts.cases import (
     CaseEscalated,
@@ -34,6 +36,7 @@ from tests.unit.cases.case_story import CAST, STATION, TOWNSHIP
 
 pytestmark = pytest.mark.unit
 LIC = "labour_inspection_complaint"  # escalates automatically after a community breach
+LIC_DOCUMENTS = ("id_card", "complaint_form", "evidence_materials", "employer_information")
 
 
 def cst(*args: int) -> datetime:
@@ -131,7 +134,7 @@ def test_a_breach_escalates_where_the_catalogue_asks(given, story, ref):
         story.cmd(RecordSlaBreach, CAST.clock, hours_until(story, due), timer_no=1)
     ).then(SlaBreached)
     breached = fold([*history, breach])
-    [escalate] = when_sla_breached_escalate(breached, breach, ref)
+    [escalate] = escalations_owed(breached, due, CAST.clock, ref)
     assert isinstance(escalate, EscalateOverdueCase)
     escalated, stopped, started = given([*history, breach]).when(escalate).then(
         CaseEscalated(
@@ -151,7 +154,65 @@ def test_no_escalation_where_the_catalogue_does_not_ask(story, ref):
     history = story.accepted()
     events = story.history_after(history, story.cmd(RecordSlaBreach, CAST.clock, 24 * 8,
                                                     timer_no=1))
-    assert when_sla_breached_escalate(fold([*history, *events]), events[0], ref) == []
+    assert escalations_owed(fold([*history, *events]), story.at(24 * 9), CAST.clock, ref) == []
+
+
+def breached_lic(story) -> list:
+    """A labour-inspection complaint breached at the community, its escalation not yet sent."""
+    history = story.history(
+        story.submit(service=LIC, documents=()), story.cmd(AcceptCase, CAST.clerk, 1),
+    )
+    due = fold(history).timer.due_at
+    return [*history, *story.history_after(history, story.cmd(
+        RecordSlaBreach, CAST.clock, hours_until(story, due), timer_no=1))]
+
+
+def test_an_escalation_stays_owed_until_done_and_is_sent_at_the_clocks_time(given, story, ref):
+    """Owed from the case's state, not sent once in answer to the breach: an escalation that
+    failed after the breach is still owed later, at the clock's time (the breach's own is
+    older than a note added since, which the case would refuse)."""
+    breached = [*breached_lic(story), *story.history_after(
+        breached_lic(story), story.cmd(AddNote, CAST.clerk, 30, text="applicant called"))]
+    [escalate] = escalations_owed(fold(breached), story.at(31), CAST.clock, ref)
+    assert escalate == EscalateOverdueCase(case_id=story.case_id, at=story.at(31),
+                                           actor=CAST.clock, timer_no=1)
+    done = given(breached).when(escalate).then(CaseEscalated, SlaClockStopped, SlaTimerScheduled)
+    assert escalations_owed(fold([*breached, *done]), story.at(32), CAST.clock, ref) == []
+    given([*breached, *done]).when(escalate).then_nothing()  # fired twice: recorded once
+
+
+def test_a_level_breached_on_an_earlier_timer_owes_no_escalation_again(story, ref):
+    """The breach of a level is carried to its later timers (it is not recorded twice), but only
+    the timer it was recorded on owes an escalation: the case returned to the community after
+    escalating is not sent straight back up, nor one resumed after a pause."""
+    escalated = story.history_after(breached_lic(story), *escalations_owed(
+        fold(breached_lic(story)), story.at(26), CAST.clock, ref))
+    returned = [*breached_lic(story), *escalated, *story.history_after(
+        [*breached_lic(story), *escalated], story.cmd(ReceiveHandoff, CAST.town, 27),
+        story.cmd(ReturnCase, CAST.town, 28, reasons=("see the employer first",)))]
+    timer = fold(returned).timer
+    assert (timer.level, timer.breached, timer.timer_no) == (Level.COMMUNITY, True, 3)
+    assert escalations_owed(fold(returned), story.at(29), CAST.clock, ref) == []
+    paused = [*breached_lic(story), *story.history_after(
+        breached_lic(story), story.cmd(RequestDocuments, CAST.clerk, 26, documents=("id_card",)),
+        story.cmd(SupplyDocuments, CAST.clerk, 27, documents=LIC_DOCUMENTS))]
+    assert fold(paused).timer.breached
+    assert escalations_owed(fold(paused), story.at(28), CAST.clock, ref) == []
+
+
+def test_a_breach_while_the_case_was_on_its_way_owes_no_escalation_once_received(story, ref):
+    """As before escalations were owed: a level breached before it received the case (the
+    clock runs from the hand-off) is not escalated when it then receives it."""
+    history = story.history(
+        story.submit(service=LIC, documents=()), story.cmd(AcceptCase, CAST.clerk, 1),
+        story.cmd(HandOffCase, CAST.clerk, 2),
+    )
+    due = fold(history).timer.due_at
+    received = [*history, *story.history_after(
+        history, story.cmd(RecordSlaBreach, CAST.clock, hours_until(story, due), timer_no=2),
+        story.cmd(ReceiveHandoff, CAST.town, hours_until(story, due) + 1))]
+    assert fold(received).timer.breached and fold(received).level == Level.TOWNSHIP
+    assert escalations_owed(fold(received), due + (due - story.start), CAST.clock, ref) == []
 
 
 async def test_a_failed_tick_of_the_sla_clock_is_logged_and_left_to_the_next() -> None:
