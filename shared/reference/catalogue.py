@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import pairwise
 from types import MappingProxyType
+from typing import Annotated
 
 from pydantic import (
     BaseModel,
@@ -20,6 +21,17 @@ from shared.reference.errors import UnknownReference
 from shared.reference.org import Level
 
 DEFAULT_WARNING_SHARE = 0.8
+MAX_BUDGET_DAYS = 365
+"""The most working days one level's budget may give (about a year and a half): no service's
+time limit comes near it, and the SLA clock finds its due time within the ten years of calendar
+it searches. A budget of some 2,600 working days loaded and then failed every clock it started
+(HTTP 500)."""
+MAX_REOPEN_WINDOW_DAYS = 3650
+"""The longest reopen window, in calendar days (ten years): a window of millions of days loaded
+and then overflowed the date arithmetic of every reopen (HTTP 500)."""
+
+BudgetDays = Annotated[int, Field(strict=True, ge=1, le=MAX_BUDGET_DAYS)]
+"""A level's budget in working days: a TOML integer (``true`` was read as one day)."""
 
 
 class Document(BaseModel):
@@ -45,7 +57,8 @@ class ServiceType(BaseModel):
 
     ``chain`` lists the levels that handle the case bottom up, starting at the community station
     that receives it and ending at ``deciding_level``; ``budget_days`` gives each of them its
-    time limit in working days.
+    time limit in working days. Numbers are bounded and of their TOML type (no booleans, no
+    strings), so that data the services would fail on later fails here, at start-up.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -55,11 +68,14 @@ class ServiceType(BaseModel):
     name_en: str = Field(min_length=1)
     chain: tuple[Level, ...] = Field(min_length=1)
     deciding_level: Level
-    budget_days: Mapping[Level, int]
+    budget_days: Mapping[Level, BudgetDays] = Field(
+        description=f"working days per level of the chain, 1 to {MAX_BUDGET_DAYS}")
     required_documents: tuple[str, ...] = ()
     auto_escalation: AutoEscalation | None = None
-    reopen_window_days: int = Field(ge=0, description="calendar days after closure")
-    warning_share: float = Field(default=DEFAULT_WARNING_SHARE, gt=0, lt=1)
+    reopen_window_days: int = Field(
+        strict=True, ge=0, le=MAX_REOPEN_WINDOW_DAYS,
+        description=f"calendar days after closure, 0 to {MAX_REOPEN_WINDOW_DAYS}")
+    warning_share: float = Field(default=DEFAULT_WARNING_SHARE, strict=True, gt=0, lt=1)
 
     @field_validator("chain")
     @classmethod
@@ -89,8 +105,6 @@ class ServiceType(BaseModel):
         chain = info.data.get("chain")
         if chain and set(budget) != set(chain):
             raise ValueError("must give a budget for exactly the levels of the chain")
-        if any(days < 1 for days in budget.values()):
-            raise ValueError("every budget must be at least one working day")
         return MappingProxyType(dict(budget))
 
     @field_serializer("budget_days")

@@ -230,7 +230,9 @@ def _service(
         service = ServiceType.model_validate(data)
     except ValidationError as exc:
         field, message = first_error(exc)
-        raise toml.error(section, field, message) from exc
+        # a service without its own share has the file's: the error is where that was written
+        inherited = field == "warning_share" and field not in entry
+        raise toml.error(toml.section("") if inherited else section, field, message) from exc
     for code in service.required_documents:
         if code not in documents:
             raise toml.error(section, "required_documents",

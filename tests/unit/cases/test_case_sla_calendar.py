@@ -11,6 +11,7 @@ from structlog.testing import capture_logs
 
 from services.cases.domain import AcceptCase, RequestDocuments, SupplyDocuments, fold, sla
 from shared.reference import CHINA_TZ, DayOverride, WorkingCalendar, load_calendar
+from shared.reference.catalogue import MAX_BUDGET_DAYS
 from tests.unit.cases.case_story import CAST
 
 pytestmark = pytest.mark.unit
@@ -72,6 +73,15 @@ def test_an_overrun_budget_is_due_at_once(calendar):
     planned = sla.plan(calendar, starts_at=cst(2026, 3, 2, 9), budget_days=1,
                        used_seconds=2 * DAY)
     assert planned.due_at == planned.warn_at == cst(2026, 3, 2, 9)
+
+
+def test_the_largest_budget_the_catalogue_admits_is_planned(calendar):
+    """The catalogue bounds a level's budget well within the calendar the clock searches for
+    working time: a budget of thousands of days loaded, then failed every clock it started."""
+    planned = sla.plan(calendar, starts_at=cst(2026, 12, 31, 9), budget_days=MAX_BUDGET_DAYS)
+    assert cst(2028, 1, 1) < planned.warn_at < planned.due_at < cst(2029, 1, 1)
+    with pytest.raises(ValueError, match="no working time found"):
+        sla.plan(calendar, starts_at=cst(2026, 12, 31, 9), budget_days=2_700)
 
 
 def test_waiting_for_documents_pauses_the_clock(story):

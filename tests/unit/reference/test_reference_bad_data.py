@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.reference import ReferenceDataError, default_reference_dir, load_reference
+from shared.reference import Level, ReferenceDataError, default_reference_dir, load_reference
 
 pytestmark = pytest.mark.unit
 FILES = ("units.csv", "staff.csv", "services.toml", "calendar_overrides.csv")
@@ -147,6 +147,47 @@ def test_a_budget_missing_a_level_of_the_chain(folder):
     line = line_of(path, "budget_days", after='code = "urban_resident_medical_insurance"')
     edit(path, line, ", county = 5", "")
     fails(folder, "services.toml", line, "budget_days")
+
+
+@pytest.mark.parametrize("days", ["0", "366", "100000", "true", "2.5", '"3"'])
+def test_a_budget_out_of_bounds_or_not_an_integer(folder, days):
+    """A budget of thousands of working days loaded, then made starting the level's clock fail
+    (HTTP 500: no working time found that far); ``true`` was read as one day."""
+    path = folder / "services.toml"
+    line = line_of(path, "budget_days", after='code = "minimum_living_guarantee"')
+    edit(path, line, "township = 10", f"township = {days}")
+    fails(folder, "services.toml", line, "budget_days.township")
+
+
+@pytest.mark.parametrize("days", ["-1", "3651", "99999999999", "true", "60.0"])
+def test_a_reopen_window_out_of_bounds_or_not_an_integer(folder, days):
+    """A huge window loaded, then overflowed the date arithmetic when a case was reopened."""
+    path = folder / "services.toml"
+    line = line_of(path, "reopen_window_days", after='code = "minimum_living_guarantee"')
+    edit(path, line, "= 60", f"= {days}")
+    fails(folder, "services.toml", line, "reopen_window_days")
+
+
+def test_the_widest_bounds_load(folder):
+    path = folder / "services.toml"
+    service = 'code = "minimum_living_guarantee"'
+    edit(path, line_of(path, "budget_days", after=service), "township = 10", "township = 365")
+    edit(path, line_of(path, "reopen_window_days", after=service), "= 60", "= 3650")
+    edit(path, line_of(path, "reopen_window_days", after='code = "job_referral"'), "= 15", "= 0")
+    catalogue = load_reference(folder).catalogue
+    mlg = catalogue.service("minimum_living_guarantee")
+    assert (mlg.budget_days[Level.TOWNSHIP], mlg.reopen_window_days) == (365, 3650)
+    assert catalogue.service("job_referral").reopen_window_days == 0
+
+
+@pytest.mark.parametrize("share", ["true", "1", '"0.5"'])
+def test_a_warning_share_that_is_not_a_fraction_is_pointed_at_where_it_was_written(folder, share):
+    """The file-wide share is checked on each service that does not give its own: the error
+    named the first service's header, where the share is not."""
+    path = folder / "services.toml"
+    line = line_of(path, "warning_share =")
+    edit(path, line, "0.8", share)
+    fails(folder, "services.toml", line, "warning_share")
 
 
 def test_an_unknown_field_in_a_service(folder):
