@@ -69,7 +69,8 @@ async def fire_sla_timers_once(service: CasesService, now: Callable[[], datetime
     ticks.warnings += report.warnings
     ticks.breaches += report.breaches
     ticks.escalations += report.escalations
-    if report.warnings or report.breaches or report.escalations:
+    ticks.case_failures += report.failed
+    if report.warnings or report.breaches or report.escalations or report.failed:
         log.info("sla.fired", warnings=report.warnings, breaches=report.breaches,
-                 escalations=report.escalations)
+                 escalations=report.escalations, cases_failed=report.failed)
     return True

@@ -26,6 +26,7 @@ class SlaTicks:
     warnings: int = 0
     breaches: int = 0
     escalations: int = 0
+    case_failures: int = 0  # a case's timers failed in a tick that went on with the others
 
 
 async def render(ticks: SlaTicks, agent_stats: StreamStats | None,
@@ -44,6 +45,10 @@ async def render(ticks: SlaTicks, agent_stats: StreamStats | None,
                                "Ticks of the SLA timer.", ticks.ticks)
     lines += prometheus_metric("yizhan_cases_sla_tick_failures_total", "counter",
                                "Ticks that failed (retried at the next tick).", ticks.failures)
+    lines += prometheus_metric("yizhan_cases_sla_case_failures_total", "counter",
+                               "Cases whose due timers failed in a tick (logged as "
+                               "sla.case_failed, retried at the next tick); the tick went on "
+                               "with the other cases.", ticks.case_failures)
     lines += prometheus_metric("yizhan_cases_sla_last_tick_ok_timestamp_seconds", "gauge",
                                "Unix time of the last tick that ran to the end.",
                                ticks.last_ok_at)

@@ -16,6 +16,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from uuid import UUID
+
+import asyncpg
 
 from services.cases.domain import (
     Case,
@@ -26,7 +29,7 @@ from services.cases.domain import (
 )
 from services.cases.domain.errors import Rejection
 from services.cases.handlers import CaseCommands
-from shared.contracts.cases import SlaBreached
+from shared.contracts.cases import Actor, SlaBreached
 from shared.contracts.envelope import RecordedEvent
 from shared.contracts.registry import DomainEvent
 from shared.eventstore.postgres import Conn
@@ -103,6 +106,11 @@ class FireReport:
     warnings: int = 0
     breaches: int = 0
     escalations: int = 0
+    failed: int = 0  # cases whose timers failed this tick (left due for the next)
+
+
+_UNREACHABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
+"""Failures of the database connection, not of one case: the tick ends (and is retried)."""
 
 
 async def fire_due(
@@ -119,23 +127,37 @@ async def fire_due(
     ref: Reference = commands.ref
     actor = sla_clock_actor(ref)
     for row in rows:
-        case, *_ = await commands.load(row["case_id"])
-        if case is None:
-            continue
-        recorded = [event for command in timer_commands_due(case, now, actor)
-                    for event in await _fire(commands, command)]
-        report.warnings += sum(e.event_type == "SlaWarningRaised" for e in recorded)
-        report.breaches += sum(isinstance(e, SlaBreached) for e in recorded)
-        if recorded:  # what the case owes now is asked of it as it is now
-            case, *_ = await commands.load(row["case_id"])
-            if case is None:
-                continue
-        owed = escalations_owed(case, now, actor, ref)
-        for command in owed:
-            report.escalations += bool(await _fire(commands, command))
-        if not owed:
-            await _owes_nothing(conn, case, row["timer_no"])
+        try:
+            await _fire_case(commands, conn, row["case_id"], row["timer_no"], now, actor, ref,
+                             report)
+        except _UNREACHABLE:
+            raise
+        except Exception as exc:  # one case's failure must not stop every other case's clock
+            report.failed += 1
+            log.error("sla.case_failed", case_id=str(row["case_id"]), timer_no=row["timer_no"],
+                      error=repr(exc))
     return report
+
+
+async def _fire_case(commands: CaseCommands, conn: Conn, case_id: UUID, timer_no: int,
+                     now: datetime, actor: Actor, ref: Reference, report: FireReport) -> None:
+    """What one due row's case owes: its timer commands, then any escalation."""
+    case, *_ = await commands.load(case_id)
+    if case is None:
+        return
+    recorded = [event for command in timer_commands_due(case, now, actor)
+                for event in await _fire(commands, command)]
+    report.warnings += sum(e.event_type == "SlaWarningRaised" for e in recorded)
+    report.breaches += sum(isinstance(e, SlaBreached) for e in recorded)
+    if recorded:  # what the case owes now is asked of it as it is now
+        case, *_ = await commands.load(case_id)
+        if case is None:
+            return
+    owed = escalations_owed(case, now, actor, ref)
+    for command in owed:
+        report.escalations += bool(await _fire(commands, command))
+    if not owed:
+        await _owes_nothing(conn, case, timer_no)
 
 
 async def _fire(commands: CaseCommands, command: Command) -> list[DomainEvent]:

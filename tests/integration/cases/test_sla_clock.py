@@ -244,8 +244,9 @@ async def test_an_escalation_whose_command_failed_is_still_owed_at_the_next_tick
         return await handle(command, **kwargs)
 
     monkeypatch.setattr(service.commands, "handle", escalation_fails_once)
-    assert await fire_sla_timers_once(service, lambda: due + timedelta(minutes=1)) is False
-    assert failed and service.sla_ticks.breaches == 0  # the tick failed after the breach
+    assert await fire_sla_timers_once(service, lambda: due + timedelta(minutes=1)) is True
+    assert failed and service.sla_ticks.breaches == 1  # the case failed after its breach
+    assert service.sla_ticks.case_failures == 1
     clock: Any = service.clock
     clock.now = due + timedelta(minutes=5)
     clerk = Actor(user_id=CLERK, role=Role.STATION_CLERK, unit=STATION)
@@ -287,3 +288,32 @@ async def test_an_owed_escalation_fired_by_ticks_at_once_and_again_is_recorded_o
     assert sum(r.escalations for r in [*reports, again, last]) == 1
     assert sum(r.breaches for r in [*reports, again, last]) == 0
     assert last.checked == 0
+
+
+async def test_a_case_whose_timers_keep_failing_does_not_stop_the_others(
+    service: CasesService, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A case the clock cannot fire (here every command on it fails; in review: an owed
+    escalation to a unit with nobody in the role) is picked first at every tick: were its
+    failure the tick's, no other case's warning or breach would ever fire again."""
+    stuck = await accepted_case(service)
+    other = await accepted_case(service)
+    await catch_up(service)
+    assert service.pool is not None
+    due = await service.pool.fetchval("SELECT max(due_at) FROM sla_due")
+    handle = service.commands.handle
+
+    async def stuck_fails(command: Command, **kwargs: Any) -> Handled:
+        if command.case_id == stuck:
+            raise RuntimeError("injected")
+        return await handle(command, **kwargs)
+
+    monkeypatch.setattr(service.commands, "handle", stuck_fails)
+    report = await tick(service, due + timedelta(minutes=1))
+    assert report.failed == 1
+    assert "SlaBreached" in await events_of(service, other)
+    assert "SlaBreached" not in await events_of(service, stuck)
+    monkeypatch.setattr(service.commands, "handle", handle)  # mended: the next tick fires it
+    await catch_up(service)
+    assert (await tick(service, due + timedelta(minutes=2))).breaches == 1
+    assert "SlaBreached" in await events_of(service, stuck)
