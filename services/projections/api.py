@@ -28,11 +28,13 @@ from services.projections.live import LiveStats
 from services.projections.metrics import render
 from services.projections.progress import Progress, advance_watermark, read_progress
 from shared.auth import CurrentPrincipal, Principal, require_staff
+from shared.contracts.cases import CaseStatus
 from shared.eventstore.postgres import Conn
 from shared.http import ProblemError
 from shared.inputs import BIGINT_MAX, ChinaMoment, Month
 from shared.logging import get_logger
-from shared.reference.org import OrgTree
+from shared.reference.catalogue import Catalogue
+from shared.reference.org import Level, OrgTree
 from shared.reference.staff import Role, StaffDirectory
 from shared.service import PROMETHEUS_TEXT
 
@@ -47,11 +49,13 @@ operations = APIRouter(tags=["operations"])
 @dataclass
 class Reader:
     """What the routes need: the pool, the org tree, the staff directory (every read checks
-    its caller against it), and the live path's counters."""
+    its caller against it), the service catalogue (filters name its services), and the live
+    path's counters."""
 
     pool: asyncpg.Pool
     org: OrgTree
     staff: StaffDirectory
+    catalogue: Catalogue
     max_wait_s: float = 5.0
     live: LiveStats | None = None
     envelopes_parked: Callable[[], int] = field(default=lambda: 0)
@@ -78,6 +82,23 @@ class Reader:
                                f"{target} is not {who.unit} or under it",
                                errors=[{"field": field, "message": "outside jurisdiction"}])
         return q.Scope.of(self.org, target)
+
+    def known(self, *, status: list[str] | None = None, service_code: str | None = None,
+              level: str | None = None) -> None:
+        """Each filter value given is one the domain has (a case status, a level, a service
+        of the catalogue), else 422 naming each parameter at fault: a typo (``in-review``)
+        matched no row and answered an empty list, which reads as "no such cases"."""
+        given = (("status", status or (), _STATUSES),
+                 ("service_code", [service_code] if service_code else (), self.catalogue),
+                 ("level", [level] if level else (), _LEVELS))
+        errors = []
+        for name, values, allowed in given:
+            if any(v not in allowed for v in values):
+                errors.append({"field": f"query:{name}", "message":
+                               f"unknown {name}; one of {', '.join(_values(allowed))}"})
+        if errors:
+            fields = ", ".join(e["field"].removeprefix("query:") for e in errors)
+            raise ProblemError(422, "Invalid request", f"unknown {fields}", errors=errors)
 
     def check(self, who: Principal) -> None:
         """The caller is a person of the staff directory with the token's role and unit."""
@@ -155,6 +176,14 @@ class Reader:
                     await asyncio.wait_for(self._kick.wait(), self.tick_s)
 
 
+_STATUSES = frozenset(CaseStatus)
+_LEVELS = frozenset(Level)
+
+
+def _values(allowed: frozenset[str] | Catalogue) -> list[str]:
+    return sorted(allowed) if isinstance(allowed, frozenset) else [s.code for s in allowed]
+
+
 async def reader_of(request: Request) -> Reader:  # async: no thread hop per request
     reader = request.app.state.projections
     assert isinstance(reader, Reader)
@@ -223,6 +252,7 @@ async def list_cases(
     ``submitted_from`` up to (not including) ``submitted_to``; a date or time without a zone
     is China Standard Time."""
     scope = reader.scope(who, unit)
+    reader.known(status=status, service_code=service_code, level=level)
     f = _filter(status, service_code, level, overdue, tracking_no, submitted_from,
                 submitted_to, sort, order, limit, offset, after)
     async with reader.reading(min_position) as (conn, schema, progress):
@@ -237,6 +267,7 @@ async def overdue(who: CurrentPrincipal, reader: Read, response: Response,
                   min_position: MinPosition = None) -> dict[str, Any]:
     """Open cases whose running SLA clock is past its due time."""
     scope = reader.scope(who, unit)
+    reader.known(service_code=service_code)
     f = q.CaseFilter(service_code=service_code, overdue=True, sort="due_at", descending=False,
                      limit=limit, offset=offset, after=_cursor("due_at", after))
     async with reader.reading(min_position) as (conn, schema, progress):
@@ -252,6 +283,7 @@ async def queue(unit: str, who: CurrentPrincipal, reader: Read, response: Respon
                 after: After = None, min_position: MinPosition = None) -> dict[str, Any]:
     """Open cases held by exactly this unit (not the units under it)."""
     scope = reader.scope(who, unit, field="path:unit")
+    reader.known(status=status, service_code=service_code)
     f = _filter(status, service_code, None, None, None, None, None, sort, order, limit,
                 offset, after, unit=unit, open_only=not status)
     async with reader.reading(min_position) as (conn, schema, progress):
@@ -281,6 +313,7 @@ async def sla(who: CurrentPrincipal, reader: Read, response: Response,
     median and p90 working seconds used, and breaches charged to the level that used the
     time."""
     scope = reader.scope(who, unit)
+    reader.known(service_code=service_code, level=level)
     groups = group_by or ["level"]
     try:
         async with reader.reading(min_position) as (conn, schema, progress):

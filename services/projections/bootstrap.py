@@ -46,7 +46,8 @@ async def bootstrap(settings: Settings, service_url: str, *, ref: Reference | No
                              max_size=settings.db_pool_max)
     reference = ref or load_reference()
     await prepare_tables(pool)
-    reader = Reader(pool, reference.org, reference.staff, max_wait_s=max_wait_s, live=live)
+    reader = Reader(pool, reference.org, reference.staff, reference.catalogue,
+                    max_wait_s=max_wait_s, live=live)
     return ProjectionsService(settings, pool, reference, UnitPaths(reference.org), reader)
 
 

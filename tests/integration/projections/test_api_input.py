@@ -97,7 +97,11 @@ async def test_line_breaks_and_tabs_in_a_query_are_text(
 ) -> None:
     response = await http.get("/v1/projections/cases", headers=token(SUPERVISOR, ref),
                               params={"service_code": "a\tb\r\n", "level": "%00"})
-    assert response.status_code == 200, response.text  # a literal "%00" is no control character
+    # a literal "%00" is no control character: both are read as values, unknown ones
+    assert response.status_code == 422, response.text
+    errors = response.json()["errors"]
+    assert [e["field"] for e in errors] == ["query:service_code", "query:level"]
+    assert all(e["message"].startswith("unknown ") for e in errors), errors
 
 
 @pytest.mark.parametrize(("url", "user", "status", "field"), [
@@ -131,6 +135,42 @@ async def test_sla_months_are_real_months(
     assert response.status_code == status, response.text
     if field is not None:
         assert [e["field"] for e in response.json()["errors"]] == [field]
+
+
+@pytest.mark.parametrize(("url", "field"), [
+    ("/v1/projections/cases?status=in-review", "query:status"),
+    ("/v1/projections/cases?status=accepted&status=Accepted", "query:status"),
+    ("/v1/projections/cases?level=nope", "query:level"),
+    ("/v1/projections/cases?service_code=minimum_living_guarantee_", "query:service_code"),
+    ("/v1/projections/overdue?service_code=pension", "query:service_code"),
+    ("/v1/projections/units/530102/queue?status=open", "query:status"),
+    ("/v1/projections/units/530102/queue?service_code=nope", "query:service_code"),
+    ("/v1/projections/sla?level=nope", "query:level"),
+    ("/v1/projections/sla?service_code=nope", "query:service_code"),
+    ("/v1/projections/sla?group_by=county", "query:group_by"),
+    ("/v1/projections/handoffs?group_by=level", "query:group_by"),
+])
+async def test_a_filter_value_the_domain_does_not_know_is_refused_not_an_empty_answer(
+    http: httpx.AsyncClient, ref: Reference, url: str, field: str,
+) -> None:
+    """A typo in a filter (``in-review`` for ``in_review``) matched nothing and answered an
+    empty list, which a supervisor reads as "no such cases"."""
+    refused = await problem(http, url, token(SUPERVISOR, ref), 422)
+    assert [e["field"] for e in refused["errors"]] == [field]
+
+
+@pytest.mark.parametrize("url", [
+    "/v1/projections/cases?status=in_review&status=reopened&level=township"
+    "&service_code=minimum_living_guarantee",
+    "/v1/projections/overdue?service_code=minimum_living_guarantee",
+    "/v1/projections/units/530102/queue?status=handed_off&service_code=minimum_living_guarantee",
+    "/v1/projections/sla?level=county&service_code=minimum_living_guarantee&group_by=unit",
+])
+async def test_every_known_filter_value_is_taken(
+    http: httpx.AsyncClient, ref: Reference, url: str,
+) -> None:
+    response = await http.get(url, headers=token(SUPERVISOR, ref))
+    assert response.status_code == 200, response.text
 
 
 def claims(user_id: str, role: str, unit: str) -> dict[str, str]:
