@@ -311,7 +311,8 @@ async def sla(who: CurrentPrincipal, reader: Read, response: Response,
               min_position: MinPosition = None) -> dict[str, Any]:
     """Per group (any of service_code, unit, level, month): cases handled, on-time rate,
     median and p90 working seconds used, and breaches charged to the level that used the
-    time."""
+    time. A reopened case is handled again: each round of a level's clock (a reopen restarts
+    it from zero) counts on its own, in the month it stopped."""
     scope = reader.scope(who, unit)
     reader.known(service_code=service_code, level=level)
     groups = group_by or ["level"]

@@ -263,7 +263,8 @@ async def sla_stats(conn: Conn, schema: str, scope: Scope, group_by: Sequence[st
                     service_code: str | None = None, level: str | None = None,
                     month_from: str | None = None, month_to: str | None = None,
                     ) -> list[dict[str, Any]]:
-    """On-time rate, median and p90 handling time (working seconds) per group; breaches
+    """On-time rate, median and p90 handling time (working seconds) per group, one fact per
+    round of a level's clock (a reopened case's level counts once per round); breaches
     charged to the level (and unit) that used the time."""
     select, group = _group_sql(group_by)
     w = _Where()

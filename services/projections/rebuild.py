@@ -47,6 +47,7 @@ from services.projections.projectors import (
 )
 from services.projections.projectors.events import read_stored
 from services.projections.schema import (
+    LAYOUT,
     STATE,
     active_schema,
     as_app_role,
@@ -411,7 +412,8 @@ async def _set_watermark(conn: Any, schema: str, position: int) -> None:
 
 async def _swap(pool: asyncpg.Pool, schema: str, paths: UnitPaths, after: int) -> tuple[int,
                                                                                          int]:
-    """Lock out live writers, apply the last events, make ``schema`` active."""
+    """Lock out live writers, apply the last events, make ``schema`` active (and its layout,
+    this code's, the active one's)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.fetchval(f"SELECT active_schema FROM {STATE} WHERE name = 'main' FOR UPDATE")
         head = int(await conn.fetchval(_HEAD))
@@ -421,8 +423,8 @@ async def _swap(pool: asyncpg.Pool, schema: str, paths: UnitPaths, after: int) -
         await _set_watermark(conn, schema, head)
         generation = await conn.fetchval(
             f"UPDATE {STATE} SET active_schema = $1, generation = generation + 1, "
-            "swapped_at = now(), rebuilt_to = $2 WHERE name = 'main' RETURNING generation",
-            schema, head)
+            "swapped_at = now(), rebuilt_to = $2, layout = $3 WHERE name = 'main' "
+            "RETURNING generation", schema, head, LAYOUT)
     return head, int(generation)
 
 

@@ -19,6 +19,14 @@ TABLES = ("case_summary", "timeline", "unit_counts", "subtree_counts", "sla_fact
           "sla_breaches", "moves")
 """The read-model tables of a set (``progress`` is bookkeeping, not a read model)."""
 
+LAYOUT = 2
+"""The layout of the table sets this code reads and writes (``sql/tables.sql`` and
+``sql/indexes.sql``), recorded in ``projections.state`` for the active set (migration 0004).
+Raised with every change to the tables that a set made by older code does not have: its rows
+lack what only the log holds, so such a set is rebuilt from the log before the service uses it
+(``bootstrap.upgrade_tables``). 2: the SLA facts keep each round of a level's clock (``round``,
+the reopens before it) and the case summary its reopens."""
+
 KEYED_ONLY = "SET LOCAL enable_seqscan = off"
 """For a transaction whose every statement finds its rows by a unique index (a live batch, an
 advance of the watermark). A connection keeps the plan a statement got when the tables were
@@ -49,11 +57,23 @@ async def as_app_role(conn: Conn) -> None:
 
 
 async def ensure_tables(conn: Conn, schema: str) -> None:
-    """Create the set's tables and indexes where missing (idempotent)."""
+    """Create the set's tables and indexes where missing (idempotent). The active set made
+    here from nothing (the first start after the migrations) is of this code's layout."""
     async with conn.transaction():
         await as_app_role(conn)
+        made = await conn.fetchval("SELECT to_regclass($1) IS NULL", f"{schema}.progress")
         await conn.execute(ddl("tables.sql", schema))
         await conn.execute(ddl("indexes.sql", schema))
+        if made:
+            await conn.execute(f"UPDATE {STATE} SET layout = $2 "
+                               "WHERE name = 'main' AND active_schema = $1", schema, LAYOUT)
+
+
+async def outdated(conn: Conn) -> bool:
+    """The active set exists and was made by code of another layout than ``LAYOUT``."""
+    row = await conn.fetchrow(f"SELECT active_schema, layout FROM {STATE} WHERE name = 'main'")
+    return row is not None and row["layout"] != LAYOUT and bool(await conn.fetchval(
+        "SELECT to_regclass($1) IS NOT NULL", f"{row['active_schema']}.progress"))
 
 
 async def recreate_tables(conn: Conn, schema: str, *, durable: bool = True,

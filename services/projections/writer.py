@@ -169,10 +169,12 @@ async def _write_counts(conn: Conn, schema: str, folder: CaseFolder, paths: Unit
 
 async def _write_facts(conn: Conn, schema: str, folder: CaseFolder) -> None:
     changes = folder.changes
-    facts = {(c.sla.case_id, c.sla.level, c.sla.unit): c.sla for c in changes if c.sla}
+    facts = {(c.sla.case_id, c.sla.level, c.sla.unit, c.sla.round): c.sla
+             for c in changes if c.sla}
     if facts:
         await conn.executemany(
-            _upsert(schema, "sla_facts", TABLES["sla_facts"], ["case_id", "level", "unit"]),
+            _upsert(schema, "sla_facts", TABLES["sla_facts"],
+                    ["case_id", "level", "unit", "round"]),
             [facts[k] for k in sorted(facts)])
     breaches = [c.breach for c in changes if c.breach is not None]
     if breaches:

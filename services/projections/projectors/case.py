@@ -163,8 +163,8 @@ def submitted(event: ProjectedEvent, paths: UnitPaths) -> Changes:
         status="submitted", unit=station, level="community", county=county,
         township=township, community=community, owner=None, acting_person=None, due_at=None,
         warned=False, breached=False, outcome=None, resume_status=None, submitted_at=at,
-        last_change_at=at, last_event=event.type, pending_move=None, version=event.version,
-        position=event.position,
+        last_change_at=at, last_event=event.type, pending_move=None, reopens=0,
+        version=event.version, position=event.position,
     )
     return changed(None, row, event, data["service_code"])
 
@@ -261,7 +261,7 @@ def withdrawn(row: CaseRow, event: ProjectedEvent, paths: UnitPaths) -> Changes:
 def reopened(row: CaseRow, event: ProjectedEvent, paths: UnitPaths) -> Changes:
     data = event.data
     after = step(row, event, status="reopened", owner=data["owner"], outcome=None,
-                 warned=False, breached=False)
+                 warned=False, breached=False, reopens=row.reopens + 1)
     return changed(row, after, event, data["reason"])
 
 
@@ -295,9 +295,9 @@ def clock_stopped(row: CaseRow, event: ProjectedEvent, paths: UnitPaths) -> Chan
     data = event.data
     at = ts(data["at"])
     county, township, _ = paths.path(data["unit"])
-    fact = SlaFact(row.case_id, data["level"], data["unit"], row.service_code, county,
-                   township, month_of(at), data["used_seconds"], data["budget_seconds"],
-                   data["on_time"], at)
+    fact = SlaFact(row.case_id, data["level"], data["unit"], row.reopens, row.service_code,
+                   county, township, month_of(at), data["used_seconds"],
+                   data["budget_seconds"], data["on_time"], at)
     return changed(row, step(row, event, due_at=None), event, sla=fact)
 
 

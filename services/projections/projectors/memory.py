@@ -28,7 +28,7 @@ class ReadModel:
 
     cases: dict[UUID, CaseRow] = field(default_factory=dict)
     counts: Counter[CountKey] = field(default_factory=Counter)
-    sla: dict[tuple[UUID, str, str], SlaFact] = field(default_factory=dict)
+    sla: dict[tuple[UUID, str, str, int], SlaFact] = field(default_factory=dict)
     breaches: dict[tuple[UUID, int], BreachRow] = field(default_factory=dict)
     moves: dict[tuple[UUID, int], MoveRow] = field(default_factory=dict)
     timeline: list[TimelineRow] = field(default_factory=list)
@@ -47,7 +47,7 @@ class ReadModel:
         if line is not None and self.keep_timeline:
             self.timeline.append(line)
         if sla is not None:
-            self.sla[(sla.case_id, sla.level, sla.unit)] = sla
+            self.sla[(sla.case_id, sla.level, sla.unit, sla.round)] = sla
         if breach is not None:
             self.breaches.setdefault((breach.case_id, breach.timer_no), breach)
         if move is not None:

@@ -33,6 +33,7 @@ class CaseRow(NamedTuple):
     last_change_at: datetime
     last_event: str
     pending_move: int | None
+    reopens: int  # the round of the SLA facts its clock stops make
     version: int
     position: int
 
@@ -58,11 +59,14 @@ class TimelineRow(NamedTuple):
 
 
 class SlaFact(NamedTuple):
-    """``sla_facts``: how long ``level``/``unit`` took with a case (its last clock stop)."""
+    """``sla_facts``: how long ``level``/``unit`` took with a case in one round (the round's
+    last clock stop). ``round`` is the number of reopens before it: a reopen restarts the
+    level's clock from zero, and each round is a fact of its own."""
 
     case_id: UUID
     level: str
     unit: str
+    round: int
     service_code: str
     county: str | None
     township: str | None

@@ -4,7 +4,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS case_summary_pk ON {schema}.case_summary (case
 CREATE UNIQUE INDEX IF NOT EXISTS timeline_pk ON {schema}.timeline (case_id, version);
 CREATE UNIQUE INDEX IF NOT EXISTS unit_counts_pk ON {schema}.unit_counts (unit, status, service_code);
 CREATE UNIQUE INDEX IF NOT EXISTS subtree_counts_pk ON {schema}.subtree_counts (unit, status, service_code);
-CREATE UNIQUE INDEX IF NOT EXISTS sla_facts_pk ON {schema}.sla_facts (case_id, level, unit);
+CREATE UNIQUE INDEX IF NOT EXISTS sla_facts_pk ON {schema}.sla_facts (case_id, level, unit, round);
 CREATE UNIQUE INDEX IF NOT EXISTS sla_breaches_pk ON {schema}.sla_breaches (case_id, timer_no);
 CREATE UNIQUE INDEX IF NOT EXISTS moves_pk ON {schema}.moves (case_id, version);
 CREATE INDEX IF NOT EXISTS case_summary_tracking ON {schema}.case_summary (tracking_no);

@@ -4,6 +4,7 @@
 
 -- One row per case: where it is, who owns it, its clock. ``version`` is the last stream
 -- version applied: the live path skips an event at or below it and fills a gap above it.
+-- ``reopens``: how often the case was reopened, the round of the SLA facts its clock stops make.
 CREATE TABLE IF NOT EXISTS {schema}.case_summary (
     case_id         uuid        NOT NULL,
     tracking_no     text        NOT NULL,
@@ -27,6 +28,7 @@ CREATE TABLE IF NOT EXISTS {schema}.case_summary (
     last_change_at  timestamptz NOT NULL,
     last_event      text        NOT NULL,
     pending_move    integer,
+    reopens         integer     NOT NULL,
     version         integer     NOT NULL,
     position        bigint      NOT NULL
 );
@@ -65,11 +67,14 @@ CREATE TABLE IF NOT EXISTS {schema}.subtree_counts (
     n               integer     NOT NULL
 );
 
--- How long each level took with each case (its last clock stop there) and whether on time.
+-- How long each level took with each case (its last clock stop there) and whether on time, per
+-- round: ``round`` is the number of reopens before it (a reopen restarts the level's clock from
+-- zero; the rounds before it stay facts).
 CREATE TABLE IF NOT EXISTS {schema}.sla_facts (
     case_id         uuid        NOT NULL,
     level           text        NOT NULL,
     unit            text        NOT NULL,
+    round           integer     NOT NULL,
     service_code    text        NOT NULL,
     county          text,
     township        text,

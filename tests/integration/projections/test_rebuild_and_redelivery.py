@@ -14,14 +14,15 @@ import uuid
 import asyncpg
 import pytest
 
+from services.projections import queries as q
 from services.projections import writer
 from services.projections.agents import build_worker, running
-from services.projections.bootstrap import prepare_tables
+from services.projections.bootstrap import bootstrap, prepare_tables
 from services.projections.live import LiveProjection
 from services.projections.progress import advance_watermark
 from services.projections.projectors import UnitPaths, Unprojectable
 from services.projections.rebuild import rebuild
-from services.projections.schema import active_schema, other
+from services.projections.schema import LAYOUT, active_schema, other
 from shared.consumer import IdempotentConsumer
 from shared.contracts.envelope import NewEvent
 from shared.eventstore.postgres import PostgresEventStore
@@ -36,6 +37,7 @@ from tests.integration.projections.helpers import (
     load_simulated,
     wait_caught_up,
 )
+from tests.unit.projections.scenarios import reopened_at_the_county
 
 
 @pytest.fixture
@@ -220,3 +222,60 @@ async def test_a_worker_killed_mid_batch_resumes_to_the_same_tables_as_a_rebuild
     assert await IdempotentConsumer(pool, "projections").positions()
     await rebuild(pool, UnitPaths(ref.org), batch_size=500, swap=False)
     assert await digests(pool, prepared) == await digests(pool, other(prepared))
+
+
+async def county_rounds(pool: asyncpg.Pool, schema: str) -> list[tuple[int, int]]:
+    rows = await pool.fetch(f"SELECT round, used_seconds FROM {schema}.sla_facts "
+                            "WHERE level = 'county' ORDER BY round")
+    return [(r["round"], r["used_seconds"]) for r in rows]
+
+
+async def reopened_case(pg_store: PostgresEventStore, ref: Reference) -> list:
+    """The county took 2 h, then 1 h more after a reopen: its events, as the log holds them."""
+    _, events = reopened_at_the_county(ref)
+    await pg_store.append(f"case-{events[0].case_id}", 0, [
+        NewEvent(e.event_type, e.model_dump(mode="json")) for e in events])
+    return await pg_store.read_batch(0, len(events))
+
+
+async def test_a_reopened_case_counts_every_round_of_a_level_live_and_rebuilt(
+    pool: asyncpg.Pool, pg_store: PostgresEventStore, prepared: str, ref: Reference,
+) -> None:
+    """A reopen restarts the county's clock from zero: the first round's 2 h stay a fact
+    beside the second round's 1 h, whether the live path saw them batch by batch or a rebuild
+    all at once."""
+    live = LiveProjection(UnitPaths(ref.org))
+    for event in await reopened_case(pg_store, ref):
+        await apply_live(pool, live, [event])
+    await wait_caught_up(pool)
+    await rebuild(pool, UnitPaths(ref.org), batch_size=500, swap=False)
+    for schema in (prepared, other(prepared)):
+        assert await county_rounds(pool, schema) == [(0, 7200), (1, 3600)], schema
+        async with pool.acquire() as conn:
+            (county,) = await q.sla_stats(conn, schema, q.Scope(None), ["level"],
+                                          level="county")
+        assert (county["handled"], county["median_seconds"]) == (2, 5400), schema
+    assert await digests(pool, prepared) == await digests(pool, other(prepared))
+
+
+async def test_a_table_set_of_an_older_layout_is_rebuilt_before_the_service_serves(
+    database: Db, pool: asyncpg.Pool, pg_store: PostgresEventStore, prepared: str,
+    ref: Reference,
+) -> None:
+    """A deployment whose active set older code made (layout 1: one SLA fact per level, the
+    first round's overwritten) comes up with the read models rebuilt from the log; a second
+    start finds them current and rebuilds nothing."""
+    async with pool.acquire() as conn, conn.transaction():
+        await LiveProjection(UnitPaths(ref.org)).apply(conn, await reopened_case(pg_store, ref))
+    await wait_caught_up(pool)
+    await pool.execute(f"DELETE FROM {prepared}.sla_facts WHERE level = 'county' AND round = 0")
+    await pool.execute(f"ALTER TABLE {prepared}.sla_facts DROP COLUMN round")
+    await pool.execute("UPDATE projections.state SET layout = 1")
+
+    for start in range(2):
+        service = await bootstrap(SETTINGS, database.service_dsn, ref=ref)
+        await service.close()
+        state = await pool.fetchrow("SELECT active_schema, generation, layout "
+                                    "FROM projections.state")
+        assert tuple(state) == (other(prepared), 2, LAYOUT), start
+    assert await county_rounds(pool, other(prepared)) == [(0, 7200), (1, 3600)]

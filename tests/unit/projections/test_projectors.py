@@ -23,6 +23,7 @@ from services.projections.projectors import (
 )
 from shared.contracts.canonical import canonical_json
 from shared.reference import Reference
+from tests.unit.projections.scenarios import raw_events, reopened_at_the_county
 
 STATION = "530102001001"
 AT = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
@@ -164,3 +165,15 @@ def test_free_text_with_a_nul_reaches_the_timeline_without_it(ref: Reference) ->
     added = RawEvent(2, first.stream_id, 2, "NoteAdded", 1, canonical_json(note), AT)
     _, model = fold_all(ref, [first, added])
     assert [t.detail for t in model.timeline if t.type == "NoteAdded"] == ["缺\ufffd页"]
+
+
+def test_a_reopened_case_keeps_each_round_of_a_levels_clock(ref: Reference) -> None:
+    """The county took 2 h, then 1 h more after a reopen (its clock restarted from zero):
+    both rounds are facts, the first one not replaced by the second."""
+    _, events = reopened_at_the_county(ref)
+    _, model = fold_all(ref, raw_events(events))
+    county = sorted((f.round, f.used_seconds, f.on_time) for f in model.sla.values()
+                    if f.level == "county")
+    assert county == [(0, 7200, True), (1, 3600, True)]
+    assert sorted(f.level for f in model.sla.values()) == ["community", "county", "county",
+                                                          "township"]

@@ -1,0 +1,84 @@
+"""Cases told step by step through the real domain (``decide``/``evolve``), at chosen times: the
+events a projector gets for a reopened case."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from services.cases.domain import (
+    AcceptCase,
+    CloseCase,
+    DecideCase,
+    HandOffCase,
+    ReceiveHandoff,
+    ReopenCase,
+    SubmitCase,
+    decide,
+    evolve,
+)
+from services.cases.domain.commands import Command
+from services.cases.domain.state import Case
+from services.projections.projectors import RawEvent
+from shared.contracts.canonical import canonical_json
+from shared.contracts.cases import Actor, CaseEvent, EncryptedApplicant, Outcome
+from shared.reference import CHINA_TZ, Reference
+
+STATION, TOWNSHIP, COUNTY = "530102001001", "530102001", "530102"
+CLERK, OFFICER, COUNTY_OFFICER = "clerk.530102001001.a", "officer.530102001.a", "officer.530102.a"
+START = datetime(2026, 3, 2, 9, 0, tzinfo=CHINA_TZ)  # a Monday: every hour is working time
+SERVICE = "minimum_living_guarantee"  # community -> township -> county, which decides
+
+
+def actor(user_id: str, ref: Reference) -> Actor:
+    member = ref.staff.member(user_id)
+    return Actor(user_id=member.user_id, role=member.role, unit=member.unit)
+
+
+def told(ref: Reference, steps: Sequence[Command]) -> tuple[Case, list[CaseEvent]]:
+    """The case after ``steps`` and every event they made."""
+    state: Case | None = None
+    events: list[CaseEvent] = []
+    for command in steps:
+        for event in decide(state, command, ref):
+            state = evolve(state, event)
+            events.append(event)
+    assert state is not None
+    return state, events
+
+
+def raw_events(events: Sequence[CaseEvent], first_position: int = 1) -> list[RawEvent]:
+    """The events of one case as the projections read them from the log."""
+    return [RawEvent(first_position + i, f"case-{e.case_id}", i + 1, e.event_type,
+                     e.schema_version, canonical_json(e.model_dump(mode="json")), e.at)
+            for i, e in enumerate(events)]
+
+
+def reopened_at_the_county(ref: Reference, case_id: uuid.UUID | None = None,
+                           ) -> tuple[Case, list[CaseEvent]]:
+    """The county takes 2 h to decide, the case is closed, reopened, and decided again 1 h
+    later: two rounds of the county's clock."""
+    case_id = case_id or uuid.uuid4()
+    clerk, officer, county = (actor(u, ref) for u in (CLERK, OFFICER, COUNTY_OFFICER))
+
+    def hours(n: float) -> datetime:
+        return START + timedelta(hours=n)
+
+    return told(ref, [
+        SubmitCase(case_id=case_id, at=hours(0), actor=clerk, tracking_no="KM-REOPEN-1",
+                   service_code=SERVICE, visit_id=uuid.uuid4(), station=STATION,
+                   applicant=EncryptedApplicant(subject_id="s", id_hash="h")),
+        AcceptCase(case_id=case_id, at=hours(0), actor=clerk),
+        HandOffCase(case_id=case_id, at=hours(1), actor=clerk),
+        ReceiveHandoff(case_id=case_id, at=hours(1), actor=officer),
+        HandOffCase(case_id=case_id, at=hours(2), actor=officer),
+        ReceiveHandoff(case_id=case_id, at=hours(2), actor=county),
+        DecideCase(case_id=case_id, at=hours(4), actor=county, outcome=Outcome.REFUSED,
+                   basis="income above the line"),
+        CloseCase(case_id=case_id, at=hours(4), actor=county),
+        ReopenCase(case_id=case_id, at=hours(5), actor=county, reason="new income proof"),
+        DecideCase(case_id=case_id, at=hours(6), actor=county, outcome=Outcome.REFUSED,
+                   basis="still above the line"),
+        CloseCase(case_id=case_id, at=hours(6), actor=county),
+    ])
