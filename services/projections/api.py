@@ -248,9 +248,12 @@ async def list_cases(
     offset: Offset = 0, after: After = None, min_position: MinPosition = None,
 ) -> dict[str, Any]:
     """Cases held by ``unit`` (default: yours) or any unit under it: status, service, holding
-    unit and level, owner, acting person, due date, overdue flag, last change. Submitted from
-    ``submitted_from`` up to (not including) ``submitted_to``; a date or time without a zone
-    is China Standard Time."""
+    unit and level, owner, acting person, due date, overdue flag, last change. ``warned`` and
+    ``breached`` are those of the SLA clock of the level holding the case (each level has its
+    own: a case breached at the station and handed up is not breached in the township's
+    queue); ``breached_levels`` lists every level breached since the submission or the last
+    reopen. Submitted from ``submitted_from`` up to (not including) ``submitted_to``; a date
+    or time without a zone is China Standard Time."""
     scope = reader.scope(who, unit)
     reader.known(status=status, service_code=service_code, level=level)
     f = _filter(status, service_code, level, overdue, tracking_no, submitted_from,
@@ -281,7 +284,8 @@ async def queue(unit: str, who: CurrentPrincipal, reader: Read, response: Respon
                 service_code: str | None = None, sort: str = "last_change_at",
                 order: Order = "asc", limit: Limit = 50, offset: Offset = 0,
                 after: After = None, min_position: MinPosition = None) -> dict[str, Any]:
-    """Open cases held by exactly this unit (not the units under it)."""
+    """Open cases held by exactly this unit (not the units under it); ``warned`` and
+    ``breached`` say whether the case is late at this unit's level (see ``/cases``)."""
     scope = reader.scope(who, unit, field="path:unit")
     reader.known(status=status, service_code=service_code)
     f = _filter(status, service_code, None, None, None, None, None, sort, order, limit,

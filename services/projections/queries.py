@@ -88,7 +88,8 @@ class CaseFilter:
 
 _CASE_COLUMNS = (
     "case_id, tracking_no, service_code, station, status, unit, level, owner, acting_person, "
-    "due_at, (due_at IS NOT NULL AND due_at < now()) AS overdue, warned, breached, outcome, "
+    "due_at, (due_at IS NOT NULL AND due_at < now()) AS overdue, warned, breached, "
+    "breached_levels, outcome, "
     "submitted_at, last_change_at, last_event, version, position"
 )
 

@@ -19,13 +19,14 @@ TABLES = ("case_summary", "timeline", "unit_counts", "subtree_counts", "sla_fact
           "sla_breaches", "moves")
 """The read-model tables of a set (``progress`` is bookkeeping, not a read model)."""
 
-LAYOUT = 2
+LAYOUT = 3
 """The layout of the table sets this code reads and writes (``sql/tables.sql`` and
 ``sql/indexes.sql``), recorded in ``projections.state`` for the active set (migration 0004).
 Raised with every change to the tables that a set made by older code does not have: its rows
 lack what only the log holds, so such a set is rebuilt from the log before the service uses it
 (``bootstrap.upgrade_tables``). 2: the SLA facts keep each round of a level's clock (``round``,
-the reopens before it) and the case summary its reopens."""
+the reopens before it) and the case summary its reopens. 3: the case summary's flags are those
+of the level holding the case, with every level's (``warned_levels``, ``breached_levels``)."""
 
 KEYED_ONLY = "SET LOCAL enable_seqscan = off"
 """For a transaction whose every statement finds its rows by a unique index (a live batch, an

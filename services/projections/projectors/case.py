@@ -110,9 +110,17 @@ def step(row: CaseRow, event: ProjectedEvent, **changes: Any) -> CaseRow:
 
 
 def moved_to(row: CaseRow, unit: str, level: str, paths: UnitPaths) -> dict[str, Any]:
+    """Where the case goes, and the flags of that level's clock: a supervisor reading the
+    queue asks whether the case is late there, not whether it was ever late somewhere."""
     county, township, community = paths.path(unit)
     return {"unit": unit, "level": level, "county": county, "township": township,
-            "community": community}
+            "community": community, "warned": level in row.warned_levels,
+            "breached": level in row.breached_levels}
+
+
+def with_level(levels: tuple[str, ...], level: str) -> tuple[str, ...]:
+    """``levels`` with ``level`` in it once, in the order they were first reached."""
+    return tuple(levels) if level in levels else (*levels, level)
 
 
 def count_moves(before: CaseRow | None, after: CaseRow) -> tuple[tuple[CountKey, int], ...]:
@@ -162,9 +170,9 @@ def submitted(event: ProjectedEvent, paths: UnitPaths) -> Changes:
         service_code=data["service_code"], station=station, visit_id=UUID(data["visit_id"]),
         status="submitted", unit=station, level="community", county=county,
         township=township, community=community, owner=None, acting_person=None, due_at=None,
-        warned=False, breached=False, outcome=None, resume_status=None, submitted_at=at,
-        last_change_at=at, last_event=event.type, pending_move=None, reopens=0,
-        version=event.version, position=event.position,
+        warned=False, breached=False, warned_levels=(), breached_levels=(), outcome=None,
+        resume_status=None, submitted_at=at, last_change_at=at, last_event=event.type,
+        pending_move=None, reopens=0, version=event.version, position=event.position,
     )
     return changed(None, row, event, data["service_code"])
 
@@ -261,7 +269,8 @@ def withdrawn(row: CaseRow, event: ProjectedEvent, paths: UnitPaths) -> Changes:
 def reopened(row: CaseRow, event: ProjectedEvent, paths: UnitPaths) -> Changes:
     data = event.data
     after = step(row, event, status="reopened", owner=data["owner"], outcome=None,
-                 warned=False, breached=False, reopens=row.reopens + 1)
+                 warned=False, breached=False, warned_levels=(), breached_levels=(),
+                 reopens=row.reopens + 1)
     return changed(row, after, event, data["reason"])
 
 
@@ -304,7 +313,8 @@ def clock_stopped(row: CaseRow, event: ProjectedEvent, paths: UnitPaths) -> Chan
 @projects("SlaWarningRaised")
 def warning_raised(row: CaseRow, event: ProjectedEvent, paths: UnitPaths) -> Changes:
     data = event.data
-    after = step(row, event, warned=True)
+    levels = with_level(row.warned_levels, data["level"])
+    after = step(row, event, warned=row.level in levels, warned_levels=levels)
     return changed(row, after, event, f"{data['level']} {data['unit']} due {data['due_at']}")
 
 
@@ -315,6 +325,7 @@ def breached(row: CaseRow, event: ProjectedEvent, paths: UnitPaths) -> Changes:
     county, township, _ = paths.path(data["unit"])
     breach = BreachRow(row.case_id, data["timer_no"], data["level"], data["unit"],
                        row.service_code, county, township, month_of(at), at)
-    after = step(row, event, breached=True)
+    levels = with_level(row.breached_levels, data["level"])
+    after = step(row, event, breached=row.level in levels, breached_levels=levels)
     return changed(row, after, event, f"{data['level']} {data['unit']} due {data['due_at']}",
                    breach=breach)

@@ -9,7 +9,10 @@ from uuid import UUID
 
 
 class CaseRow(NamedTuple):
-    """``case_summary``: one row per case (column order = the table's)."""
+    """``case_summary``: one row per case (column order = the table's). ``warned`` and
+    ``breached`` are the flags of the clock of the level holding the case; ``warned_levels``
+    and ``breached_levels`` every level's since the submission or the last reopen, as the
+    domain keeps them (a level's flags come back with the case when it returns)."""
 
     case_id: UUID
     tracking_no: str
@@ -27,6 +30,8 @@ class CaseRow(NamedTuple):
     due_at: datetime | None
     warned: bool
     breached: bool
+    warned_levels: tuple[str, ...]  # read back from the table as a list
+    breached_levels: tuple[str, ...]
     outcome: str | None
     resume_status: str | None
     submitted_at: datetime

@@ -5,6 +5,8 @@
 -- One row per case: where it is, who owns it, its clock. ``version`` is the last stream
 -- version applied: the live path skips an event at or below it and fills a gap above it.
 -- ``reopens``: how often the case was reopened, the round of the SLA facts its clock stops make.
+-- ``warned``/``breached``: the clock of the level holding the case has warned / is breached;
+-- ``warned_levels``/``breached_levels``: every level's, since the submission or the last reopen.
 CREATE TABLE IF NOT EXISTS {schema}.case_summary (
     case_id         uuid        NOT NULL,
     tracking_no     text        NOT NULL,
@@ -22,6 +24,8 @@ CREATE TABLE IF NOT EXISTS {schema}.case_summary (
     due_at          timestamptz,
     warned          boolean     NOT NULL,
     breached        boolean     NOT NULL,
+    warned_levels   text[]      NOT NULL,
+    breached_levels text[]      NOT NULL,
     outcome         text,
     resume_status   text,
     submitted_at    timestamptz NOT NULL,

@@ -37,7 +37,11 @@ from tests.integration.projections.helpers import (
     load_simulated,
     wait_caught_up,
 )
-from tests.unit.projections.scenarios import reopened_at_the_county
+from tests.unit.projections.scenarios import (
+    TOWNSHIP,
+    breached_at_the_station,
+    reopened_at_the_county,
+)
 
 
 @pytest.fixture
@@ -279,3 +283,26 @@ async def test_a_table_set_of_an_older_layout_is_rebuilt_before_the_service_serv
                                     "FROM projections.state")
         assert tuple(state) == (other(prepared), 2, LAYOUT), start
     assert await county_rounds(pool, other(prepared)) == [(0, 7200), (1, 3600)]
+
+
+async def test_a_case_breached_at_the_station_is_not_late_in_the_townships_queue(
+    pool: asyncpg.Pool, pg_store: PostgresEventStore, prepared: str, ref: Reference,
+) -> None:
+    """The flags are the township's clock's once it holds the case, live and rebuilt alike;
+    where it was late stays readable (``breached_levels``)."""
+    _, events = breached_at_the_station(ref)
+    await pg_store.append(f"case-{events[0].case_id}", 0, [
+        NewEvent(e.event_type, e.model_dump(mode="json")) for e in events])
+    live = LiveProjection(UnitPaths(ref.org))
+    for event in await pg_store.read_batch(0, len(events)):
+        await apply_live(pool, live, [event])
+    await wait_caught_up(pool)
+    await rebuild(pool, UnitPaths(ref.org), batch_size=500, swap=False)
+    for schema in (prepared, other(prepared)):
+        async with pool.acquire() as conn:
+            queue = await q.list_cases(conn, schema, q.Scope.of(ref.org, TOWNSHIP),
+                                       q.CaseFilter(unit=TOWNSHIP, open_only=True))
+        (case,) = queue["items"]
+        assert (case["warned"], case["breached"], case["breached_levels"]) == (
+            False, False, ["community"]), schema
+    assert await digests(pool, prepared) == await digests(pool, other(prepared))

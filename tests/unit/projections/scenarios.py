@@ -1,5 +1,6 @@
 """Cases told step by step through the real domain (``decide``/``evolve``), at chosen times: the
-events a projector gets for a reopened case."""
+events a projector gets for a reopened case, or for one breached at the station and handed up.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ from services.cases.domain import (
     CloseCase,
     DecideCase,
     HandOffCase,
+    RaiseSlaWarning,
     ReceiveHandoff,
+    RecordSlaBreach,
     ReopenCase,
+    ReturnCase,
     SubmitCase,
     decide,
     evolve,
+    sla_clock_actor,
 )
 from services.cases.domain.commands import Command
 from services.cases.domain.state import Case
@@ -36,9 +41,9 @@ def actor(user_id: str, ref: Reference) -> Actor:
     return Actor(user_id=member.user_id, role=member.role, unit=member.unit)
 
 
-def told(ref: Reference, steps: Sequence[Command]) -> tuple[Case, list[CaseEvent]]:
-    """The case after ``steps`` and every event they made."""
-    state: Case | None = None
+def told(ref: Reference, steps: Sequence[Command], state: Case | None = None,
+         ) -> tuple[Case, list[CaseEvent]]:
+    """The case after ``steps`` (from ``state``) and every event they made."""
     events: list[CaseEvent] = []
     for command in steps:
         for event in decide(state, command, ref):
@@ -66,9 +71,7 @@ def reopened_at_the_county(ref: Reference, case_id: uuid.UUID | None = None,
         return START + timedelta(hours=n)
 
     return told(ref, [
-        SubmitCase(case_id=case_id, at=hours(0), actor=clerk, tracking_no="KM-REOPEN-1",
-                   service_code=SERVICE, visit_id=uuid.uuid4(), station=STATION,
-                   applicant=EncryptedApplicant(subject_id="s", id_hash="h")),
+        submitted(case_id, clerk, "KM-REOPEN-1"),
         AcceptCase(case_id=case_id, at=hours(0), actor=clerk),
         HandOffCase(case_id=case_id, at=hours(1), actor=clerk),
         ReceiveHandoff(case_id=case_id, at=hours(1), actor=officer),
@@ -82,3 +85,34 @@ def reopened_at_the_county(ref: Reference, case_id: uuid.UUID | None = None,
                    basis="still above the line"),
         CloseCase(case_id=case_id, at=hours(6), actor=county),
     ])
+
+
+def submitted(case_id: uuid.UUID, clerk: Actor, tracking_no: str) -> SubmitCase:
+    return SubmitCase(case_id=case_id, at=START, actor=clerk, tracking_no=tracking_no,
+                      service_code=SERVICE, visit_id=uuid.uuid4(), station=STATION,
+                      applicant=EncryptedApplicant(subject_id="s", id_hash="h"))
+
+
+def breached_at_the_station(ref: Reference) -> tuple[Case, list[CaseEvent]]:
+    """The station is warned, then breached, then hands the case up to the township (which
+    receives it): a township clock that has not warned yet."""
+    case_id = uuid.uuid4()
+    clerk, officer, clock = actor(CLERK, ref), actor(OFFICER, ref), sla_clock_actor(ref)
+    state, events = told(ref, [submitted(case_id, clerk, "KM-BREACH-1"),
+                               AcceptCase(case_id=case_id, at=START, actor=clerk)])
+    assert state.timer is not None
+    timer, due = state.timer.timer_no, state.timer.due_at
+    state, more = told(ref, [
+        RaiseSlaWarning(case_id=case_id, at=state.timer.warn_at, actor=clock, timer_no=timer),
+        RecordSlaBreach(case_id=case_id, at=due, actor=clock, timer_no=timer),
+        HandOffCase(case_id=case_id, at=due + timedelta(hours=1), actor=clerk),
+        ReceiveHandoff(case_id=case_id, at=due + timedelta(hours=2), actor=officer),
+    ], state)
+    return state, events + more
+
+
+def returned_to_the_station(ref: Reference, state: Case) -> tuple[Case, list[CaseEvent]]:
+    """The township sends the case back down to the station it came from."""
+    return told(ref, [ReturnCase(case_id=state.case_id, at=state.last_at + timedelta(hours=1),
+                                 actor=actor(OFFICER, ref), reasons=("income proof unsigned",))],
+                state)

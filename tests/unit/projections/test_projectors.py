@@ -23,7 +23,12 @@ from services.projections.projectors import (
 )
 from shared.contracts.canonical import canonical_json
 from shared.reference import Reference
-from tests.unit.projections.scenarios import raw_events, reopened_at_the_county
+from tests.unit.projections.scenarios import (
+    breached_at_the_station,
+    raw_events,
+    reopened_at_the_county,
+    returned_to_the_station,
+)
 
 STATION = "530102001001"
 AT = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
@@ -177,3 +182,25 @@ def test_a_reopened_case_keeps_each_round_of_a_levels_clock(ref: Reference) -> N
     assert county == [(0, 7200, True), (1, 3600, True)]
     assert sorted(f.level for f in model.sla.values()) == ["community", "county", "county",
                                                           "township"]
+
+
+def test_the_flags_are_those_of_the_level_holding_the_case(ref: Reference) -> None:
+    """Breached at the station, the case reaches the township's queue on the township's clock,
+    which has not warned: not late at the township, while ``breached_levels`` still says where
+    it was. Sent back down, it is the station's late case again (the domain does not warn or
+    breach a level twice: its clock keeps the flags)."""
+    state, events = breached_at_the_station(ref)
+    folder, _ = fold_all(ref, raw_events(events))
+    (row,) = folder.rows.values()
+    assert (row.level, row.status) == ("township", "in_review")
+    assert (row.warned, row.breached) == (False, False)
+    assert (tuple(row.warned_levels), tuple(row.breached_levels)) == (("community",),
+                                                                        ("community",))
+    assert state.timer is not None and not state.timer.breached  # as the domain has it
+
+    state, back = returned_to_the_station(ref, state)
+    folder, _ = fold_all(ref, raw_events(events + back))
+    (row,) = folder.rows.values()
+    assert (row.level, row.warned, row.breached) == ("community", True, True)
+    assert state.timer is not None and state.timer.breached
+
