@@ -75,7 +75,7 @@ class Reader:
         self.check(who)
         target = unit or (self.org.root.code if who.role == Role.AUDITOR else who.unit)
         if target not in self.org:
-            raise ProblemError(404, "Unknown unit", f"no unit {target}",
+            raise ProblemError(404, "Unknown unit", f"no unit {echoed(target)}",
                                errors=[{"field": field, "message": "unknown unit"}])
         if who.role != Role.AUDITOR and not self.org.is_within(target, who.unit):
             raise ProblemError(403, "Outside your jurisdiction",
@@ -202,6 +202,16 @@ After = Annotated[str | None, Query(
                                 "last case, however many cases changed meanwhile.")]
 TRACKING_NO = r"^[A-Za-z0-9][A-Za-z0-9-]*$"  # e.g. 530102-20260302-7K3M9Q2XPA
 TRACKING_NO_MAX = 64
+
+
+ECHOED = 64
+
+
+def echoed(given: str) -> str:
+    """What a problem's detail repeats of a caller's text: its first ``ECHOED`` characters,
+    then "…". A unit code is a dozen digits; whatever else was sent (5,000 characters came
+    back whole) is the caller's own and need not be sent back to be recognised."""
+    return given if len(given) <= ECHOED else given[:ECHOED] + "…"
 
 
 def answer(response: Response, progress: Progress, body: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from services.cases.domain import Case, evolve
-from services.projections.api import Read
+from services.projections.api import Read, echoed
 from shared.audit import (
     AuditService,
     CaseNotFound,
@@ -119,7 +119,7 @@ async def queue_as_of(unit: str, who: Auditor, audit: Audit, reader: Read, at: A
     """The open cases (not closed or withdrawn) ``unit`` held then."""
     _moment(at, position)
     if unit not in reader.org:
-        raise ProblemError(404, "Unknown unit", f"no unit {unit}",
+        raise ProblemError(404, "Unknown unit", f"no unit {echoed(unit)}",
                            errors=[{"field": "path:unit", "message": "unknown unit"}])
     found = await audit.queue_as_of(who, unit, at=at, position=position)
     cases = [{"case_id": str(c.case_id), "tracking_no": c.tracking_no, "status": c.status.value,

@@ -158,6 +158,10 @@ async def test_audit_refusals_name_what_to_change(
         refused = await http.get(url, params=WHY, headers=as_user(user))
         assert refused.status_code == status, (url, refused.text)
         assert [e["field"] for e in refused.json()["errors"]] == [field], url
+    unit = "5301" * 1250  # an unknown unit is echoed in part, however long
+    refused = await http.get(f"/v1/audit/units/{unit}/queue/as-of", params=WHY,
+                             headers=as_user(AUDITOR))
+    assert refused.json()["detail"] == f"no unit {unit[:64]}…"
 
 
 async def test_the_access_log_takes_real_months_and_a_case_id_that_is_one(

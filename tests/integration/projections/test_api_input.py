@@ -122,6 +122,21 @@ async def test_not_found_and_forbidden_name_what_to_change(
     assert [e["field"] for e in refused["errors"]] == [field]
 
 
+@pytest.mark.parametrize(("url", "field"), [
+    ("/v1/projections/cases?unit={unit}", "query:unit"),
+    ("/v1/projections/units/{unit}/queue", "path:unit"),
+    ("/v1/projections/units/{unit}/counts", "path:unit"),
+])
+async def test_an_unknown_unit_is_echoed_in_part_however_long(
+    http: httpx.AsyncClient, ref: Reference, url: str, field: str,
+) -> None:
+    """5,000 characters given as a unit came back whole in the problem's detail."""
+    unit = "5301" * 1250
+    refused = await problem(http, url.format(unit=unit), token(SUPERVISOR, ref), 404)
+    assert [e["field"] for e in refused["errors"]] == [field]
+    assert refused["detail"] == f"no unit {unit[:64]}…"
+
+
 @pytest.mark.parametrize(("query", "status", "field"), [
     ("month_from=2026-13", 422, "query:month_from"),
     ("month_to=2026-00", 422, "query:month_to"),
