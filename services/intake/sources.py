@@ -38,7 +38,9 @@ class SourceSystem(BaseModel):
         return f"{SIGNATURE_PREFIX}{digest}"
 
     def signed(self, body: bytes, signature: str) -> bool:
-        return hmac.compare_digest(self.signature(body), signature)
+        """Constant-time, on bytes: ``compare_digest`` raises ``TypeError`` for a ``str`` that
+        is not ASCII, and a header anyone may write must be refused, never crash the batch."""
+        return hmac.compare_digest(self.signature(body).encode(), signature.encode())
 
 
 class SourceRegistry:

@@ -63,6 +63,16 @@ def test_each_refusal_has_its_code(sources: SourceRegistry, make: object, code: 
     assert codes(read_message(make(sources), sources, MAX)) == [code]  # type: ignore[operator]
 
 
+@pytest.mark.parametrize("signature", [b"sha256=\xc3\xa9", b"\xff\xfe", "签名".encode()])
+def test_a_signature_header_that_is_not_ascii_is_a_bad_signature(
+        sources: SourceRegistry, signature: bytes) -> None:
+    # hmac.compare_digest raised TypeError on a non-ASCII str: the batch failed and was
+    # retried for ever, a poison message that anyone naming a source could send
+    raw = RawMessage("intake.submissions", 0, 7, visit_body(),
+                     {SOURCE_HEADER: b"pension", SIGNATURE_HEADER: signature})
+    assert codes(read_message(raw, sources, MAX)) == ["bad_signature"]
+
+
 def test_a_bad_id_number_is_refused_without_quoting_it(sources: SourceRegistry) -> None:
     person = synthetic_person(random.Random(1))
     applicant = {**person.as_applicant(), "id_number": with_bad_check_character(person.id_number)}
