@@ -24,6 +24,7 @@ from services.cases.domain.rules import (
     require_status,
     require_supervisor_or_worker,
     require_system,
+    require_system_over,
     require_worker_at_holding_unit,
     required_text,
     service_of,
@@ -66,7 +67,9 @@ def submit(cmd: c.SubmitCase, ref: Reference) -> Events:
     station = ref.org.get(cmd.station)
     if station is None or station.level != Level.COMMUNITY:
         raise errors.CasesAreReceivedOnlyAtStations(cmd.station)
-    if cmd.actor.role != Role.SYSTEM:
+    if cmd.actor.role == Role.SYSTEM:
+        require_system_over(cmd.actor, ref, station.code)
+    else:
         post = post_of(cmd.actor, ref)
         if post.unit != station.code:
             raise errors.OnlyTheHoldingUnitMayAct(f"{post.user_id} works at {post.unit}")
@@ -302,6 +305,7 @@ def add_note(case: Case, cmd: c.AddNote, ref: Reference) -> Events:
 @handles(c.RecordExternalResult)
 def record_external_result(case: Case, cmd: c.RecordExternalResult, ref: Reference) -> Events:
     require_system(cmd.actor, errors.OnlyOtherSystemsRecordExternalResults)
+    require_system_over(cmd.actor, ref, case.station, case.unit)
     return [e.ExternalResultRecorded(
         case_id=case.case_id, at=cmd.at, actor=cmd.actor, source_system=cmd.source_system,
         result_type=cmd.result_type, reference=cmd.reference, summary=cmd.summary,

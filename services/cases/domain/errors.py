@@ -83,6 +83,10 @@ class OnlyTheHoldingUnitMayAct(NotAllowed):
     default_field = "actor.unit"
 
 
+class SystemsActOnlyWithinTheirUnit(NotAllowed):
+    default_field = "actor.unit"
+
+
 class RoleDoesNotFitTheHoldingLevel(NotAllowed):
     default_field = "actor.role"
 

@@ -60,6 +60,16 @@ def require_system(actor: Actor, rejection: type[errors.Rejection]) -> None:
         raise rejection()
 
 
+def require_system_over(actor: Actor, ref: Reference, *units: str) -> None:
+    """An automated actor acts for its unit (a source system's registered ``unit``) and every
+    unit under it, as people do: one of ``units`` (the station, the holding unit) must lie
+    there. ``check_actor`` lets systems pass, so without this a county's system could open
+    or touch cases anywhere in the city."""
+    if not any(ref.org.is_within(unit, actor.unit) for unit in units):
+        raise errors.SystemsActOnlyWithinTheirUnit(
+            f"{actor.user_id} acts for {actor.unit}, not {' or '.join(dict.fromkeys(units))}")
+
+
 # ------------------------------------------------------------ the unit and the owner
 
 

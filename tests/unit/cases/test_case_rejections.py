@@ -27,13 +27,23 @@ from services.cases.domain import (
     WithdrawCase,
     errors,
 )
-from shared.contracts.cases import Actor, Outcome
+from shared.contracts.cases import Actor, CaseSubmitted, ExternalResultRecorded, Outcome
 from shared.reference import Role
-from tests.unit.cases.case_story import CAST, MLG_DOCUMENTS, OTHER_COUNTY, Story
+from tests.unit.cases.case_story import (
+    CAST,
+    COUNTY,
+    MLG_DOCUMENTS,
+    OTHER_COUNTY,
+    STATION,
+    Story,
+    person,
+)
 
 pytestmark = pytest.mark.unit
 
 APPROVE = {"outcome": Outcome.APPROVED, "basis": "eligible"}
+# another government system registered for county 530103 (its source's ``unit``)
+OTHER_COUNTY_SYSTEM = person("system:other_county", Role.SYSTEM, OTHER_COUNTY)
 
 
 class Example(NamedTuple):
@@ -109,6 +119,8 @@ EXAMPLES = [
                             result_type="x", reference="y")),
     Example(errors.OnlyTheHoldingUnitMayAct, Story.at_township,
             lambda s: s.cmd(ReturnCase, CAST.other_town, 4, reasons=("not ours",))),
+    Example(errors.SystemsActOnlyWithinTheirUnit, nothing,
+            lambda s: s.submit(actor=OTHER_COUNTY_SYSTEM)),
     Example(errors.RoleDoesNotFitTheHoldingLevel, Story.handed_to_township,
             lambda s: s.cmd(ReceiveHandoff, CAST.town_supervisor, 3)),
     Example(errors.OnlyTheOwnerMayAct, Story.at_township,
@@ -232,3 +244,19 @@ def test_a_community_clerk_may_not_escalate_a_timer(given, story):
     given(escalating_at_community(story)).when(
         story.cmd(EscalateOverdueCase, CAST.clerk, 2, timer_no=1)
     ).then(errors.OnlyTheSlaClockFiresTimers)
+
+
+def test_a_system_of_another_county_may_not_attach_a_result(given, story):
+    given(story.accepted()).when(story.cmd(
+        RecordExternalResult, OTHER_COUNTY_SYSTEM, 2, source_system="other_county",
+        result_type="pension_record", reference="ref-1",
+    )).then(errors.SystemsActOnlyWithinTheirUnit)
+
+
+def test_a_system_of_the_county_submits_and_attaches_within_it(given, story):
+    county_system = person("system:county", Role.SYSTEM, COUNTY)
+    given([]).when(story.submit(actor=county_system, station=STATION)).then(CaseSubmitted)
+    given(story.at_county()).when(story.cmd(
+        RecordExternalResult, county_system, 6, source_system="county",
+        result_type="pension_record", reference="ref-1",
+    )).then(ExternalResultRecorded)

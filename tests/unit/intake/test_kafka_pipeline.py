@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from services.intake.agents import SubmissionAgent
-from services.intake.domain import Applicant, ServiceRequest, Visit, route
+from services.intake.domain import Applicant, Refused, ServiceRequest, Visit, route
 from services.intake.domain.ids import (
     INTAKE_NAMESPACE,
     case_id,
@@ -78,6 +78,27 @@ def test_the_events_encoded_here_are_the_bytes_the_store_would_make(
             metadata=_metadata(event.actor, prepared.visit, request)))
             for i, event in enumerate(events)]
         assert list(part.events) == expected
+
+
+@pytest.mark.parametrize(("unit", "refused"), [("530102", False), ("530103", True)])
+def test_a_source_opens_cases_only_at_stations_of_its_unit(
+    ref: Reference, unit: str, refused: bool,
+) -> None:
+    applicant = Applicant(**synthetic_person(random.Random(4)).as_applicant())
+    system = Actor(user_id="system:county_pension", role=Role.SYSTEM, unit=unit)
+    request = VisitRequest(
+        visit=Visit(station=STATION, applicant=applicant,
+                    services=(ServiceRequest(service_code="legal_information"),)),
+        scope="source:county_pension", key="k-1", submitter=system, receiver=None,
+        correlation_id="c-1", source_system="county_pension")
+    handler = IntakeHandler(None, ref, None, None,  # type: ignore[arg-type]
+                            lambda: datetime(2026, 3, 2, 9, 30, tzinfo=CHINA_TZ))
+    prepared = handler._prepare(request, route(request.visit, ref), SEALED)
+    if refused:
+        assert isinstance(prepared, Refused) and prepared.kind == "forbidden"
+        assert [r.code for r in prepared.reasons] == ["SystemsActOnlyWithinTheirUnit"]
+    else:
+        assert isinstance(prepared, Prepared)
 
 
 def _metadata(actor: Actor, visit: uuid.UUID, request: VisitRequest) -> dict[str, Any]:
