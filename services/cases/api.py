@@ -155,13 +155,17 @@ async def command_context(
     idempotency_key: Annotated[str | None, Header(max_length=IDEMPOTENCY_KEY_MAX)] = None,
 ) -> CommandContext:
     return CommandContext(who, request.app.state.case_commands, request.app.state.clock,
-                          parse_if_match(if_match), command_id_for(idempotency_key))
+                          parse_if_match(if_match), command_id_for(who, idempotency_key))
 
 
-def command_id_for(idempotency_key: str | None) -> uuid.UUID:
+def command_id_for(who: Principal, idempotency_key: str | None) -> uuid.UUID:
     """The command's id: derived from the caller's ``Idempotency-Key`` (so a retry is the same
-    command), else a new one."""
-    return (uuid.uuid5(uuid.NAMESPACE_URL, f"yizhan:command:{idempotency_key}")
+    command), else a new one. The key is the caller's own, as intake's are: a command the case
+    already holds is answered as done before the domain checks who sends it, so with one
+    namespace anyone sending another's key got 200 and the case's version, and a second
+    person's command under the same key was dropped as a retry."""
+    return (uuid.uuid5(uuid.NAMESPACE_URL,
+                       f"yizhan:command\nuser:{who.user_id}\n{idempotency_key}")
             if idempotency_key else uuid.uuid4())
 
 

@@ -133,7 +133,7 @@ class CommandFastPath:
             return False
         state = app.state
         ctx = api.CommandContext(who, state.case_commands, state.clock, expected_version,
-                                 api.command_id_for(idempotency_key))
+                                 api.command_id_for(who, idempotency_key))
         sub = Response()  # collects the headers the endpoint sets (ETag), as FastAPI's does
         del sub.headers["content-length"]
         try:

@@ -229,6 +229,22 @@ async def test_a_retried_command_with_the_same_idempotency_key_applies_once(
     assert (again["already_applied"], again["version"]) == (True, first["version"])
 
 
+async def test_an_idempotency_key_is_the_callers_own(
+    service: CasesService, http: httpx.AsyncClient, ref: Reference
+) -> None:
+    """Another caller's key is no way round the rules (an outsider sending it was answered
+    200 ``already_applied`` with the case's version and position, before any check), and
+    reusing it never swallows another person's command as a retry."""
+    case_id = await submitted_case(service, MLG_DOCUMENTS)
+    await act(http, ref, case_id, "accept", CLERK, **{"Idempotency-Key": "k-1"})
+    refused = await act(http, ref, case_id, "notes", OTHER_TOWN, {"text": "x"}, status=403,
+                        **{"Idempotency-Key": "k-1"})
+    assert "version" not in refused and "position" not in refused
+    noted = await act(http, ref, case_id, "notes", CLERK_B, {"text": "申请人来电"},
+                      **{"Idempotency-Key": "k-1"})
+    assert (noted["events"], noted["already_applied"]) == (["NoteAdded"], False)
+
+
 async def test_control_characters_in_free_text_are_refused_before_anything_is_stored(
     service: CasesService, http: httpx.AsyncClient, ref: Reference
 ) -> None:
