@@ -127,7 +127,9 @@ class CommandFastPath:
             who = decode_token(token, settings_of_app(app))
             expected_version = api.parse_if_match(if_match)
             payload = route.body.model_validate(json.loads(body))
-        except (ProblemError, ValueError):  # JSONDecodeError and ValidationError are ValueErrors
+        # JSONDecodeError and ValidationError are ValueErrors; RecursionError is JSON nested
+        # too deep to parse (FastAPI answers 400, not the 500 it was here)
+        except (ProblemError, ValueError, RecursionError):
             return False
         if who.role == Role.SYSTEM:
             return False
