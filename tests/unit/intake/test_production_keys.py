@@ -8,7 +8,12 @@ import base64
 import pytest
 from pydantic import ValidationError
 
-from services.intake.settings import IntakeSettings
+from services.intake.settings import (
+    DEV_ID_HASH_KEY,
+    DEV_MASTER_KEY,
+    DEV_QUARANTINE_KEY,
+    IntakeSettings,
+)
 
 OWN = {"YIZHAN_INTAKE_MASTER_KEY": base64.b64encode(bytes(range(1, 33))).decode(),
        "YIZHAN_INTAKE_ID_HASH_KEY": base64.b64encode(bytes(range(33, 65))).decode(),
@@ -46,3 +51,26 @@ def test_production_accepts_its_own_keys(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_development_keeps_the_development_keys() -> None:
     intake = IntakeSettings(_env_file=None)
     assert intake.env == "dev" and intake.uses_development_keys
+
+
+def other_spelling(key: str) -> str:
+    """The same 32 bytes in other base64 text: the last character's two spare bits set
+    (decoders ignore them)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    spelled = key[:-2] + alphabet[alphabet.index(key[-2]) ^ 1] + key[-1]
+    assert spelled != key and base64.b64decode(spelled) == base64.b64decode(key)
+    return spelled
+
+
+PUBLIC = {"YIZHAN_INTAKE_MASTER_KEY": DEV_MASTER_KEY, "YIZHAN_INTAKE_ID_HASH_KEY": DEV_ID_HASH_KEY,
+          "YIZHAN_INTAKE_QUARANTINE_KEY": DEV_QUARANTINE_KEY}
+
+
+@pytest.mark.parametrize("name", list(PUBLIC))
+def test_production_refuses_a_development_key_in_another_base64_spelling(
+        monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv("YIZHAN_ENV", "prod")
+    for own, value in OWN.items():
+        monkeypatch.setenv(own, other_spelling(PUBLIC[name]) if own == name else value)
+    with pytest.raises(ValidationError, match=name):
+        IntakeSettings(_env_file=None)
