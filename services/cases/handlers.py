@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from services.cases.domain import Case, Command, Rejection, decide, fold
+from services.cases.domain import Case, Command, Rejection, authorise, decide, fold
 from shared.contracts import cases as _events  # noqa: F401  (registers the case events)
 from shared.contracts.cases import case_of_stream, case_stream
 from shared.contracts.envelope import RecordedEvent
@@ -177,6 +177,7 @@ class CaseCommands:
             if event_id(command_id, 0) in case.event_ids:  # the cache is a prefix of the store
                 return Handled(command.case_id, version, position, [], already_applied=True)
             if expected_version is not None and expected_version != version:
+                authorise(case.state, command, self.ref)  # the version is for who may act
                 raise PreconditionFailed(expected_version, version)
             try:
                 events = decide(case.state, command, self.ref)

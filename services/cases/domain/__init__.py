@@ -21,7 +21,7 @@ from services.cases.domain.commands import (
     SupplyDocuments,
     WithdrawCase,
 )
-from services.cases.domain.decide import decide, decide_all
+from services.cases.domain.decide import authorise, decide, decide_all
 from services.cases.domain.errors import Rejection
 from services.cases.domain.evolve import evolve, fold
 from services.cases.domain.policies import (
@@ -56,6 +56,7 @@ __all__ = [
     "SupplyDocuments",
     "Timer",
     "WithdrawCase",
+    "authorise",
     "decide",
     "decide_all",
     "escalations_owed",

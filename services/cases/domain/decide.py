@@ -2,6 +2,13 @@
 
 Pure: no clock, no ids, no I/O. ``ref`` is the reference data (org tree, staff, catalogue,
 calendar). One small function per command.
+
+Who may act comes first: each command is registered with a guard (the actor's unit and role
+against the case's, or the kind of system) that ``decide`` runs before anything that tells the
+case's state — its status, its history's time, a document request's count. Otherwise an
+officer anywhere could learn a case's status from a 409 where a 403 is due. Whoever the guard
+lets through may read the case anyway, so the checks after it (status, then which of the
+unit's people owns the case) tell them nothing new.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from services.cases.domain.rules import (
     in_checklist_order,
     is_supervisor_over,
     post_of,
+    require_at_or_over_holding_unit,
     require_in_checklist,
     require_owner,
     require_status,
@@ -31,38 +39,58 @@ from services.cases.domain.rules import (
 )
 from services.cases.domain.state import TIMED, WORKABLE, Case, Timer
 from shared.contracts import cases as e
-from shared.contracts.cases import CaseEvent, CaseStatus, Outcome
+from shared.contracts.cases import Actor, CaseEvent, CaseStatus, Outcome
 from shared.reference import CASE_ROLE_AT_LEVEL, Level, Reference, Role
 
 Events = list[CaseEvent]
 C = TypeVar("C", bound=c.Command)
 Handler = Callable[[Case, Any, Reference], Events]
-_HANDLERS: dict[type[c.Command], Handler] = {}
+Guard = Callable[[Case, Actor, Reference], object]
+_HANDLERS: dict[type[c.Command], tuple[Guard, Handler]] = {}
 
 
 def decide(state: Case | None, command: c.Command, ref: Reference) -> Events:
     """The events ``command`` produces against ``state`` (``None`` = no such case yet)."""
-    check_actor(command.actor, ref)
+    authorise(state, command, ref)
     if isinstance(command, c.SubmitCase):
-        if state is not None:
-            raise errors.CaseAlreadyExists(str(command.case_id))
-        return submit(command, ref)
+        return submit(state, command, ref)
     if state is None:
         raise errors.CaseDoesNotExist(str(command.case_id))
     if command.at < state.last_at:
         raise errors.CommandPredatesTheCaseHistory(f"the case's last event is at {state.last_at}")
-    return _HANDLERS[type(command)](state, command, ref)
+    return _HANDLERS[type(command)][1](state, command, ref)
 
 
-def handles(kind: type[C]) -> Callable[[Callable[[Case, C, Reference], Events]], Handler]:
+def authorise(state: Case | None, command: c.Command, ref: Reference) -> None:
+    """The actor may act on the case at all (a new case's station is ``submit``'s to check).
+    ``decide`` runs it first; the command handler too, before telling a caller that the case
+    is not at the version they named."""
+    check_actor(command.actor, ref)
+    if state is not None and not isinstance(command, c.SubmitCase):
+        _HANDLERS[type(command)][0](state, command.actor, ref)
+
+
+def handles(
+    kind: type[C], *, may_act: Guard
+) -> Callable[[Callable[[Case, C, Reference], Events]], Handler]:
+    """Register the handler of ``kind``; ``may_act`` says who may act on the case at all."""
     def register(fn: Callable[[Case, C, Reference], Events]) -> Handler:
-        _HANDLERS[kind] = cast(Handler, fn)
+        _HANDLERS[kind] = (may_act, cast(Handler, fn))
         return cast(Handler, fn)
 
     return register
 
 
-def submit(cmd: c.SubmitCase, ref: Reference) -> Events:
+def _the_sla_clock(case: Case, actor: Actor, ref: Reference) -> None:
+    require_system(actor, errors.OnlyTheSlaClockFiresTimers)
+
+
+def _a_system_over(case: Case, actor: Actor, ref: Reference) -> None:
+    require_system(actor, errors.OnlyOtherSystemsRecordExternalResults)
+    require_system_over(actor, ref, case.station, case.unit)
+
+
+def submit(state: Case | None, cmd: c.SubmitCase, ref: Reference) -> Events:
     service = service_of(cmd.service_code, ref)
     station = ref.org.get(cmd.station)
     if station is None or station.level != Level.COMMUNITY:
@@ -75,6 +103,8 @@ def submit(cmd: c.SubmitCase, ref: Reference) -> Events:
             raise errors.OnlyTheHoldingUnitMayAct(f"{post.user_id} works at {post.unit}")
         if post.role != Role.STATION_CLERK:
             raise errors.RoleDoesNotFitTheHoldingLevel("only station clerks receive cases")
+    if state is not None:
+        raise errors.CaseAlreadyExists(str(cmd.case_id))
     require_in_checklist(service, cmd.documents)
     return [e.CaseSubmitted(
         case_id=cmd.case_id, at=cmd.at, actor=cmd.actor, tracking_no=cmd.tracking_no,
@@ -84,10 +114,10 @@ def submit(cmd: c.SubmitCase, ref: Reference) -> Events:
     )]
 
 
-@handles(c.AcceptCase)
+@handles(c.AcceptCase, may_act=require_worker_at_holding_unit)
 def accept(case: Case, cmd: c.AcceptCase, ref: Reference) -> Events:
     require_status(case, {CaseStatus.SUBMITTED}, errors.CaseIsAlreadyAccepted)
-    owner = require_worker_at_holding_unit(case, cmd.actor, ref)
+    owner = post_of(cmd.actor, ref)
     return [
         e.CaseAccepted(case_id=case.case_id, at=cmd.at, actor=cmd.actor, unit=case.unit,
                        level=case.level, owner=owner.user_id),
@@ -95,7 +125,7 @@ def accept(case: Case, cmd: c.AcceptCase, ref: Reference) -> Events:
     ]
 
 
-@handles(c.RequestDocuments)
+@handles(c.RequestDocuments, may_act=require_supervisor_or_worker)
 def request_documents(case: Case, cmd: c.RequestDocuments, ref: Reference) -> Events:
     require_status(case, WORKABLE, errors.CaseIsAlreadyDecided)
     approved_by = _override_for_another_request(case, cmd, ref)
@@ -135,10 +165,9 @@ def _override_for_another_request(
     return approver.user_id
 
 
-@handles(c.SupplyDocuments)
+@handles(c.SupplyDocuments, may_act=require_worker_at_holding_unit)
 def supply_documents(case: Case, cmd: c.SupplyDocuments, ref: Reference) -> Events:
     require_status(case, {CaseStatus.DOCUMENTS_REQUESTED}, errors.NoDocumentsWereRequested)
-    require_worker_at_holding_unit(case, cmd.actor, ref)
     if not cmd.documents:
         raise errors.NothingWasSupplied()
     unrequested = [d for d in cmd.documents if d not in case.documents_outstanding]
@@ -158,7 +187,7 @@ def supply_documents(case: Case, cmd: c.SupplyDocuments, ref: Reference) -> Even
     return [supplied, resumed]
 
 
-@handles(c.HandOffCase)
+@handles(c.HandOffCase, may_act=require_worker_at_holding_unit)
 def hand_off(case: Case, cmd: c.HandOffCase, ref: Reference) -> Events:
     require_status(case, WORKABLE, errors.CaseIsAlreadyDecided)
     require_owner(case, cmd.actor, ref)
@@ -183,17 +212,17 @@ def _move_up(
     ]
 
 
-@handles(c.ReceiveHandoff)
+@handles(c.ReceiveHandoff, may_act=require_worker_at_holding_unit)
 def receive_handoff(case: Case, cmd: c.ReceiveHandoff, ref: Reference) -> Events:
     require_status(case, {CaseStatus.HANDED_OFF}, errors.NoHandoffIsPending)
-    owner = require_worker_at_holding_unit(case, cmd.actor, ref)
+    owner = post_of(cmd.actor, ref)
     return [e.HandoffReceived(
         case_id=case.case_id, at=cmd.at, actor=cmd.actor, unit=case.unit, level=case.level,
         owner=owner.user_id, previous_owner=_owner(case),
     )]
 
 
-@handles(c.ReturnCase)
+@handles(c.ReturnCase, may_act=require_worker_at_holding_unit)
 def return_case(case: Case, cmd: c.ReturnCase, ref: Reference) -> Events:
     require_status(case, WORKABLE, errors.CaseIsAlreadyDecided)
     require_owner(case, cmd.actor, ref)
@@ -218,7 +247,7 @@ def return_case(case: Case, cmd: c.ReturnCase, ref: Reference) -> Events:
     ]
 
 
-@handles(c.ReassignOwner)
+@handles(c.ReassignOwner, may_act=require_supervisor_or_worker)
 def reassign_owner(case: Case, cmd: c.ReassignOwner, ref: Reference) -> Events:
     allowed = WORKABLE | {CaseStatus.DOCUMENTS_REQUESTED, CaseStatus.DECIDED}
     require_status(case, allowed, errors.CaseIsNotYetAccepted)
@@ -238,7 +267,7 @@ def reassign_owner(case: Case, cmd: c.ReassignOwner, ref: Reference) -> Events:
     )]
 
 
-@handles(c.DecideCase)
+@handles(c.DecideCase, may_act=require_worker_at_holding_unit)
 def decide_case(case: Case, cmd: c.DecideCase, ref: Reference) -> Events:
     require_status(case, WORKABLE, errors.CaseIsAlreadyDecided)
     require_owner(case, cmd.actor, ref)
@@ -256,7 +285,7 @@ def decide_case(case: Case, cmd: c.DecideCase, ref: Reference) -> Events:
     ]
 
 
-@handles(c.CloseCase)
+@handles(c.CloseCase, may_act=require_worker_at_holding_unit)
 def close(case: Case, cmd: c.CloseCase, ref: Reference) -> Events:
     require_status(case, {CaseStatus.DECIDED}, errors.OnlyADecidedCaseMayBeClosed)
     require_owner(case, cmd.actor, ref)
@@ -264,11 +293,10 @@ def close(case: Case, cmd: c.CloseCase, ref: Reference) -> Events:
                          level=case.level)]
 
 
-@handles(c.WithdrawCase)
+@handles(c.WithdrawCase, may_act=require_worker_at_holding_unit)
 def withdraw(case: Case, cmd: c.WithdrawCase, ref: Reference) -> Events:
     allowed = WORKABLE | {CaseStatus.SUBMITTED, CaseStatus.DOCUMENTS_REQUESTED}
     require_status(case, allowed, errors.CaseIsAlreadyDecided)
-    require_worker_at_holding_unit(case, cmd.actor, ref)
     reason = required_text(cmd.reason, errors.ReasonMustBeGiven)
     withdrawn: Events = [e.CaseWithdrawn(case_id=case.case_id, at=cmd.at, actor=cmd.actor,
                                          unit=case.unit, level=case.level, reason=reason)]
@@ -277,10 +305,9 @@ def withdraw(case: Case, cmd: c.WithdrawCase, ref: Reference) -> Events:
     return [*withdrawn, stop_clock(case, case.timer, cmd.at, cmd.actor, ref)]
 
 
-@handles(c.ReopenCase)
+@handles(c.ReopenCase, may_act=require_supervisor_or_worker)
 def reopen(case: Case, cmd: c.ReopenCase, ref: Reference) -> Events:
     require_status(case, {CaseStatus.CLOSED}, errors.OnlyAClosedCaseMayBeReopened)
-    require_supervisor_or_worker(case, cmd.actor, ref)
     reason = required_text(cmd.reason, errors.ReasonMustBeGiven)
     window = timedelta(days=service_of(case.service_code, ref).reopen_window_days)
     if case.closed_at is None or cmd.at > case.closed_at + window:
@@ -293,19 +320,14 @@ def reopen(case: Case, cmd: c.ReopenCase, ref: Reference) -> Events:
     ]
 
 
-@handles(c.AddNote)
+@handles(c.AddNote, may_act=require_at_or_over_holding_unit)
 def add_note(case: Case, cmd: c.AddNote, ref: Reference) -> Events:
-    post = post_of(cmd.actor, ref)
-    if post.unit != case.unit and not is_supervisor_over(post, case, ref):
-        raise errors.OnlyTheHoldingUnitMayAct(f"the case is held by {case.unit}")
     text = required_text(cmd.text, errors.NoteMustNotBeEmpty)
     return [e.NoteAdded(case_id=case.case_id, at=cmd.at, actor=cmd.actor, text=text)]
 
 
-@handles(c.RecordExternalResult)
+@handles(c.RecordExternalResult, may_act=_a_system_over)
 def record_external_result(case: Case, cmd: c.RecordExternalResult, ref: Reference) -> Events:
-    require_system(cmd.actor, errors.OnlyOtherSystemsRecordExternalResults)
-    require_system_over(cmd.actor, ref, case.station, case.unit)
     return [e.ExternalResultRecorded(
         case_id=case.case_id, at=cmd.at, actor=cmd.actor, source_system=cmd.source_system,
         result_type=cmd.result_type, reference=cmd.reference, summary=cmd.summary,
@@ -316,9 +338,8 @@ def record_external_result(case: Case, cmd: c.RecordExternalResult, ref: Referen
 # ------------------------------------------------------------ the SLA clock's commands
 
 
-@handles(c.RaiseSlaWarning)
+@handles(c.RaiseSlaWarning, may_act=_the_sla_clock)
 def raise_sla_warning(case: Case, cmd: c.RaiseSlaWarning, ref: Reference) -> Events:
-    require_system(cmd.actor, errors.OnlyTheSlaClockFiresTimers)
     timer = _current(case, cmd.timer_no)
     if timer is None or timer.warned:
         return []
@@ -330,9 +351,8 @@ def raise_sla_warning(case: Case, cmd: c.RaiseSlaWarning, ref: Reference) -> Eve
     )]
 
 
-@handles(c.RecordSlaBreach)
+@handles(c.RecordSlaBreach, may_act=_the_sla_clock)
 def record_sla_breach(case: Case, cmd: c.RecordSlaBreach, ref: Reference) -> Events:
-    require_system(cmd.actor, errors.OnlyTheSlaClockFiresTimers)
     timer = _current(case, cmd.timer_no)
     if timer is None or timer.breached:
         return []
@@ -344,9 +364,8 @@ def record_sla_breach(case: Case, cmd: c.RecordSlaBreach, ref: Reference) -> Eve
     )]
 
 
-@handles(c.EscalateOverdueCase)
+@handles(c.EscalateOverdueCase, may_act=_the_sla_clock)
 def escalate_overdue_case(case: Case, cmd: c.EscalateOverdueCase, ref: Reference) -> Events:
-    require_system(cmd.actor, errors.OnlyTheSlaClockFiresTimers)
     timer = _current(case, cmd.timer_no)
     if timer is None:
         return []

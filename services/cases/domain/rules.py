@@ -1,5 +1,8 @@
 """The rules every command is checked against: who may act (authorisation is a domain rule) and
-in which status. Each guard raises a ``Rejection`` or returns what it verified."""
+in which status. Each guard raises a ``Rejection`` or returns what it verified.
+
+A refusal of who acts names the actor's own unit, not the case's: it goes to someone who may
+not read the case, and where a case is held tells how far it has come."""
 
 from __future__ import annotations
 
@@ -67,7 +70,7 @@ def require_system_over(actor: Actor, ref: Reference, *units: str) -> None:
     or touch cases anywhere in the city."""
     if not any(ref.org.is_within(unit, actor.unit) for unit in units):
         raise errors.SystemsActOnlyWithinTheirUnit(
-            f"{actor.user_id} acts for {actor.unit}, not {' or '.join(dict.fromkeys(units))}")
+            f"{actor.user_id} acts for {actor.unit} and the units under it")
 
 
 # ------------------------------------------------------------ the unit and the owner
@@ -77,7 +80,7 @@ def require_worker_at_holding_unit(case: Case, actor: Actor, ref: Reference) -> 
     """The actor's post is at the unit holding the case, in the role that works that level."""
     post = post_of(actor, ref)
     if post.unit != case.unit:
-        raise errors.OnlyTheHoldingUnitMayAct(f"the case is held by {case.unit}")
+        raise errors.OnlyTheHoldingUnitMayAct(f"{post.unit} does not hold the case")
     if post.role != CASE_ROLE_AT_LEVEL.get(case.level):
         raise errors.RoleDoesNotFitTheHoldingLevel(
             f"a {post.role} does not work {case.level} cases"
@@ -103,6 +106,14 @@ def require_supervisor_or_worker(case: Case, actor: Actor, ref: Reference) -> St
     if is_supervisor_over(post, case, ref):
         return post
     return require_worker_at_holding_unit(case, actor, ref)
+
+
+def require_at_or_over_holding_unit(case: Case, actor: Actor, ref: Reference) -> StaffMember:
+    """Anyone posted at the holding unit, whatever their role, or a supervisor over it."""
+    post = post_of(actor, ref)
+    if post.unit != case.unit and not is_supervisor_over(post, case, ref):
+        raise errors.OnlyTheHoldingUnitMayAct(f"{post.unit} does not hold the case")
+    return post
 
 
 # ------------------------------------------------------------ status and content

@@ -11,8 +11,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from services.cases.domain import AcceptCase, AddNote, HandOffCase, SubmitCase
-from services.cases.handlers import CaseCommands
+from services.cases.domain import AcceptCase, AddNote, HandOffCase, SubmitCase, errors
+from services.cases.handlers import CaseCommands, PreconditionFailed
 from shared.contracts.cases import Actor, EncryptedApplicant
 from shared.contracts.envelope import RecordedEvent
 from shared.eventstore.memory import InMemoryEventStore
@@ -124,3 +124,20 @@ async def test_a_cached_fold_holding_part_of_a_transaction_is_decided_again_on_t
     assert done.version == len(log) + len(done.events)
     fresh = CaseCommands(store, ref)
     assert await commands.load(case_id) == await fresh.load(case_id)
+
+
+async def test_a_stale_version_is_told_only_to_one_who_may_act_on_the_case(
+    ref: Reference,
+) -> None:
+    """A 412 names the case's version (how much has happened to it): an officer of another
+    township naming any version is refused as an outsider first."""
+    store, case_id = CountingStore(), uuid.uuid4()
+    await opened_elsewhere(store, ref, case_id)
+    commands = CaseCommands(store, ref)
+    outsider = Actor(user_id="officer.530102002.a", role=Role.TOWNSHIP_OFFICER, unit="530102002")
+    note = AddNote(case_id=case_id, at=T0 + timedelta(minutes=3), actor=outsider, text="探")
+    with pytest.raises(errors.OnlyTheHoldingUnitMayAct):
+        await commands.handle(note, command_id=uuid.uuid4(), expected_version=1)
+    with pytest.raises(PreconditionFailed):
+        await commands.handle(dataclasses.replace(note, actor=CLERK), command_id=uuid.uuid4(),
+                              expected_version=1)
