@@ -70,7 +70,8 @@ async def bootstrap(
     # submissions/s against 1,183-1,373 with one, interleaved runs of bench/intake.py)
     store = PostgresEventStore(pool, max_batch=settings.append_max_batch, writers=1)
     privacy = Privacy(KeyVault(pool, Sealer.from_settings(intake)))
-    handler = IntakeHandler(store, reference, privacy, IdempotencyLog(pool), clock)
+    handler = IntakeHandler(store, reference, privacy, IdempotencyLog(pool), clock,
+                            tracking_key=intake.key_bytes(intake.id_hash_key))
     return IntakeService(settings, intake, pool, store, reference, sources, privacy, handler,
                          clock)
 

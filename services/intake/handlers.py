@@ -113,12 +113,13 @@ def _loads(text: str) -> dict[str, Any]:
 
 class IntakeHandler:
     def __init__(self, store: EventStore, ref: Reference, privacy: Privacy,
-                 idempotency: IdempotencyLog, clock: Clock) -> None:
+                 idempotency: IdempotencyLog, clock: Clock, *, tracking_key: bytes) -> None:
         self.store = store
         self.ref = ref
         self.privacy = privacy
         self.idempotency = idempotency
         self.clock = clock
+        self.tracking_key = tracking_key
         self._clerks: dict[str, Actor] = {}  # each station's duty clerk, as an actor
 
     async def submit_visit(self, request: VisitRequest,
@@ -161,7 +162,8 @@ class IntakeHandler:
             reception = self._reception(request, found)
             decided = {cid: decide_all(None, commands, self.ref) for cid, commands in
                        visit_commands(found, visit=visit, applicant=applicant,
-                                      reception=reception).items()}
+                                      reception=reception,
+                                      tracking_key=self.tracking_key).items()}
         except Rejection as rejection:
             return refused_by_domain(rejection)
         except Refused as refused:

@@ -45,7 +45,8 @@ class IntakeSettings(BaseSettings):
                                description="Names the master key in each wrapped key.")
     id_hash_key: str = Field(
         default=DEV_ID_HASH_KEY,
-        description="Base64 HMAC key for the keyed hash of ID numbers (duplicate detection).")
+        description="Base64 HMAC key for the keyed hashes of ID numbers (duplicate detection) "
+        "and of case ids (the tracking number's random part, so nobody else computes one).")
     quarantine_key: str = Field(
         default=DEV_QUARANTINE_KEY,
         description="Base64 AES-256 key sealing the original bytes of rejected submissions.")

@@ -4,6 +4,7 @@ event ids, so a retried submission is recognised by the event store and never ap
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import uuid
 from datetime import datetime
@@ -50,10 +51,15 @@ def command_id(scope: str, key: str) -> uuid.UUID:
     return _uuid5(_INTAKE_NAMESPACE_BYTES, f"command\n{scope}\n{key}")
 
 
-def tracking_no(case: uuid.UUID, station: str, at: datetime) -> str:
+def tracking_no(case: uuid.UUID, station: str, at: datetime, key: bytes) -> str:
     """Public and readable, free of personal data: county code, day of receipt (Beijing time)
-    and ten base-32 characters of the case id, e.g. ``530102-20260302-7K3M9Q2XPA``."""
-    bits = int.from_bytes(case.bytes[:7], "big") >> 6  # 50 bits
+    and ten base-32 characters of an HMAC of the case id under ``key`` (the ID-hash key), e.g.
+    ``530102-20260302-7K3M9Q2XPA``. Keyed because the case id follows from the caller and the
+    Idempotency-Key alone, which others know or can guess (a source's sequential application
+    numbers), and the number opens the public status page: without the key nobody computes
+    it. Still deterministic, so a retried request answers the same number."""
+    digest = hmac.new(key, b"tracking-no\n" + case.bytes, hashlib.sha256).digest()
+    bits = int.from_bytes(digest[:7], "big") >> 6  # 50 bits
     chars = "".join(_CROCKFORD[(bits >> shift) & 31] for shift in range(45, -1, -5))
     return f"{station[:6]}-{at.astimezone(CHINA_TZ):%Y%m%d}-{chars}"
 

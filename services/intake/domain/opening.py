@@ -26,10 +26,12 @@ class Reception:
 
 
 def opening_commands(plan: CasePlan, *, case: UUID, visit: UUID, station: str,
-                     applicant: EncryptedApplicant, reception: Reception) -> list[Command]:
+                     applicant: EncryptedApplicant, reception: Reception,
+                     tracking_key: bytes) -> list[Command]:
     submit = SubmitCase(
         case_id=case, at=reception.at, actor=reception.submitter,
-        tracking_no=tracking_no(case, station, reception.at), service_code=plan.service.code,
+        tracking_no=tracking_no(case, station, reception.at, tracking_key),
+        service_code=plan.service.code,
         visit_id=visit, station=station, applicant=applicant, documents=plan.documents,
         source_system=reception.source_system,
     )
@@ -41,11 +43,12 @@ def opening_commands(plan: CasePlan, *, case: UUID, visit: UUID, station: str,
 
 
 def visit_commands(route: Route, *, visit: UUID, applicant: EncryptedApplicant,
-                   reception: Reception) -> dict[UUID, list[Command]]:
-    """Every case of the visit with the commands that open it, keyed by case id."""
+                   reception: Reception, tracking_key: bytes) -> dict[UUID, list[Command]]:
+    """Every case of the visit with the commands that open it, keyed by case id;
+    ``tracking_key`` keys the tracking numbers (``ids.tracking_no``)."""
     return {
         (cid := case_id(visit, plan.service.code)): opening_commands(
             plan, case=cid, visit=visit, station=route.station.code, applicant=applicant,
-            reception=reception)
+            reception=reception, tracking_key=tracking_key)
         for plan in route.cases
     }

@@ -67,7 +67,8 @@ def test_the_events_encoded_here_are_the_bytes_the_store_would_make(
         scope="source:pension", key="k-1", submitter=SYSTEM, receiver=None,
         correlation_id="c-1", source_system="pension")
     handler = IntakeHandler(None, ref, None, None,  # type: ignore[arg-type]
-                            lambda: datetime(2026, 3, 2, 9, 30, tzinfo=CHINA_TZ))
+                            lambda: datetime(2026, 3, 2, 9, 30, tzinfo=CHINA_TZ),
+                            tracking_key=bytes(32))
     prepared = handler._prepare(request, route(request.visit, ref), SEALED)
     assert isinstance(prepared, Prepared)
     assert len(prepared.appends) == 2
@@ -92,7 +93,8 @@ def test_a_source_opens_cases_only_at_stations_of_its_unit(
         scope="source:county_pension", key="k-1", submitter=system, receiver=None,
         correlation_id="c-1", source_system="county_pension")
     handler = IntakeHandler(None, ref, None, None,  # type: ignore[arg-type]
-                            lambda: datetime(2026, 3, 2, 9, 30, tzinfo=CHINA_TZ))
+                            lambda: datetime(2026, 3, 2, 9, 30, tzinfo=CHINA_TZ),
+                            tracking_key=bytes(32))
     prepared = handler._prepare(request, route(request.visit, ref), SEALED)
     if refused:
         assert isinstance(prepared, Refused) and prepared.kind == "forbidden"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import uuid
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from services.intake.domain import Applicant, Refused, ServiceRequest, Visit, ro
 from services.intake.domain.ids import case_id, fingerprint, tracking_no, visit_id
 from services.intake.domain.opening import Reception, visit_commands
 from services.intake.domain.receipts import visit_receipt
+from services.intake.settings import DEV_ID_HASH_KEY, IntakeSettings
 from shared.contracts.cases import Actor, EncryptedApplicant
 from shared.reference import CHINA_TZ, Reference, Role, load_reference
 from tests.unit.intake.people import synthetic_person
@@ -20,6 +22,7 @@ from tests.unit.intake.people import synthetic_person
 STATION, ENTERPRISE_STATION, TOWNSHIP = "530102001001", "530102006901", "530102001"
 CLERK = Actor(user_id=f"clerk.{STATION}.a", role=Role.STATION_CLERK, unit=STATION)
 AT = datetime(2026, 3, 2, 9, 30, tzinfo=CHINA_TZ)  # a Monday
+KEY = bytes(range(32))  # the tracking numbers' key (the ID-hash key)
 SEALED = EncryptedApplicant(subject_id="subj-1", id_hash="hmac-sha256:00",
                             encrypted={"name": "v1.xx"})
 
@@ -70,7 +73,8 @@ def test_opening_submits_accepts_and_notifies_once(ref: Reference) -> None:
     found = route(visit(), ref)
     vid = visit_id("user:x", "key-1")
     commands = visit_commands(found, visit=vid, applicant=SEALED,
-                              reception=Reception(submitter=CLERK, receiver=CLERK, at=AT))
+                              reception=Reception(submitter=CLERK, receiver=CLERK, at=AT),
+                              tracking_key=KEY)
     events = {cid: decide_all(None, cmds, ref) for cid, cmds in commands.items()}
     (cid, opened), = events.items()
     assert cid == case_id(vid, "job_referral")
@@ -82,14 +86,34 @@ def test_opening_submits_accepts_and_notifies_once(ref: Reference) -> None:
     assert case.owner == CLERK.user_id
     assert [d.code for d in case.missing_documents] == ["application_form"]
     assert case.sla.clock_paused and case.sla.due_at > AT
-    assert case.tracking_no == tracking_no(cid, STATION, AT)
+    assert case.tracking_no == tracking_no(cid, STATION, AT, KEY)
 
 
 def test_ids_are_deterministic_per_scope_and_key() -> None:
     assert visit_id("user:a", "k") == visit_id("user:a", "k") != visit_id("user:b", "k")
     one = uuid.UUID(int=1)
-    assert tracking_no(one, STATION, AT).startswith("530102-20260302-")
+    assert tracking_no(one, STATION, AT, KEY).startswith("530102-20260302-")
     assert fingerprint({"a": 1, "b": [2]}) == fingerprint({"b": [2], "a": 1})
+
+
+def test_a_tracking_number_is_not_computed_from_the_case_id_alone() -> None:
+    """The case id follows from the caller and its Idempotency-Key (a source's application
+    number, say): the tracking number's random part needs the server's key too."""
+    case = case_id(visit_id("source:pension", "APP-2026-000123"), "job_referral")
+    mine = tracking_no(case, STATION, AT, KEY)
+    assert mine == tracking_no(case, STATION, AT, KEY)  # a retry answers the same number
+    assert mine != tracking_no(case, STATION, AT, bytes(32))
+    unkeyed = int.from_bytes(case.bytes[:7], "big") >> 6  # what the id alone used to give
+    assert mine[-10:] != "".join("0123456789ABCDEFGHJKMNPQRSTVWXYZ"[(unkeyed >> s) & 31]
+                                 for s in range(45, -1, -5))
+
+
+def test_the_readme_tour_shows_the_tracking_number_the_development_key_gives() -> None:
+    tour_case = uuid.UUID("7088368b-ebb8-5171-a36a-0d129d31769f")  # README's, for tour-1
+    number = tracking_no(tour_case, STATION, datetime(2026, 12, 1, 10, tzinfo=CHINA_TZ),
+                         IntakeSettings.key_bytes(DEV_ID_HASH_KEY))
+    readme = (Path(__file__).parents[3] / "README.md").read_text(encoding="utf-8")
+    assert readme.count(number) == 3
 
 
 def test_validation_messages_never_repeat_personal_data() -> None:
