@@ -2,7 +2,8 @@
 
 Ready means the database answers and the relay is not stuck retrying: leading (publishing) and
 standing by (another relay leads) are both ready; a relay whose last attempt failed (broker
-unreachable, database error) is not, and ``/readyz`` says why. The metrics are the log's head,
+unreachable, database error) is not, and ``/readyz`` says so (the error itself only in the
+log: ``/readyz`` needs no login). The metrics are the log's head,
 how far this relay name has published, and how far signed checkpoints cover the log: what an
 operator alerts on (publishing lag) and what an auditor asks (events not yet pinned by a
 signature).
@@ -70,12 +71,13 @@ async def metrics(request: Request) -> PlainTextResponse:
 
 
 def relay_ready(relay: Relay) -> ReadinessCheck:
+    """Not stuck retrying. The error itself (broker or database addresses and names) is in the
+    relay's log (``relay.error``), not in the answer of ``/readyz``, which needs no login."""
     async def check() -> str | None:
         failing = relay.stats.failing_since
         if failing is None:
             return None
-        return (f"relay: retrying for {time.time() - failing:.0f} s after "
-                f"{relay.stats.last_error}")
+        return f"relay: retrying for {time.time() - failing:.0f} s (the error is in its log)"
 
     return check
 

@@ -116,11 +116,14 @@ def create_app(
 
 
 def database_ready(pool: Any) -> ReadinessCheck:
+    """The database answers. ``/readyz`` needs no login: the error (user, host, database
+    names) goes to the log, the answer only says the database is unreachable."""
     async def check() -> str | None:
         try:
             await pool.fetchval("SELECT 1")
         except Exception as exc:  # any failure means not ready
-            return f"database: {exc!r}"
+            log.warning("readiness.database_unreachable", error=repr(exc))
+            return "database unreachable"
         return None
 
     return check

@@ -405,10 +405,19 @@ async def status(who: CurrentPrincipal, reader: Read, response: Response) -> dic
 async def public_status(tracking_no: Annotated[str, Path(pattern=TRACKING_NO,
                                                        max_length=TRACKING_NO_MAX)],
                         reader: Read, response: Response,
-                        min_position: MinPosition = None) -> dict[str, Any]:
+                        min_position: Annotated[str | None, Query(
+                            include_in_schema=False)] = None) -> dict[str, Any]:
     """Status, service, the level and office holding the case, and the dated steps. No name,
-    no ID number, no officer, no free text."""
-    async with reader.reading(min_position) as (conn, schema, progress):
+    no ID number, no officer, no free text.
+
+    ``min_position`` is refused here (422 naming it): it would let anyone, with no login, hold
+    a request open up to ``max_wait_s`` and keep the watermark's refresher querying meanwhile;
+    read-your-writes is for those who wrote, and they read the authenticated endpoints."""
+    if min_position is not None:
+        raise ProblemError(422, "Invalid request", "min_position is not taken without a login",
+                           errors=[{"field": "query:min_position",
+                                    "message": "not taken on the public status"}])
+    async with reader.reading(None) as (conn, schema, progress):
         found = await q.public_status(conn, schema, tracking_no)
     if found is None:
         raise ProblemError(404, "Not found", "no case has this tracking number",

@@ -122,6 +122,14 @@ async def test_not_found_and_forbidden_name_what_to_change(
     assert [e["field"] for e in refused["errors"]] == [field]
 
 
+async def test_the_public_status_takes_no_min_position(http: httpx.AsyncClient) -> None:
+    """No login, so no waiting: anyone could hold requests open up to ``max_wait_s``."""
+    for value in ("999999", "0"):
+        refused = await problem(
+            http, f"/v1/public/status/KM-2026-000001?min_position={value}", {}, 422)
+        assert [e["field"] for e in refused["errors"]] == ["query:min_position"]
+
+
 @pytest.mark.parametrize(("url", "field"), [
     ("/v1/projections/cases?unit={unit}", "query:unit"),
     ("/v1/projections/units/{unit}/queue", "path:unit"),

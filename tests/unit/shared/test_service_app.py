@@ -1,10 +1,20 @@
-"""The served apps: FastAPI's native OpenTelemetry on only where the environment asks."""
+"""The served apps: FastAPI's native OpenTelemetry on only where the environment asks; the
+unauthenticated ``/readyz`` says what is not ready, never the error's names and addresses."""
 
 from __future__ import annotations
 
-import pytest
+import logging
+import time
+from types import SimpleNamespace
+from typing import Any
 
-from shared.service import create_app, native_telemetry
+import pytest
+from fastapi.testclient import TestClient
+
+from shared.relay_http import relay_ready
+from shared.service import create_app, database_ready, native_telemetry
+
+LEAKY = 'password authentication failed for user "yizhan_app" at db-7.internal:5432'
 
 
 def test_without_a_provider_named_native_telemetry_is_off() -> None:
@@ -23,3 +33,29 @@ def test_a_provider_named_in_the_environment_leaves_fastapi_its_defaults(
     environ: dict[str, str]
 ) -> None:
     assert native_telemetry(environ) is None
+
+
+class DownPool:
+    async def fetchval(self, query: str) -> Any:
+        raise ConnectionRefusedError(LEAKY)
+
+
+def test_readyz_says_the_database_is_unreachable_and_logs_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = create_app("t", [], state={}, readiness=[database_ready(DownPool())])
+    with caplog.at_level(logging.WARNING):
+        answer = TestClient(app).get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json()["detail"] == "database unreachable"
+    assert "yizhan_app" not in answer.text and "db-7" not in answer.text
+    assert any("yizhan_app" in r.getMessage() for r in caplog.records)
+
+
+def test_the_relays_readyz_does_not_repeat_its_error() -> None:
+    stats = SimpleNamespace(failing_since=time.time() - 30, last_error=repr(OSError(LEAKY)))
+    app = create_app("t", [], state={}, readiness=[relay_ready(SimpleNamespace(stats=stats))])  # type: ignore[arg-type]
+    answer = TestClient(app).get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json()["detail"].startswith("relay: retrying for 30 s")
+    assert "yizhan_app" not in answer.text and "db-7" not in answer.text
