@@ -5,7 +5,6 @@ tracking numbers."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from services.cases.domain import AcceptCase, HandOffCase, SubmitCase, decide, evolve
-from services.projections.bootstrap import ProjectionsService, bootstrap, build_app
+from services.projections.bootstrap import ProjectionsService, build_app
 from services.projections.live import LiveProjection
 from services.projections.projectors import UnitPaths
 from shared.auth import Principal, mint_token
@@ -22,26 +21,12 @@ from shared.contracts.cases import Actor, EncryptedApplicant
 from shared.contracts.envelope import NewEvent
 from shared.eventstore.postgres import PostgresEventStore
 from shared.reference import CHINA_TZ, Reference
-from tests.conftest import Db
 from tests.integration.projections.helpers import SETTINGS
 
 SUPERVISOR, AUDITOR = "supervisor.530102", "auditor.530100.a"
 HUGE = "99999999999999999999"  # beyond a bigint
 
 
-@pytest.fixture
-async def projections(database: Db, ref: Reference) -> AsyncIterator[ProjectionsService]:
-    svc = await bootstrap(SETTINGS, database.service_dsn, ref=ref, max_wait_s=1)
-    yield svc
-    await svc.close()
-
-
-@pytest.fixture
-async def http(projections: ProjectionsService) -> AsyncIterator[httpx.AsyncClient]:
-    # server errors as answers (a 500 is what these tests look for), not raised
-    transport = httpx.ASGITransport(app=build_app(projections), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://projections") as client:
-        yield client
 
 
 def token(user_id: str, ref: Reference) -> dict[str, str]:

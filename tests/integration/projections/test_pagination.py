@@ -4,7 +4,6 @@ cases before it changed meanwhile, in every sort order, NULL due dates and ties 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,7 +14,6 @@ import pytest
 from services.cases.domain import AcceptCase, AddNote, SubmitCase, decide, evolve
 from services.cases.domain.commands import Command
 from services.cases.domain.state import Case
-from services.projections.bootstrap import ProjectionsService, bootstrap, build_app
 from services.projections.live import LiveProjection
 from services.projections.projectors import UnitPaths
 from services.projections.queries import SORTS
@@ -23,26 +21,12 @@ from shared.contracts.cases import Actor, EncryptedApplicant
 from shared.contracts.envelope import NewEvent
 from shared.eventstore.postgres import PostgresEventStore
 from shared.reference import CHINA_TZ, Reference
-from tests.conftest import Db
-from tests.integration.projections.helpers import SETTINGS
 from tests.integration.projections.test_api_input import token
 
 STATION, CLERK, SUPERVISOR = "530102001001", "clerk.530102001001.a", "supervisor.530102001"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=CHINA_TZ)
 
 
-@pytest.fixture
-async def projections(database: Db, ref: Reference) -> AsyncIterator[ProjectionsService]:
-    svc = await bootstrap(SETTINGS, database.service_dsn, ref=ref, max_wait_s=1)
-    yield svc
-    await svc.close()
-
-
-@pytest.fixture
-async def http(projections: ProjectionsService) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=build_app(projections))
-    async with httpx.AsyncClient(transport=transport, base_url="http://projections") as client:
-        yield client
 
 
 class Cases:

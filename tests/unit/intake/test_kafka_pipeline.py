@@ -55,6 +55,13 @@ def test_fast_ids_are_uuid5(scope: str, key: str) -> None:
         uuid.uuid5(case, f"event\n{i}") for i in range(5)]
 
 
+def pure_handler(ref: Reference) -> IntakeHandler:
+    """A handler for its pure part (``_prepare``): no store, privacy or idempotency."""
+    return IntakeHandler(None, ref, None, None,  # type: ignore[arg-type]
+                         lambda: datetime(2026, 3, 2, 9, 30, tzinfo=CHINA_TZ),
+                         tracking_key=bytes(32))
+
+
 @pytest.mark.parametrize("documents", [(), ("id_card",), ("id_card", "household_register")])
 def test_the_events_encoded_here_are_the_bytes_the_store_would_make(
     ref: Reference, documents: tuple[str, ...],
@@ -66,9 +73,7 @@ def test_the_events_encoded_here_are_the_bytes_the_store_would_make(
             ServiceRequest(service_code="legal_information"))),
         scope="source:pension", key="k-1", submitter=SYSTEM, receiver=None,
         correlation_id="c-1", source_system="pension")
-    handler = IntakeHandler(None, ref, None, None,  # type: ignore[arg-type]
-                            lambda: datetime(2026, 3, 2, 9, 30, tzinfo=CHINA_TZ),
-                            tracking_key=bytes(32))
+    handler = pure_handler(ref)
     prepared = handler._prepare(request, route(request.visit, ref), SEALED)
     assert isinstance(prepared, Prepared)
     assert len(prepared.appends) == 2
@@ -92,9 +97,7 @@ def test_a_source_opens_cases_only_at_stations_of_its_unit(
                     services=(ServiceRequest(service_code="legal_information"),)),
         scope="source:county_pension", key="k-1", submitter=system, receiver=None,
         correlation_id="c-1", source_system="county_pension")
-    handler = IntakeHandler(None, ref, None, None,  # type: ignore[arg-type]
-                            lambda: datetime(2026, 3, 2, 9, 30, tzinfo=CHINA_TZ),
-                            tracking_key=bytes(32))
+    handler = pure_handler(ref)
     prepared = handler._prepare(request, route(request.visit, ref), SEALED)
     if refused:
         assert isinstance(prepared, Refused) and prepared.kind == "forbidden"

@@ -14,6 +14,7 @@ from services.intake.settings import (
     DEV_QUARANTINE_KEY,
     IntakeSettings,
 )
+from tests.keys import other_spelling
 
 OWN = {"YIZHAN_INTAKE_MASTER_KEY": base64.b64encode(bytes(range(1, 33))).decode(),
        "YIZHAN_INTAKE_ID_HASH_KEY": base64.b64encode(bytes(range(33, 65))).decode(),
@@ -51,15 +52,6 @@ def test_production_accepts_its_own_keys(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_development_keeps_the_development_keys() -> None:
     intake = IntakeSettings(_env_file=None)
     assert intake.env == "dev" and intake.uses_development_keys
-
-
-def other_spelling(key: str) -> str:
-    """The same 32 bytes in other base64 text: the last character's two spare bits set
-    (decoders ignore them)."""
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-    spelled = key[:-2] + alphabet[alphabet.index(key[-2]) ^ 1] + key[-1]
-    assert spelled != key and base64.b64decode(spelled) == base64.b64decode(key)
-    return spelled
 
 
 PUBLIC = {"YIZHAN_INTAKE_MASTER_KEY": DEV_MASTER_KEY, "YIZHAN_INTAKE_ID_HASH_KEY": DEV_ID_HASH_KEY,

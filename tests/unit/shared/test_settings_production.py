@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.settings import DEV_JWT_SECRET, DEV_SIGNING_KEY, Settings
+from tests.keys import other_spelling
 
 OWN = {"YIZHAN_JWT_SECRET": "an-operator-chosen-secret-of-40-characters",
        "YIZHAN_CHECKPOINT_SIGNING_KEY": base64.b64encode(bytes(range(100, 132))).decode()}
@@ -66,15 +67,6 @@ def test_development_keeps_the_development_defaults() -> None:
     settings = Settings(_env_file=None)
     assert settings.env == "dev"
     assert settings.jwt_secret == DEV_JWT_SECRET and settings.uses_dev_signing_key
-
-
-def other_spelling(key: str) -> str:
-    """The same 32 bytes in other base64 text: the last character's two spare bits set
-    (decoders ignore them)."""
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-    spelled = key[:-2] + alphabet[alphabet.index(key[-2]) ^ 1] + key[-1]
-    assert spelled != key and base64.b64decode(spelled) == base64.b64decode(key)
-    return spelled
 
 
 def test_production_refuses_the_development_key_in_another_base64_spelling(
