@@ -91,6 +91,11 @@ async def read_progress(conn: Conn) -> Progress:
     """The active set and how far it has got (one round trip)."""
     row = await conn.fetchrow(_STATUS)
     assert row is not None
+    return progress_of(row)
+
+
+def progress_of(row: Any) -> Progress:
+    """``Progress`` from a row holding ``projections.read_status()``'s columns."""
     schema = str(row["active_schema"])
     position, head = int(row["watermark"]), int(row["head"])
     lag_s = 0.0

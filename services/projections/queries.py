@@ -8,6 +8,7 @@ county's query is an index range on ``(county, last_change_at)``.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -206,11 +207,29 @@ async def list_cases(conn: Conn, schema: str, scope: Scope, f: CaseFilter) -> di
             "next": after}
 
 
+_ONE_CASE_COLUMNS = f"{_CASE_COLUMNS}, county, township, community"
+_ONE_CASE_KEYS = tuple(column.split()[-1] for column in _ONE_CASE_COLUMNS.split(", "))
+
+
 async def get_case(conn: Conn, schema: str, case_id: UUID) -> dict[str, Any] | None:
     row = await conn.fetchrow(
-        f"SELECT {_CASE_COLUMNS}, county, township, community "
-        f"FROM {schema}.case_summary WHERE case_id = $1", case_id)
+        f"SELECT {_ONE_CASE_COLUMNS} FROM {schema}.case_summary WHERE case_id = $1", case_id)
     return None if row is None else dict(row)
+
+
+@functools.cache
+def status_and_case(schema: str) -> str:
+    """The progress (``projections.read_status()``) and one case of ``schema``, in one round
+    trip and one snapshot: the read after every command. Right only while ``schema`` is the
+    active set, which the caller checks on the row (``active_schema``)."""
+    return ("SELECT s.*, c.* FROM projections.read_status() AS s LEFT JOIN ("
+            f"SELECT {_ONE_CASE_COLUMNS} FROM {schema}.case_summary WHERE case_id = $1"
+            ") AS c ON true")
+
+
+def case_of(row: Any) -> dict[str, Any] | None:
+    """The case in a ``status_and_case`` row (``None``: no such case)."""
+    return None if row["case_id"] is None else {key: row[key] for key in _ONE_CASE_KEYS}
 
 
 async def timeline(conn: Conn, schema: str, case_id: UUID) -> list[dict[str, Any]]:

@@ -97,3 +97,26 @@ async def test_the_fast_path_answers_byte_for_byte_as_fastapi(
     assert served == [True] * 8 + [False] * 9 + [True]
     for i, (mine, theirs) in enumerate(zip(fast, slow, strict=True)):
         assert mine == theirs, f"step {i}: {script[i][0]}\n{mine[2]!r}\n{theirs[2]!r}"
+
+
+async def test_the_case_read_follows_every_swap(
+    cases: CasesService, projections: ProjectionsService, database: Db, ref: Reference,
+) -> None:
+    """The read after a command takes the case and the progress in one query on the set last
+    seen active: after each swap it must find the set changed and read the new one."""
+    a, _, last = await journey(cases, ref)
+    reader = projections.reader
+    answers = []
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(projections)),
+                                 base_url="http://projections") as client:
+        for _ in range(3):
+            await rebuild(SETTINGS, database.service_dsn, ref=ref, progress=None)  # a swap
+            for _ in range(2):  # the first after a swap finds it, the second knows it
+                r = await client.get(f"/v1/projections/cases/{a}?min_position={last}",
+                                     headers=token(COUNTY_A, ref))
+                assert r.status_code == 200, r.text
+                answers.append((r.json()["projection"]["table_set"], r.json()["case"]))
+            assert reader._active_seen == answers[-1][0]
+    sets = [table_set for table_set, _ in answers]
+    assert sets[0] == sets[1] != sets[2] == sets[3] != sets[4] == sets[5]
+    assert all(case == answers[0][1] for _, case in answers)
