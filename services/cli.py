@@ -149,19 +149,24 @@ def cmd_relay(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def service_urls(settings: Settings, intake: IntakeSettings) -> dict[str, str]:
+    """Where each service of `yizhan up` listens (intake has a host setting of its own)."""
+    host = settings.http_host
+    return {"intake": f"http://{intake.http_host}:{intake.http_port}",
+            "cases": f"http://{host}:{settings.cases_port}",
+            "projections": f"http://{host}:{settings.projections_port}",
+            "relay": f"http://{host}:{settings.relay_port}"}
+
+
 def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
     """Start (or find) PostgreSQL and the broker, migrate, then run each service in its own
     process (``services.supervisor``) until Ctrl-C."""
     from services.supervisor import Supervisor, yizhan_children
 
-    intake_port = IntakeSettings().http_port  # a configuration error stops us before any server
+    intake = IntakeSettings()  # a configuration error stops us before any server
     with endpoints(settings, kafka=True, start_kafka=True) as ep:
         asyncio.run(prepare_database(ep))
-        host = settings.http_host
-        urls = {"intake": f"http://{host}:{intake_port}",
-                "cases": f"http://{host}:{settings.cases_port}",
-                "projections": f"http://{host}:{settings.projections_port}",
-                "relay": f"http://{host}:{settings.relay_port}"}
+        urls = service_urls(settings, intake)
         print(f"PostgreSQL   {ep.service_url}  (admin: {ep.admin_url})")
         print(f"Kafka        {ep.kafka_bootstrap}")
         for name, url in urls.items():

@@ -18,8 +18,9 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from services import audit_cli, cli
+from services.intake.settings import IntakeSettings
 from shared.audit import CaseNotFound
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 
 AUDITOR = "auditor.530100.a"
 CLERK = "clerk.530102001001.a"
@@ -225,3 +226,12 @@ def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch, bug: Excepti
     monkeypatch.setattr(cli, "cmd_token", broken)
     with pytest.raises(type(bug)):
         cli.main(["token", CLERK])
+
+
+def test_up_prints_where_each_service_listens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YIZHAN_HTTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("YIZHAN_INTAKE_HTTP_HOST", "127.0.0.2")
+    monkeypatch.setenv("YIZHAN_INTAKE_HTTP_PORT", "18002")
+    urls = cli.service_urls(Settings(_env_file=None), IntakeSettings(_env_file=None))
+    assert urls["intake"] == "http://127.0.0.2:18002"
+    assert urls["cases"].startswith("http://127.0.0.1:")
