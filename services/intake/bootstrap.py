@@ -59,7 +59,7 @@ async def bootstrap(
     intake = intake or IntakeSettings()
     reference = ref or load_reference()
     sources = load_sources(intake.sources_file, reference.org,
-                           production=intake.env == "prod")
+                           production=intake.env == "prod", catalogue=reference.catalogue)
     if intake.uses_development_keys:
         log.warning("intake.development_keys", hint="set YIZHAN_INTAKE_MASTER_KEY, "
                     "_ID_HASH_KEY and _QUARANTINE_KEY: the development keys are public")

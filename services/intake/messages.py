@@ -102,6 +102,14 @@ def _parse(raw: RawMessage, source: SourceSystem) -> Readable | Unreadable:
     if submission.kind not in source.may:
         return _refused(raw, source.id, "not_allowed", "kind",
                         f"{source.id} may not send {submission.kind}")
+    if isinstance(submission, VisitSubmission) and source.services is not None:
+        outside = tuple(
+            Reason("service_not_allowed", f"services[{index}].service_code",
+                   f"{source.id} may not open {wanted.service_code} cases")
+            for index, wanted in enumerate(submission.services)
+            if wanted.service_code not in source.services)
+        if outside:
+            return Unreadable(raw, source.id, outside)
     return Readable(raw, source, submission, fingerprint(submission.model_dump(mode="json")))
 
 

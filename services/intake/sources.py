@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.reference import OrgTree, ReferenceDataError
+from shared.reference.catalogue import Catalogue
 
 Kind = Literal["visit", "result"]
 SIGNATURE_PREFIX = "sha256="
@@ -31,6 +32,9 @@ class SourceSystem(BaseModel):
     name: str = Field(min_length=1)
     unit: str = Field(min_length=1)
     may: tuple[Kind, ...] = Field(min_length=1)
+    services: tuple[str, ...] | None = Field(
+        default=None, min_length=1, description="The services it may open cases for (codes of "
+        "the service catalogue); absent: any.")
     secret: str = Field(min_length=32, repr=False)
 
     def signature(self, body: bytes) -> str:
@@ -72,10 +76,12 @@ def development_secrets() -> frozenset[str]:
     return frozenset(str(e["secret"]) for e in _entries(SHIPPED_SOURCES_FILE) if "secret" in e)
 
 
-def load_sources(path: Path, org: OrgTree, *, production: bool = False) -> SourceRegistry:
+def load_sources(path: Path, org: OrgTree, *, production: bool = False,
+                 catalogue: Catalogue | None = None) -> SourceRegistry:
     """Read the registry file; every problem raises ``ReferenceDataError`` naming the entry.
     ``production`` also refuses the public development secrets (a copy of the shipped file, or
-    any secret marked ``dev-only-``): with them anyone could submit as the source."""
+    any secret marked ``dev-only-``): with them anyone could submit as the source. With the
+    ``catalogue``, a source's ``services`` must be codes it holds."""
     entries = _entries(path)
     sources = []
     for index, entry in enumerate(entries):
@@ -87,6 +93,11 @@ def load_sources(path: Path, org: OrgTree, *, production: bool = False) -> Sourc
             raise ReferenceDataError(path, 0, f"source[{index}].{field}", first["msg"]) from exc
         if source.unit not in org:
             raise ReferenceDataError(path, 0, f"source[{index}].unit", "unknown unit")
+        unknown = [code for code in source.services or () if catalogue is not None
+                   and catalogue.get(code) is None]
+        if unknown:
+            raise ReferenceDataError(path, 0, f"source[{index}].services",
+                                     f"unknown service {', '.join(unknown)}")
         sources.append(source)
     if production:
         public = development_secrets()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidTag
@@ -15,7 +16,7 @@ from services.intake.privacy import Sealer, SubjectKey
 from services.intake.quarantine import Quarantine
 from services.intake.settings import IntakeSettings
 from services.intake.sources import SourceRegistry, load_sources
-from shared.reference import load_reference
+from shared.reference import ReferenceDataError, load_reference
 from tests.unit.intake.people import synthetic_person, with_bad_check_character
 
 MAX = 4096
@@ -110,3 +111,38 @@ def test_quarantine_seals_and_truncates() -> None:
     sealed = quarantine.seal(b"0123456789abcdef", ("t", 1, 2))
     assert sealed["truncated"] and sealed["size"] == 16
     assert quarantine.open(sealed, ("t", 1, 2)) == b"0123456789"
+
+
+REGISTRY = """
+[[source]]
+id = "employment"
+name = "employment (synthetic)"
+unit = "530100"
+may = ["visit"]
+services = ["job_referral", "labour_exchange"]
+secret = "test-employment-secret-0123456789abcdef"
+"""
+
+
+def test_a_source_opens_cases_only_for_the_services_it_is_registered_for(
+        tmp_path: Path) -> None:
+    path = tmp_path / "sources.toml"
+    path.write_text(REGISTRY, encoding="utf-8")
+    ref = load_reference()
+    registry = load_sources(path, ref.org, catalogue=ref.catalogue)
+    allowed = read_message(message(registry, visit_body(), source="employment"), registry, MAX)
+    assert codes(allowed) == []
+    body = visit_body(services=[{"service_code": "job_referral"},
+                                {"service_code": "minimum_living_guarantee"}])
+    refused = read_message(message(registry, body, source="employment"), registry, MAX)
+    assert [(r.code, r.field) for r in refused.reasons] == [  # type: ignore[union-attr]
+        ("service_not_allowed", "services[1].service_code")]
+
+
+def test_a_registered_service_the_catalogue_does_not_hold_stops_the_start(
+        tmp_path: Path) -> None:
+    path = tmp_path / "sources.toml"
+    path.write_text(REGISTRY.replace('"labour_exchange"', '"labour_exhcange"'), encoding="utf-8")
+    ref = load_reference()
+    with pytest.raises(ReferenceDataError, match=r"source\[0\]\.services.*labour_exhcange"):
+        load_sources(path, ref.org, catalogue=ref.catalogue)
