@@ -22,6 +22,12 @@ DEV_SIGNING_KEY = base64.b64encode(bytes(range(1, 33))).decode()
 DEV_JWT_SECRET = "yizhan-development-secret-change-me-32b"
 
 
+def same_key(value: str, public: str) -> bool:
+    """Whether base64 ``value`` is the key ``public`` is: compared as bytes, since base64 spells
+    a 32-byte key in four ways (the last character's two spare bits are ignored)."""
+    return base64.b64decode(value) == base64.b64decode(public)
+
+
 def refuse_development_values(env: str, public: dict[str, bool]) -> None:
     """Raise, naming every variable still at its public development value, when ``env`` is
     ``prod``: one message, so an operator fixes them all at once (``public``: variable →
@@ -170,9 +176,7 @@ class Settings(BaseSettings):
 
     @property
     def uses_dev_signing_key(self) -> bool:
-        """Compared as bytes: base64 spells a 32-byte seed in four ways (the last character's
-        two spare bits are ignored), each of them the public key."""
-        return base64.b64decode(self.checkpoint_signing_key) == base64.b64decode(DEV_SIGNING_KEY)
+        return same_key(self.checkpoint_signing_key, DEV_SIGNING_KEY)
 
 
 @lru_cache(maxsize=1)

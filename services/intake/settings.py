@@ -17,7 +17,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.reference import default_reference_dir
-from shared.settings import refuse_development_values
+from shared.settings import refuse_development_values, same_key
 
 
 def _development_key(label: str) -> str:
@@ -77,23 +77,18 @@ class IntakeSettings(BaseSettings):
     @model_validator(mode="after")
     def _no_development_keys_in_production(self) -> Self:
         refuse_development_values(self.env, {
-            "YIZHAN_INTAKE_MASTER_KEY": _same_key(self.master_key, DEV_MASTER_KEY),
-            "YIZHAN_INTAKE_ID_HASH_KEY": _same_key(self.id_hash_key, DEV_ID_HASH_KEY),
-            "YIZHAN_INTAKE_QUARANTINE_KEY": _same_key(self.quarantine_key, DEV_QUARANTINE_KEY)})
+            "YIZHAN_INTAKE_MASTER_KEY": same_key(self.master_key, DEV_MASTER_KEY),
+            "YIZHAN_INTAKE_ID_HASH_KEY": same_key(self.id_hash_key, DEV_ID_HASH_KEY),
+            "YIZHAN_INTAKE_QUARANTINE_KEY": same_key(self.quarantine_key, DEV_QUARANTINE_KEY)})
         return self
 
     @property
     def uses_development_keys(self) -> bool:
-        return (_same_key(self.master_key, DEV_MASTER_KEY)
-                or _same_key(self.id_hash_key, DEV_ID_HASH_KEY)
-                or _same_key(self.quarantine_key, DEV_QUARANTINE_KEY))
+        return (same_key(self.master_key, DEV_MASTER_KEY)
+                or same_key(self.id_hash_key, DEV_ID_HASH_KEY)
+                or same_key(self.quarantine_key, DEV_QUARANTINE_KEY))
 
     @staticmethod
     def key_bytes(value: str) -> bytes:
         return base64.b64decode(value)
 
-
-def _same_key(value: str, public: str) -> bool:
-    """Whether ``value`` is the key ``public`` is: compared as bytes, since base64 spells a
-    32-byte key in four ways (the last character's two spare bits are ignored)."""
-    return base64.b64decode(value) == base64.b64decode(public)
