@@ -17,7 +17,10 @@ requests (bearer token, JSON body).
 Besides the figures it prints the CPU each process spent per command while driving (server,
 PostgreSQL, relay, this client): steadier than throughput on a busy machine.
 ``--profile PATH`` samples the server with py-spy meanwhile (.svg, .txt collapsed, .json).
-Last line: ``RESULT {"commands_per_s", "p50_ms", "p99_ms", "peer_commands_per_s"}``.
+The limit: the same requests from the same clients to ``bench/limit_http.py`` (uvicorn and one
+committed INSERT per request, nothing else) on the same PostgreSQL, after ours.
+Last line: ``RESULT {"commands_per_s", "p50_ms", "p99_ms", "peer_commands_per_s",
+"limit_commands_per_s", "limit_p99_ms"}``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -307,20 +311,51 @@ def start_profiler(path: str, pid: int) -> subprocess.Popen[bytes]:
                              "--rate", "200", "--nonblocking"], stdout=subprocess.DEVNULL)
 
 
+@dataclass(frozen=True)
+class Limit:
+    per_s: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_ms: float
+    failures: int
+
+
+def measure_limit(dsn: str, settings: Settings, ref: Reference, ids: list[uuid.UUID],
+                  cast: list[tuple[str, str, str, str]], client_kind: str) -> Limit:
+    """The same requests from the same clients to ``bench/limit_http.py``: uvicorn and one
+    committed INSERT per request, nothing else (its docstring), on the same server."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("limit_http.py")),
+                               "--port", str(port), "--dsn", dsn])
+    try:
+        wait_http(f"http://127.0.0.1:{port}", server)
+        before = cpu_seconds(server.pid)
+        latencies, failures, elapsed = asyncio.run(
+            drive(f"http://127.0.0.1:{port}", settings, ref, ids, cast, client_kind))
+        used = cpu_seconds(server.pid) - before
+    finally:
+        server.terminate()
+        server.wait(30)
+    ordered = sorted(latencies)
+    return Limit(len(latencies) / elapsed, statistics.median(ordered) * 1000,
+                 ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+                 used * 1000 / max(1, len(latencies)), failures)
+
+
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"cases service exited with {proc.returncode}")
+            raise SystemExit(f"the server exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
                 if r.status == 200:
                     return
         except OSError:
             time.sleep(0.2)
-    raise SystemExit("cases service did not become ready")
+    raise SystemExit(f"{url} did not become ready")
 
 
 def main() -> None:
@@ -382,6 +417,8 @@ def main() -> None:
                 p.terminate()
             for p in procs:
                 p.wait(30)
+        log.warning("bench.limit", cases=n_cases)
+        limit = measure_limit(pg.admin_url, settings, ref, ids, cast, args.client)
         log.warning("bench.peer", cases=n_cases)
         peer_cps = peer(pg.admin_url, n_cases)
         kafka.stop()
@@ -396,13 +433,19 @@ def main() -> None:
           f"(target p99 ≤ 50 ms: {'met' if p99 <= 50 else 'not met'})")
     print(f"peer (eventsourcing, in-process, no HTTP)  {peer_cps:9,.0f}/s   "
           f"ratio ours/peer {cps / peer_cps:5.2f}")
+    print(f"limit (uvicorn + one INSERT per request)    {limit.per_s:9,.0f}/s   "
+          f"ratio ours/limit {cps / limit.per_s:5.2f}   p50 {limit.p50_ms:5.1f} ms   "
+          f"p99 {limit.p99_ms:5.1f} ms   server cpu {limit.server_cpu_ms:.2f} ms per request"
+          + (f"   failed {limit.failures}" if limit.failures else ""))
     print(f"failed commands      {failures}")
     # CPU per command of each process while driving: steadier than throughput on a shared box
     print("cpu ms per command   " + "   ".join(
         f"{k} {v * 1000 / max(1, len(latencies)):.2f}" for k, v in cpu.items()))
     print("RESULT " + json.dumps({"commands_per_s": round(cps, 1), "p50_ms": round(p50, 2),
                                   "p99_ms": round(p99, 2),
-                                  "peer_commands_per_s": round(peer_cps, 1)}))
+                                  "peer_commands_per_s": round(peer_cps, 1),
+                                  "limit_commands_per_s": round(limit.per_s, 1),
+                                  "limit_p99_ms": round(limit.p99_ms, 2)}))
 
 
 if __name__ == "__main__":
