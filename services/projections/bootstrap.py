@@ -12,7 +12,7 @@ from services.projections.audit_api import audit_router
 from services.projections.fastpath import CaseReadFastPath
 from services.projections.live import LiveStats
 from services.projections.projectors import UnitPaths
-from services.projections.rebuild import RebuildReport, rebuild
+from services.projections.rebuild import REBUILD_LOCK, RebuildReport, rebuild
 from services.projections.schema import LAYOUT, active_schema, ensure_tables, outdated
 from shared.eventstore.postgres import create_pool
 from shared.logging import get_logger
@@ -21,7 +21,6 @@ from shared.service import create_app, database_ready
 from shared.settings import Settings
 
 log = get_logger(__name__)
-UPGRADE_LOCK = 0x59_5A_50_4C  # "YZPL": one process at a time rebuilds an outdated table set
 
 
 @dataclass
@@ -41,24 +40,26 @@ async def upgrade_tables(pool: asyncpg.Pool, service_url: str, paths: UnitPaths,
     """Rebuild the read models from the log and swap them in if the active set was made by
     code of another table layout (``schema.LAYOUT``): its tables lack a column or key this code
     writes, and its rows what only the log holds. The service serves once it is done. Under
-    a lock, on a pool of its own (pool connections keep their session, and with it an advisory
-    lock; the rebuild needs several connections): another process starting meanwhile waits,
-    then finds the set current. An event the projectors do not know stops it, and the start,
-    as it stops any rebuild: the old set cannot take this code's writes."""
+    the rebuild's lock (``REBUILD_LOCK``), on a pool of its own (pool connections keep their
+    session, and with it an advisory lock; the rebuild needs several connections): another
+    process starting meanwhile waits, then finds the set current; a ``yizhan projections
+    rebuild`` started meanwhile waits, then rebuilds. An event the projectors do not know
+    stops it, and the start, as it stops any rebuild: the old set cannot take this code's
+    writes."""
     async with pool.acquire() as conn:
         if not await outdated(conn):
             return None
     own = await create_pool(service_url, min_size=1, max_size=8)
     try:
         async with own.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1)", UPGRADE_LOCK)
+            await conn.execute("SELECT pg_advisory_lock($1)", REBUILD_LOCK)
             try:
                 if not await outdated(conn):
                     return None
                 log.warning("projections.layout_outdated", layout=LAYOUT, action="rebuild")
-                return await rebuild(own, paths)
+                return await rebuild(own, paths, lock_held=True)
             finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", UPGRADE_LOCK)
+                await conn.execute("SELECT pg_advisory_unlock($1)", REBUILD_LOCK)
     finally:
         await own.close()
 

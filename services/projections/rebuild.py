@@ -18,8 +18,9 @@ after a crash (the inactive set is rebuilt from scratch), and the swap's own com
 the log up to it, so once the new set is active it is durable. The cyclic garbage collector
 is paused for the whole rebuild (see ``_GcPause``).
 
-Queries read the active set throughout, so they keep working. An event the projectors do
-not know stops the rebuild (``Unprojectable``): nothing is swapped.
+One rebuild at a time (``REBUILD_LOCK``, see ``rebuild``); the swap checks that no other
+swapped meanwhile. Queries read the active set throughout, so they keep working. An event the
+projectors do not know stops the rebuild (``Unprojectable``): nothing is swapped.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ YIELD_EVERY = 500
 """Events folded between two turns of the event loop: the reader's next range and the timeline
 writer's COPY each need several round trips, and each can only take its next step then."""
 _NO_SYNC = "SET LOCAL synchronous_commit = off"
+REBUILD_LOCK = 0x59_5A_50_4C  # "YZPL": one rebuild at a time (``rebuild``)
 
 
 class _GcPause:
@@ -410,12 +412,22 @@ async def _set_watermark(conn: Any, schema: str, position: int) -> None:
                        "WHERE name = 'watermark'", position)
 
 
-async def _swap(pool: asyncpg.Pool, schema: str, paths: UnitPaths, after: int) -> tuple[int,
-                                                                                         int]:
+async def _swap(pool: asyncpg.Pool, schema: str, paths: UnitPaths, after: int,
+                generation: int) -> tuple[int, int]:
     """Lock out live writers, apply the last events, make ``schema`` active (and its layout,
-    this code's, the active one's)."""
+    this code's, the active one's). ``generation``: the state's when the rebuild began; if
+    another swap happened since (a rebuild that did not take ``REBUILD_LOCK``, e.g. older code
+    during a rolling deployment), ``schema`` may be the active set or half rewritten: nothing
+    is swapped."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.fetchval(f"SELECT active_schema FROM {STATE} WHERE name = 'main' FOR UPDATE")
+        state = await conn.fetchrow(
+            f"SELECT active_schema, generation FROM {STATE} WHERE name = 'main' FOR UPDATE")
+        assert state is not None  # the migration inserts the one row
+        active, now = state
+        if now != generation or active == schema:
+            raise RebuildFailed(
+                f"another rebuild swapped the read models meanwhile (generation {generation} "
+                f"→ {now}, active {active}): nothing swapped; run the rebuild again")
         head = int(await conn.fetchval(_HEAD))
         if head > after:
             rows = [RawEvent(*r) for r in await conn.fetch(_RANGE, after, head)]
@@ -430,14 +442,43 @@ async def _swap(pool: asyncpg.Pool, schema: str, paths: UnitPaths, after: int) -
 
 async def rebuild(
     pool: asyncpg.Pool, paths: UnitPaths, *, batch_size: int = 5000,
-    progress: ProgressCallback | None = None, swap: bool = True,
+    progress: ProgressCallback | None = None, swap: bool = True, lock_held: bool = False,
 ) -> RebuildReport:
     """Rebuild every read model into the inactive table set and swap it in (see the module
     docstring). Raises ``Unprojectable`` or ``RebuildFailed`` (nothing swapped) on an event
-    it cannot project. ``swap=False`` builds and catches up but leaves the active set alone."""
-    with gc_paused():
-        return await _rebuild(pool, paths, batch_size=batch_size, progress=progress,
-                              swap=swap)
+    it cannot project. ``swap=False`` builds and catches up but leaves the active set alone.
+
+    One rebuild at a time: it holds ``REBUILD_LOCK`` (a session advisory lock, on a connection
+    of ``pool`` kept for it) throughout, and waits for it, saying so, while another process
+    rebuilds; ``lock_held``: the caller holds it already. Two at once would both write the
+    same inactive set, and the second would drop the tables of the set the first just swapped
+    in (found in review: nothing stopped ``yizhan projections rebuild`` run twice, or beside
+    a starting service's layout upgrade)."""
+    if lock_held:
+        with gc_paused():
+            return await _rebuild(pool, paths, batch_size=batch_size, progress=progress,
+                                  swap=swap)
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", REBUILD_LOCK):
+            log.warning("projections.rebuild.waiting", reason="another process is rebuilding "
+                        "the read models; this one starts when it is done")
+            await conn.execute("SELECT pg_advisory_lock($1)", REBUILD_LOCK)
+        try:
+            with gc_paused():
+                return await _rebuild(pool, paths, batch_size=batch_size, progress=progress,
+                                      swap=swap)
+        finally:
+            await _unlock(conn)
+
+
+async def _unlock(conn: Any) -> None:
+    """Release ``REBUILD_LOCK``; a connection that cannot is ended (the pool keeps sessions as
+    they are, and a session holding the lock would block every later rebuild)."""
+    try:
+        await conn.execute("SELECT pg_advisory_unlock($1)", REBUILD_LOCK)
+    except BaseException:
+        conn.terminate()
+        raise
 
 
 async def _rebuild(pool: asyncpg.Pool, paths: UnitPaths, *, batch_size: int,
@@ -446,6 +487,8 @@ async def _rebuild(pool: asyncpg.Pool, paths: UnitPaths, *, batch_size: int,
     phases: dict[str, float] = {}
     async with pool.acquire() as conn:
         previous = await active_schema(conn)
+        generation = int(await conn.fetchval(
+            f"SELECT generation FROM {STATE} WHERE name = 'main'"))
     target = other(previous)
 
     async def recreate() -> None:
@@ -472,13 +515,13 @@ async def _rebuild(pool: asyncpg.Pool, paths: UnitPaths, *, batch_size: int,
         await conn.execute(_NO_SYNC)
         await _set_watermark(conn, target, upto)
     reached = await _catch_up(pool, target, paths, upto, batch_size, close_enough=batch_size)
-    generation = 0
+    swapped = 0
     if swap:
-        reached, generation = await _swap(pool, target, paths, reached)
+        reached, swapped = await _swap(pool, target, paths, reached, generation)
     phases["catch_up_and_swap"] = time.perf_counter() - mark
     seconds = time.perf_counter() - started
     report = RebuildReport(target, previous, reached, reached, cases, seconds,
-                           phases["bulk"], generation, phases)
+                           phases["bulk"], swapped, phases)
     log.info("projections.rebuild.done", table_set=target, position=reached,
              cases=report.cases, seconds=round(seconds, 2),
              events_per_s=round(report.events_per_s), swapped=swap, phases=phases)

@@ -15,13 +15,14 @@ import asyncpg
 import pytest
 
 from services.projections import queries as q
+from services.projections import rebuild as rebuild_module
 from services.projections import writer
 from services.projections.agents import build_worker, running
 from services.projections.bootstrap import bootstrap, prepare_tables
 from services.projections.live import LiveProjection
 from services.projections.progress import advance_watermark
 from services.projections.projectors import UnitPaths, Unprojectable
-from services.projections.rebuild import rebuild
+from services.projections.rebuild import REBUILD_LOCK, RebuildFailed, rebuild
 from services.projections.schema import LAYOUT, active_schema, other
 from shared.consumer import IdempotentConsumer
 from shared.contracts.envelope import NewEvent
@@ -182,6 +183,54 @@ async def test_rebuild_swaps_while_queries_keep_working_and_refuses_unknown_even
     async with pool.acquire() as conn:
         assert await active_schema(conn) == other(prepared)  # nothing swapped
     assert await digests(pool, other(prepared)) == before
+
+
+async def test_a_rebuild_waits_while_another_process_rebuilds(
+    database: Db, pool: asyncpg.Pool, admin_pool: asyncpg.Pool, prepared: str, ref: Reference,
+) -> None:
+    """Two rebuilds at once would write the same inactive set, the second dropping the tables
+    the first had just swapped in: the second waits for the first's lock."""
+    head = await load_simulated(admin_pool, 20)
+    other_process = await asyncpg.connect(database.service_dsn)
+    try:
+        await other_process.execute("SELECT pg_advisory_lock($1)", REBUILD_LOCK)
+        second = asyncio.create_task(rebuild(pool, UnitPaths(ref.org), batch_size=150))
+        waiting = 0
+        for _ in range(400):  # until its session waits for the lock (or it is done: a fail)
+            waiting = await admin_pool.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 "
+                "AND objid = $1 AND NOT granted", REBUILD_LOCK)
+            if waiting or second.done():
+                break
+            await asyncio.sleep(0.05)
+        assert waiting == 1 and not second.done()
+        state = await pool.fetchrow("SELECT active_schema, generation FROM projections.state")
+        assert tuple(state) == (prepared, 1)
+        await other_process.execute("SELECT pg_advisory_unlock($1)", REBUILD_LOCK)
+        report = await asyncio.wait_for(second, 60)
+    finally:
+        await other_process.close()
+    assert (report.schema, report.position, report.generation) == (other(prepared), head, 2)
+
+
+async def test_a_rebuild_swaps_nothing_if_another_swapped_meanwhile(
+    pool: asyncpg.Pool, admin_pool: asyncpg.Pool, prepared: str, ref: Reference,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rebuild that did not take the lock (older code, mid-deployment) swapped while this one
+    was catching up: this one's target may be the active set now; it swaps nothing."""
+    await load_simulated(admin_pool, 20)
+    catch_up = rebuild_module._catch_up
+
+    async def raced(*args: object, **kwargs: object) -> int:
+        await admin_pool.execute("UPDATE projections.state SET generation = generation + 1")
+        return await catch_up(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rebuild_module, "_catch_up", raced)
+    with pytest.raises(RebuildFailed, match="another rebuild swapped the read models"):
+        await rebuild(pool, UnitPaths(ref.org), batch_size=150)
+    state = await pool.fetchrow("SELECT active_schema, generation FROM projections.state")
+    assert tuple(state) == (prepared, 2)
 
 
 async def test_a_worker_killed_mid_batch_resumes_to_the_same_tables_as_a_rebuild(
