@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     cases_port: int = Field(default=8001, ge=1, le=65535)
     projections_port: int = Field(default=8003, ge=1, le=65535)
+    public_status_per_minute: int = Field(
+        default=60, ge=0, description="Requests a minute each client (address) may make to the "
+        "public status endpoint (no login), on average, per projections process; 0: no limit. "
+        "Beyond it: 429 with Retry-After.")
+    public_status_burst: int = Field(
+        default=20, ge=1, description="Requests a client may make to the public status at once "
+        "before public_status_per_minute applies.")
     relay_port: int = Field(default=8004, ge=1, le=65535,
                             description="The relay's /healthz, /readyz and /metrics.")
     # intake's port is YIZHAN_INTAKE_HTTP_PORT (services/intake/settings.py, default 8002)

@@ -39,6 +39,7 @@ from shared.eventstore.postgres import Conn
 from shared.http import ProblemError
 from shared.inputs import BIGINT_MAX, ChinaMoment, Month
 from shared.logging import get_logger
+from shared.ratelimit import ClientRateLimit
 from shared.reference.catalogue import Catalogue
 from shared.reference.org import Level, OrgTree
 from shared.reference.staff import Role, StaffDirectory
@@ -431,7 +432,28 @@ async def status(who: CurrentPrincipal, reader: Read, response: Response) -> dic
         return answer(response, progress, {"parked": progress.parked})
 
 
-@public.get("/status/{tracking_no}", summary="A case's status by tracking number (no login)")
+def within_public_limit(request: Request) -> None:
+    """Refuse (429, Retry-After) a client over the public status's rate (``ClientRateLimit``,
+    settings ``public_status_per_minute`` / ``public_status_burst``): the endpoint needs no
+    login, so nothing else stops one client from taking the service's database time."""
+    limit: ClientRateLimit | None = getattr(request.app.state, "public_limit", None)
+    if limit is None:
+        return
+    client = request.client.host if request.client is not None else "unknown"
+    wait = limit.take(client)
+    if wait is not None:
+        after = limit.retry_after(wait)
+        raise ProblemError(429, "Too many requests",
+                           f"this address asked for the public status too often; try again in "
+                           f"{after} s", headers={"Retry-After": after},
+                           errors=[{"field": "client", "message": "over the public status's "
+                                    "rate for one address"}])
+
+
+@public.get("/status/{tracking_no}", summary="A case's status by tracking number (no login)",
+            dependencies=[Depends(within_public_limit)],
+            responses={429: {"description": "Too many requests from this address (Retry-After "
+                                            "says when to try again)"}})
 async def public_status(tracking_no: Annotated[str, Path(pattern=TRACKING_NO,
                                                        max_length=TRACKING_NO_MAX)],
                         reader: Read, response: Response,

@@ -16,6 +16,7 @@ from services.projections.rebuild import REBUILD_LOCK, RebuildReport, rebuild
 from services.projections.schema import LAYOUT, active_schema, ensure_tables, outdated
 from shared.eventstore.postgres import create_pool
 from shared.logging import get_logger
+from shared.ratelimit import ClientRateLimit
 from shared.reference import Reference, load_reference
 from shared.service import create_app, database_ready
 from shared.settings import Settings
@@ -86,11 +87,19 @@ async def bootstrap(settings: Settings, service_url: str, *, ref: Reference | No
     return ProjectionsService(settings, pool, reference, paths, reader)
 
 
+def public_limit(settings: Settings) -> ClientRateLimit | None:
+    """The public status's limit per client, or None where it is off."""
+    if settings.public_status_per_minute == 0:
+        return None
+    return ClientRateLimit(settings.public_status_per_minute, settings.public_status_burst)
+
+
 def build_app(service: ProjectionsService, *, fast_path: bool = True) -> FastAPI:
     """``fast_path``: the lean path for the case read (``services.projections.fastpath``)."""
     return create_app(
         "Yizhan projections", [router, public, operations, audit_router],
-        state={"settings": service.settings, "projections": service.reader},
+        state={"settings": service.settings, "projections": service.reader,
+               "public_limit": public_limit(service.settings)},
         readiness=[database_ready(service.pool)],
         middleware=[CaseReadFastPath] if fast_path else [], max_body=MAX_BODY_BYTES,
         description="Read models for every level: queues, counts by status and service for "

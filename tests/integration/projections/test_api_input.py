@@ -249,3 +249,31 @@ async def test_a_moment_without_a_zone_is_china_time(
         response = await http.get(f"/v1/projections/handoffs?since={since}", headers=headers)
         assert response.status_code == 200, response.text
         assert sum(d["moves"] for d in response.json()["items"]) == moves, since
+
+
+async def test_one_address_asking_the_public_status_too_often_gets_429_with_retry_after(
+    projections: ProjectionsService,
+) -> None:
+    """The public status needs no login: past its burst, one address is refused (429, naming
+    the client, Retry-After) while another address and the authenticated endpoints go on."""
+    settings = SETTINGS.model_copy(update={"public_status_per_minute": 6,
+                                           "public_status_burst": 2})
+    app = build_app(ProjectionsService(settings, projections.pool, projections.ref,
+                                       projections.paths, projections.reader))
+
+    def client(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(address, 50000))
+        return httpx.AsyncClient(transport=transport, base_url="http://projections")
+
+    url = "/v1/public/status/KM-2026-000001"
+    async with client("203.0.113.7") as one, client("203.0.113.8") as other:
+        assert [(await one.get(url)).status_code for _ in range(2)] == [404, 404]
+        refused = await one.get(url)
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.headers["retry-after"] == "10"  # 6 a minute: one every 10 s
+        assert [e["field"] for e in refused.json()["errors"]] == ["client"]
+        assert (await one.get("/v1/public/status/%00")).status_code == 429  # counted as well
+        assert (await other.get(url)).status_code == 404
+        assert (await one.get("/healthz")).status_code == 200
+
