@@ -8,6 +8,7 @@
     yizhan privacy erase SUBJECT --by USER --reason TEXT
     yizhan demo [--days N]         realistic casework through the real interfaces, then dashboards
     yizhan token USER              a bearer token for a user of the staff directory
+    yizhan status [--check] [--json]   how far each part of the pipeline has got (from PostgreSQL)
     yizhan audit checkpoint        sign a checkpoint at the log's head now
     yizhan audit verify [--from-checkpoint] [--public-key B64] [--witness FILE]
 """
@@ -345,6 +346,30 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
         return asyncio.run(go(ep))
 
 
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from services.status import read_status, render
+
+    async def go(ep: Endpoints) -> int:
+        if ep.embedded:  # the embedded default's own database: as `yizhan up` leaves it
+            await prepare_database(ep)
+        conn = await asyncpg.connect(ep.service_url)
+        try:
+            status = await read_status(conn, stale_after_s=args.stale_after)
+        except asyncpg.UndefinedTableError as exc:
+            print(f"the database has no Yizhan tables yet ({exc}): run `yizhan db migrate`",
+                  file=sys.stderr)
+            return 2
+        finally:
+            await conn.close()
+        print(status.as_json() if args.json else render(status))
+        return 1 if args.check and status.stalled else 0
+
+    with endpoints(settings, kafka=False) as ep:
+        return asyncio.run(go(ep))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="yizhan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -373,6 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="mint a bearer token for a user of the staff directory")
     token.add_argument("user", help="user id, e.g. clerk.530102001001.a")
     token.set_defaults(fn=cmd_token)
+    status = sub.add_parser("status", help="how far each part of the pipeline has got")
+    status.add_argument("--check", action="store_true",
+                        help="exit 1 if a part is stalled (for a health probe or cron job)")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.add_argument("--stale-after", type=float, default=60.0, metavar="S",
+                        help="a part is stalled when work waited for it longer than S seconds "
+                             "and it did not move meanwhile (default 60)")
+    status.set_defaults(fn=cmd_status)
     db = sub.add_parser("db", help="database").add_subparsers(dest="db", required=True)
     db.add_parser("migrate", help="apply pending migrations").set_defaults(fn=cmd_migrate)
     audit = sub.add_parser("audit", help="audit the log").add_subparsers(dest="audit",
