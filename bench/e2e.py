@@ -15,8 +15,13 @@ command, and for each command a township supervisor asks the projections API for
 ``min_position`` = the command's position, until the summary shows the command's version.
 Visible latency = from the command's response to that read's answer. A command whose effect is
 not visible within 10 s is lost. Also printed: p50 / p99 by 10-s window of the run. Last line:
-``RESULT {"rate_per_s", "visible_p50_ms", "visible_p99_ms", "lost", …}``.
-Targets: visible_p99_ms ≤ 250, lost = 0.
+``RESULT {"rate_per_s", "visible_p50_ms", "visible_p99_ms", "lost", …,
+"limit_visible_p50_ms", "limit_visible_p99_ms"}``. Targets: visible_p99_ms ≤ 250, lost = 0.
+
+The limit, measured after our stack has stopped, at the same rate for up to 20 s: the same hops
+made of raw parts (``bench/limit_pipeline.py``: a committed row NOTIFYs, a LISTENing task
+produces it to a topic of an embedded broker, a plain aiokafka consumer commits it into a view
+table), on an embedded PostgreSQL (fsync on) and broker of its own.
 """
 
 from __future__ import annotations
@@ -40,11 +45,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.commands import KeepAlive
+from bench.limit_pipeline import PipelineLimit
+from bench.limit_pipeline import measure as measure_pipeline
 from services.demo.people import synthetic_applicant
 from shared.auth import Principal, mint_token
 from shared.logging import configure_logging, get_logger
 from shared.reference import Reference, load_reference
-from shared.runtime import die_with_parent, free_port
+from shared.runtime import EmbeddedKafka, EmbeddedPostgres, die_with_parent, free_port
 from shared.settings import Settings
 
 log = get_logger("bench.e2e")
@@ -53,6 +60,7 @@ SERVICE = "labour_exchange"
 DOCUMENTS = ["id_card", "application_form"]
 STATIONS = ("530102001001", "530102001002", "530102002001", "530103001001")
 VISIBLE_TIMEOUT_S = 10.0
+LIMIT_SECONDS = 20.0  # the limit runs this long at most (the same rate)
 UP = [sys.executable, "-c", "from services.cli import main; main()", "up"]
 
 
@@ -305,10 +313,27 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(60)
-    report(results, rate, seconds, args.rate)
+        limit = measure_limit(Path(tmp) / "limit", args.rate, min(seconds, LIMIT_SECONDS))
+    report(results, rate, seconds, args.rate, limit)
 
 
-def report(results: Results, rate: float, seconds: float, asked: int) -> None:
+def measure_limit(folder: Path, rate: int, seconds: float) -> PipelineLimit:
+    """``bench/limit_pipeline.py`` at the same rate, on an embedded PostgreSQL (fsync on) and
+    broker of its own, started once our stack has stopped."""
+    log.warning("bench.limit", rate=rate, seconds=seconds)
+    pg = EmbeddedPostgres(folder / "pg", durable=True).start()
+    kafka = EmbeddedKafka(folder / "kafka").start()
+    try:
+        return asyncio.run(measure_pipeline(
+            pg.admin_url, kafka.bootstrap_servers, rate=rate, seconds=seconds,
+            fetch_max_wait_ms=Settings().kafka_fetch_max_wait_ms))
+    finally:
+        kafka.stop()
+        pg.stop()
+
+
+def report(results: Results, rate: float, seconds: float, asked: int,
+           limit: PipelineLimit) -> None:
     p50, p99 = pct(results.visible_ms, 0.5), pct(results.visible_ms, 0.99)
     sent = len(results.command_ms)
     print(f"commands over HTTP  {sent:,} in {seconds:.0f} s at {rate:,.1f}/s (asked {asked}/s); "
@@ -324,10 +349,17 @@ def report(results: Results, rate: float, seconds: float, asked: int) -> None:
         f"{w * 10}s {pct(v, 0.5):.0f}/{pct(v, 0.99):.0f}" for w, v in sorted(windows.items())))
     print(f"lost                {results.lost}  (target 0: "
           f"{'met' if results.lost == 0 else 'not met'})")
+    print(f"limit (raw parts: commit → LISTEN → produce → aiokafka consumer → commit; "
+          f"bench/limit_pipeline.py) {limit.sent:,} rows at {asked}/s: visible p50 "
+          f"{limit.visible_p50_ms:.1f} ms, p99 {limit.visible_p99_ms:.1f} ms, lost {limit.lost}; "
+          f"ours / limit p50 {p50 / max(limit.visible_p50_ms, 0.001):.1f}, "
+          f"p99 {p99 / max(limit.visible_p99_ms, 0.001):.1f}")
     print("RESULT " + json.dumps({
         "rate_per_s": round(rate, 1), "visible_p50_ms": round(p50, 1),
         "visible_p99_ms": round(p99, 1), "lost": results.lost, "failed": results.failed,
-        "commands": sent, "command_p99_ms": round(pct(results.command_ms, 0.99), 1)}))
+        "commands": sent, "command_p99_ms": round(pct(results.command_ms, 0.99), 1),
+        "limit_visible_p50_ms": round(limit.visible_p50_ms, 1),
+        "limit_visible_p99_ms": round(limit.visible_p99_ms, 1)}))
 
 
 if __name__ == "__main__":
