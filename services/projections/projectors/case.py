@@ -281,8 +281,14 @@ def note_added(row: CaseRow, event: ProjectedEvent, paths: UnitPaths) -> Changes
 
 @projects("ExternalResultRecorded")
 def external_result(row: CaseRow, event: ProjectedEvent, paths: UnitPaths) -> Changes:
+    """The timeline shows what the other system said, not only that it said something: the
+    officer deciding the case reads it there (as notes; the public status shows no detail)."""
     data = event.data
     detail = f"{data['source_system']}: {data['result_type']} {data['reference']}"
+    said = [data.get("summary") or "",
+            *(f"{k}: {v}" for k, v in sorted((data.get("details") or {}).items()))]
+    if any(said):
+        detail += " — " + "; ".join(part for part in said if part)
     return changed(row, step(row, event), event, detail)
 
 

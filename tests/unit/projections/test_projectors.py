@@ -172,6 +172,30 @@ def test_free_text_with_a_nul_reaches_the_timeline_without_it(ref: Reference) ->
     assert [t.detail for t in model.timeline if t.type == "NoteAdded"] == ["缺\ufffd页"]
 
 
+def test_an_external_result_shows_what_the_other_system_said_in_the_timeline(
+    ref: Reference,
+) -> None:
+    """The officer deciding reads the result in the case's timeline: its summary and details,
+    not only its source and reference (they were all it showed)."""
+    first = events_of(ref, 1)[0]
+    data = json.loads(first.data if isinstance(first.data, str) else json.dumps(first.data))
+    actor = {"user_id": "system.pension", "role": "system", "unit": "530102"}
+
+    def result(version: int, summary: str, details: dict[str, str]) -> RawEvent:
+        body = {"case_id": data["case_id"], "at": data["at"], "actor": actor,
+                "source_system": "pension", "result_type": "contribution_history",
+                "reference": f"PEN-{version}", "summary": summary, "details": details}
+        return RawEvent(version, first.stream_id, version, "ExternalResultRecorded", 1,
+                        canonical_json(body), AT)
+
+    _, model = fold_all(ref, [first, result(2, "12 years paid", {"years": "12",
+                                                                  "arrears": "none"}),
+                              result(3, "", {})])
+    assert [t.detail for t in model.timeline if t.type == "ExternalResultRecorded"] == [
+        "pension: contribution_history PEN-2 — 12 years paid; arrears: none; years: 12",
+        "pension: contribution_history PEN-3"]
+
+
 def test_a_reopened_case_keeps_each_round_of_a_levels_clock(ref: Reference) -> None:
     """The county took 2 h, then 1 h more after a reopen (its clock restarted from zero):
     both rounds are facts, the first one not replaced by the second."""
