@@ -108,6 +108,20 @@ class Reader:
             fields = ", ".join(e["field"].removeprefix("query:") for e in errors)
             raise ProblemError(422, "Invalid request", f"unknown {fields}", errors=errors)
 
+    def owner(self, who: Principal, owner: str | None) -> str | None:
+        """The ``owner`` filter: ``me`` is the caller; anyone else must be in the staff
+        directory (422 naming ``query:owner``: an unknown id matched nothing and read as "owns
+        no case")."""
+        if owner is None:
+            return None
+        if owner == "me":
+            return who.user_id
+        if self.staff.get(owner) is None:
+            raise ProblemError(422, "Invalid request", "owner is not in the staff directory",
+                               errors=[{"field": "query:owner", "message": "unknown user; a "
+                                        "user id of the staff directory, or me"}])
+        return owner
+
     def check(self, who: Principal) -> None:
         """The caller is a person of the staff directory with the token's role and unit."""
         require_staff(who, self.staff)
@@ -271,6 +285,8 @@ def _cursor(sort: str, after: str | None) -> tuple[Any, uuid.UUID] | None:
 
 
 Order = Annotated[str, Query(pattern="^(asc|desc)$")]
+Owner = Annotated[str | None, Query(max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                    description="a user id of the staff directory, or me")]
 
 
 @router.get("/cases", summary="Case summaries in your jurisdiction, filtered and paginated")
@@ -283,6 +299,7 @@ async def list_cases(
     submitted_from: ChinaMoment | None = None, submitted_to: ChinaMoment | None = None,
     sort: str = "last_change_at", order: Order = "desc", limit: Limit = 50,
     offset: Offset = 0, after: After = None, min_position: MinPosition = None,
+    owner: Owner = None,
 ) -> dict[str, Any]:
     """Cases held by ``unit`` (default: yours) or any unit under it: status, service, holding
     unit and level, owner, acting person, due date, overdue flag, last change. ``warned`` and
@@ -290,11 +307,14 @@ async def list_cases(
     own: a case breached at the station and handed up is not breached in the township's
     queue); ``breached_levels`` lists every level breached since the submission or the last
     reopen. Submitted from ``submitted_from`` up to (not including) ``submitted_to``; a date
-    or time without a zone is China Standard Time."""
+    or time without a zone is China Standard Time. ``owner``: only the cases this person owns
+    (``me``: the caller's own, first-inquiry responsibility; a colleague's: what their backup
+    covers while they are away)."""
     scope = reader.scope(who, unit)
     reader.known(status=status, service_code=service_code, level=level)
     f = _filter(status, service_code, level, overdue, tracking_no, submitted_from,
-                submitted_to, sort, order, limit, offset, after)
+                submitted_to, sort, order, limit, offset, after,
+                owner=reader.owner(who, owner))
     async with reader.reading(min_position) as (conn, schema, progress):
         body = await q.list_cases(conn, schema, scope, f)
     return answer(response, progress, body)
@@ -320,13 +340,15 @@ async def queue(unit: str, who: CurrentPrincipal, reader: Read, response: Respon
                 status: Annotated[list[str] | None, Query()] = None,
                 service_code: str | None = None, sort: str = "last_change_at",
                 order: Order = "asc", limit: Limit = 50, offset: Offset = 0,
-                after: After = None, min_position: MinPosition = None) -> dict[str, Any]:
+                after: After = None, min_position: MinPosition = None,
+                owner: Owner = None) -> dict[str, Any]:
     """Open cases held by exactly this unit (not the units under it); ``warned`` and
-    ``breached`` say whether the case is late at this unit's level (see ``/cases``)."""
+    ``breached`` say whether the case is late at this unit's level (see ``/cases``);
+    ``owner`` as there."""
     scope = reader.scope(who, unit, field="path:unit")
     reader.known(status=status, service_code=service_code)
     f = _filter(status, service_code, None, None, None, None, None, sort, order, limit,
-                offset, after, unit=unit, open_only=not status)
+                offset, after, unit=unit, open_only=not status, owner=reader.owner(who, owner))
     async with reader.reading(min_position) as (conn, schema, progress):
         body = await q.list_cases(conn, schema, scope, f)
     return answer(response, progress, {"unit": unit, **body})

@@ -77,6 +77,7 @@ class CaseFilter:
     overdue: bool | None = None
     open_only: bool = False
     tracking_no: str | None = None
+    owner: str | None = None
     submitted_from: datetime | None = None
     submitted_to: datetime | None = None
     sort: str = "last_change_at"
@@ -114,6 +115,8 @@ def _case_where(scope: Scope, f: CaseFilter) -> _Where:
         w.add("(due_at IS NULL OR due_at >= now())")
     if f.tracking_no:
         w.add("tracking_no = ?", f.tracking_no)
+    if f.owner:
+        w.add("owner = ?", f.owner)
     if f.submitted_from:
         w.add("submitted_at >= ?", f.submitted_from)
     if f.submitted_to:

@@ -146,3 +146,33 @@ async def test_a_cursor_that_is_not_one_of_this_list_is_a_problem_naming_it(
         assert response.status_code == 422, response.text
         assert response.headers["content-type"] == "application/problem+json"
         assert [e["field"] for e in response.json()["errors"]] == ["query:after"]
+
+
+async def test_the_owner_filter_lists_a_persons_cases_and_me_is_the_caller(
+    http: httpx.AsyncClient, cases: Cases, ref: Reference,
+) -> None:
+    """``owner``: the cases one person owns (``me``: the caller), in a list or a queue; an id
+    that is not in the staff directory is a problem naming the parameter, not an empty list."""
+    mine = [await cases.submit(T0 + timedelta(minutes=i), accept_at=T0 + timedelta(hours=1))
+            for i in range(2)]
+    theirs = await cases.submit(T0 + timedelta(minutes=5))
+    backup = "clerk.530102001001.b"
+    member = ref.staff.member(backup)
+    await cases.do(AcceptCase(case_id=theirs, at=T0 + timedelta(hours=2),
+                              actor=Actor(user_id=backup, role=member.role, unit=member.unit)))
+
+    def ids(body: dict[str, Any]) -> set[str]:
+        return {item["case_id"] for item in body["items"]}
+
+    assert ids(await page(http, "/v1/projections/cases", ref, owner=CLERK)) == {
+        str(c) for c in mine}
+    assert ids(await page(http, f"/v1/projections/units/{STATION}/queue", ref,
+                          owner=backup)) == {str(theirs)}
+    as_clerk = await http.get("/v1/projections/cases", params={"owner": "me"},
+                              headers=token(CLERK, ref))
+    assert as_clerk.status_code == 200, as_clerk.text
+    assert ids(as_clerk.json()) == {str(c) for c in mine}
+    unknown = await http.get("/v1/projections/cases", params={"owner": "clerk.nobody"},
+                             headers=token(SUPERVISOR, ref))
+    assert unknown.status_code == 422
+    assert [e["field"] for e in unknown.json()["errors"]] == ["query:owner"]
