@@ -231,6 +231,10 @@ async def verify_log(
         report.started_from = start.position
         report.checkpoints_checked += 1
         pending = {p: cp for p, cp in pending.items() if p > start.position}
+        # Trusted is what lies before the checkpoint, not that the log still reaches it: the
+        # event it signs must still be there, and still give the signed hash
+        if (problem := await _under_checkpoint(pool, start)) is not None:
+            return report.fail(*problem)
     elif from_checkpoint:
         report.notes.append("no checkpoint yet: verified from genesis")
     chain = _Chain(report, position, prev, pending, last_good_checkpoint=position)
@@ -268,6 +272,28 @@ async def verify_log(
                            f"{report.recorded_position} were removed from its end",
                            verdict="TRUNCATED")
     return report
+
+
+async def _under_checkpoint(pool: asyncpg.Pool,
+                            start: Checkpoint) -> tuple[int, str | None, str] | None:
+    """(position, stream, problem) if the event ``start`` signs is gone, altered, or not the
+    one signed; None if it holds (the start of ``verify_log(from_checkpoint=True)``)."""
+    rows = await pool.fetch(_READ, start.position - 1, 1)
+    if not rows:
+        end = int(await pool.fetchval(_HEAD))
+        return (end + 1, None, f"signed checkpoint at position {start.position} lies beyond "
+                f"the end of the log (position {end}): events were removed")
+    pos, stream, prev_hash, digest, body = rows[0]
+    if pos != start.position:
+        return (start.position, None, f"event at position {start.position} is missing (the "
+                f"next stored position is {pos})")
+    if _sha256(prev_hash.encode() + body).hexdigest() != digest:
+        return (pos, stream, "the event's content no longer matches its hash (data, metadata "
+                "or envelope was altered)")
+    if digest != start.hash:
+        return (pos, stream, f"the chain at position {pos} differs from the signed checkpoint "
+                "there: the event it signs was rewritten")
+    return None
 
 
 async def _read_records(pool: asyncpg.Pool, report: VerifyReport) -> None:
