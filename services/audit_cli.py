@@ -46,7 +46,12 @@ from shared.audit import (
     verify_export,
 )
 from shared.audit.jsonable import to_jsonable
-from shared.eventstore.checkpoints import CheckpointSigner, load_public_key, write_checkpoint
+from shared.eventstore.checkpoints import (
+    CheckpointSigner,
+    Witness,
+    load_public_key,
+    write_checkpoint,
+)
 from shared.eventstore.postgres import Conn, create_pool
 from shared.reference import Reference, Role, load_reference
 from shared.settings import Settings
@@ -160,16 +165,20 @@ async def queue_as_of(service_url: str, unit: str, *, by: str, reason: str,
 async def export(settings: Settings, service_url: str, out: Path, *, by: str, reason: str,
                  case_id: uuid.UUID | None = None, unit: str | None = None,
                  start: datetime | None = None, end: datetime | None = None,
-                 sign_first: bool = True, ref: Reference | None = None) -> ExportSummary:
+                 sign_first: bool = True, ref: Reference | None = None,
+                 witness: Witness | None = None) -> ExportSummary:
     """Write a case's (or a unit's, in ``[start, end)``) evidence file. ``sign_first`` signs a
-    checkpoint at the head first, so every exported event is anchored."""
+    checkpoint at the head first, so every exported event is anchored; ``witness``: where it
+    is appended once signed, as the relay's are (else removing it, the newest, to rewrite the
+    log after the one before would not show in `yizhan audit verify`)."""
     who = requester(by, reason, ref or load_reference())
     if case_id is None and (unit is None or start is None or end is None):
         raise ValueError(EXPORT_NEEDS)  # before connecting, and before signing a checkpoint
 
     async def run(audit: AuditService[Case]) -> ExportSummary:
         if sign_first:
-            await write_checkpoint(audit.pool, CheckpointSigner(settings.checkpoint_signing_key))
+            await write_checkpoint(audit.pool, CheckpointSigner(settings.checkpoint_signing_key),
+                                   witness=witness)
         if case_id is not None:
             return await audit.export_case(who, case_id, out)
         assert unit is not None and start is not None and end is not None
@@ -288,9 +297,11 @@ def _cmd_export(settings: Settings, args: argparse.Namespace) -> int:
         return _mistake(EXPORT_NEEDS)
     ref = _reader_checked(args)
     with endpoints(settings, kafka=False) as ep:
+        witnessed = settings.witness_path(ep.embedded)
         done = asyncio.run(export(settings, ep.service_url, args.output, by=args.by,
                                   reason=args.reason, case_id=args.case, unit=args.unit,
-                                  start=args.start, end=args.end, ref=ref))
+                                  start=args.start, end=args.end, ref=ref,
+                                  witness=None if witnessed is None else Witness(witnessed)))
     _out(f"wrote {done.path}: {done.events} events, {done.witnesses} witness events, "
          f"{done.checkpoints} checkpoints{' (partly unanchored)' if done.unanchored else ''}")
     return 0
