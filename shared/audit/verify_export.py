@@ -132,7 +132,18 @@ def _parse(raw: str, number: int) -> dict[str, Any]:
     return value
 
 
+def _hash_of(obj: dict[str, Any], name: str) -> str:
+    """``obj[name]`` as a hash is written: 64 hex digits (ValueError naming the field)."""
+    value = obj[name]
+    if not (isinstance(value, str) and len(value) == 64 and value.isascii()
+            and all(c in "0123456789abcdefABCDEF" for c in value)):
+        raise ValueError(f"{name} is not 64 hex digits: {value!r:.80}")
+    return value
+
+
 def _chain_line(obj: dict[str, Any]) -> _Line:
+    _hash_of(obj, "prev_hash")  # hashed with the content: must be ASCII, as the log has it
+    _hash_of(obj, "hash")
     if obj["kind"] == "event":
         event = RecordedEvent.from_wire(obj)
         return _Line("event", event.position, event.prev_hash, event.hash,
@@ -167,25 +178,45 @@ def _lines_of(lines: Iterable[str]) -> Iterator[str]:
 def read_export(path: Path) -> tuple[dict[str, Any], list[Checkpoint], list[_Line]]:
     """Header, checkpoints and chain lines of an export file."""
     header: dict[str, Any] | None = None
+    header_line = 0
     checkpoints: list[Checkpoint] = []
     chain: list[_Line] = []
     with path.open(encoding="utf-8") as lines:
         for number, raw in enumerate(_lines_of(lines), 1):
             obj = _parse(raw, number)
             if obj["kind"] == "header":
-                header = obj
+                header, header_line = obj, number
             elif obj["kind"] == "checkpoint":
-                checkpoints.append(_checkpoint(obj))
+                try:
+                    checkpoints.append(_checkpoint(obj))
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ExportUnreadable(
+                        f"line {number} is not a checkpoint: {_why(exc)}") from exc
             elif obj["kind"] in ("event", "witness"):
                 try:
                     chain.append(_chain_line(obj))
                 except (KeyError, TypeError, ValueError) as exc:
-                    raise ExportUnreadable(f"line {number} is not a chain entry: {exc!r}") from exc
+                    raise ExportUnreadable(
+                        f"line {number} is not a chain entry: {_why(exc)}") from exc
             else:
                 raise ExportUnreadable(f"line {number}: unknown kind {obj['kind']!r}")
     if header is None or header.get("format") not in FORMATS:
         raise ExportUnreadable(f"not a {' or '.join(FORMATS)} file")
+    try:
+        _segments(header)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportUnreadable(f"line {header_line}: the header's segments are not a list of "
+                               f"{{from, to, checkpoint}} positions: {_why(exc)}") from exc
+    count = header.get("events")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ExportUnreadable(f"line {header_line}: the header's events is not a count of "
+                               f"events: {count!r:.80}")
     return header, checkpoints, chain
+
+
+def _why(exc: Exception) -> str:
+    """What a line lacks or holds wrong, in words (a KeyError names the missing field)."""
+    return f"no field {exc.args[0]!r}" if isinstance(exc, KeyError) else f"{exc!r}"
 
 
 def _segments(header: dict[str, Any]) -> list[Segment]:
