@@ -32,7 +32,7 @@ from pydantic_settings import BaseSettings
 from services.audit_cli import NotAnAuditor
 from services.intake.privacy import ErasureRefused
 from services.intake.settings import IntakeSettings
-from shared.audit import CaseNotFound, ExportUnreadable, ReasonRequired
+from shared.audit import CaseNotFound, ExportUnreadable, PositionBeyondLog, ReasonRequired
 from shared.eventstore.checkpoints import (
     CheckpointSigner,
     InvalidPublicKey,
@@ -66,7 +66,7 @@ SETTINGS_CLASSES: dict[str, type[BaseSettings]] = {
 # mistyped public key. Anything else is a bug and keeps its traceback.
 USER_MISTAKES: tuple[type[Exception], ...] = (
     CaseNotFound, ErasureRefused, ExportUnreadable, InvalidPublicKey, NotAnAuditor,
-    ReasonRequired, WitnessUnreadable)
+    PositionBeyondLog, ReasonRequired, WitnessUnreadable)
 
 
 async def prepare_database(ep: Endpoints) -> list[str]:

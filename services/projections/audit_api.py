@@ -21,6 +21,7 @@ from services.projections.api import Read, echoed
 from shared.audit import (
     AuditService,
     CaseNotFound,
+    PositionBeyondLog,
     Requester,
     render_html,
     render_text,
@@ -74,6 +75,11 @@ def _moment(at: datetime | None, position: int | None) -> None:
                            errors=[{"field": "query:at", "message": "naive timestamp"}])
 
 
+def _beyond(exc: PositionBeyondLog) -> ProblemError:
+    return ProblemError(422, "Invalid request", str(exc),
+                        errors=[{"field": "query:position", "message": "beyond the log's end"}])
+
+
 def _not_found(exc: CaseNotFound) -> ProblemError:
     return ProblemError(404, "Not found", str(exc),
                         errors=[{"field": "path:case_id", "message": "no such case"}])
@@ -109,6 +115,8 @@ async def case_as_of(case_id: uuid.UUID, who: Auditor, audit: Audit, at: At = No
         found = await audit.case_as_of(who, case_id, at=at, position=position)
     except CaseNotFound as exc:
         raise _not_found(exc) from exc
+    except PositionBeyondLog as exc:
+        raise _beyond(exc) from exc
     body: dict[str, Any] = to_jsonable(found)
     return body
 
@@ -121,7 +129,10 @@ async def queue_as_of(unit: str, who: Auditor, audit: Audit, reader: Read, at: A
     if unit not in reader.org:
         raise ProblemError(404, "Unknown unit", f"no unit {echoed(unit)}",
                            errors=[{"field": "path:unit", "message": "unknown unit"}])
-    found = await audit.queue_as_of(who, unit, at=at, position=position)
+    try:
+        found = await audit.queue_as_of(who, unit, at=at, position=position)
+    except PositionBeyondLog as exc:
+        raise _beyond(exc) from exc
     cases = [{"case_id": str(c.case_id), "tracking_no": c.tracking_no, "status": c.status.value,
               "level": c.level.value, "owner": c.owner, "last_at": c.last_at.isoformat()}
              for c in found.cases]

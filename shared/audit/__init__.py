@@ -11,7 +11,15 @@ record who looked.
 """
 
 from shared.audit.access import AccessEntry, ReasonRequired, Requester, month_of, read_access_log
-from shared.audit.as_of import CaseAsOf, QueueAsOf, case_as_of, position_at, queue_as_of, replay
+from shared.audit.as_of import (
+    CaseAsOf,
+    PositionBeyondLog,
+    QueueAsOf,
+    case_as_of,
+    position_at,
+    queue_as_of,
+    replay,
+)
 from shared.audit.export import ExportSummary, export_case, export_unit, plan_segments
 from shared.audit.history import CaseHistory, CaseNotFound, HistoryEntry, history_of
 from shared.audit.rebuild_compare import CompareReport, LiveState, ReadModels, rebuild_compare
@@ -31,6 +39,7 @@ __all__ = [
     "ExportUnreadable",
     "HistoryEntry",
     "LiveState",
+    "PositionBeyondLog",
     "QueueAsOf",
     "ReadModels",
     "ReasonRequired",

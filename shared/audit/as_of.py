@@ -64,6 +64,10 @@ class QueueAsOf(Generic[Q]):
     cases: tuple[Q, ...]
 
 
+class PositionBeyondLog(ValueError):
+    """An as-of position the log has not reached: the state there is not known yet."""
+
+
 def replay(events: Iterable[RecordedEvent], evolve: Evolve[S]) -> S | None:
     """Fold recorded events (decoded and upcast by the registry) with ``evolve``."""
     decoded = (registry.decode(e) for e in events)

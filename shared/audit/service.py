@@ -18,6 +18,7 @@ from shared.audit.access import AccessEntry, Requester, read_access_log, record_
 from shared.audit.as_of import (
     CaseAsOf,
     Evolve,
+    PositionBeyondLog,
     Q,
     QueueAsOf,
     case_as_of,
@@ -45,8 +46,13 @@ class AuditService(Generic[Q]):
 
     async def resolve(self, position: int | None, at: datetime | None) -> int:
         """The global position meant: ``position``, else the last one recorded by ``at``,
-        else the head."""
+        else the head. ``PositionBeyondLog`` for a position past the head: the state there is
+        not known yet (today's state is not the state at a position not reached)."""
         if position is not None:
+            head = await head_position(self.pool)
+            if position > head:
+                raise PositionBeyondLog(f"position {position} is beyond the end of the log "
+                                        f"(position {head}): there is no state there yet")
             return position
         if at is not None:
             return await position_at(self.pool, at)

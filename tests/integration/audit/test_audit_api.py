@@ -197,3 +197,22 @@ async def test_a_token_for_no_one_in_the_staff_directory_reads_nothing_and_is_no
         assert refused.status_code == 403, (url, refused.text)
         assert [e["field"] for e in refused.json()["errors"]] == ["token:sub"]
     assert await access_log_of(http, "ghost.1") == []
+
+
+async def test_an_as_of_position_the_log_has_not_reached_is_refused_before_it_is_logged(
+    http: httpx.AsyncClient, service: tuple[ProjectionsService, list[Any]], pool: asyncpg.Pool
+) -> None:
+    """A state "as of" a position the log does not hold yet is not known: answering with
+    today's state would show, under that position, one it may never have had there."""
+    case = service[1][0]
+    head = int(await pool.fetchval("SELECT max(position) FROM events"))
+    for url in (f"/v1/audit/cases/{case}/as-of", "/v1/audit/units/530102/queue/as-of"):
+        refused = await http.get(url, headers=as_user(AUDITOR),
+                                 params={**WHY, "position": head + 1000})
+        assert refused.status_code == 422, (url, refused.text)
+        assert [e["field"] for e in refused.json()["errors"]] == ["query:position"]
+        assert f"position {head}" in refused.json()["detail"]
+    assert await access_log_of(http, AUDITOR) == []
+    reached = await http.get(f"/v1/audit/cases/{case}/as-of", headers=as_user(AUDITOR),
+                             params={**WHY, "position": head})
+    assert reached.status_code == 200, reached.text

@@ -56,3 +56,15 @@ async def test_a_case_not_in_the_log_is_one_line_and_exit_code_2(
     code, out, err = await yizhan(capsys, "audit", "history", str(unknown), "--by", AUDITOR,
                                   "--reason", WHY)
     assert (code, out, err) == (2, "", f"error: no events of case {unknown}\n")
+
+
+async def test_an_as_of_position_the_log_has_not_reached_is_one_line_and_exit_code_2(
+        configured: None, pg_store: PostgresEventStore, admin_pool: asyncpg.Pool,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    known = (await seed(pg_store, admin_pool, cases=1))[0]
+    head = int(await admin_pool.fetchval("SELECT max(position) FROM events"))
+    code, out, err = await yizhan(capsys, "audit", "as-of", str(known), "--position",
+                                  str(head + 1000), "--by", AUDITOR, "--reason", WHY)
+    assert (code, out) == (2, ""), out
+    assert err == (f"error: position {head + 1000} is beyond the end of the log (position "
+                   f"{head}): there is no state there yet\n")
