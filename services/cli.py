@@ -309,6 +309,9 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
 
     async def go(ep: Endpoints) -> int:
         witness = Witness(args.witness) if args.witness else witness_of(settings, ep)
+        if args.witness and not args.witness.is_file():  # named, so it must be held to
+            raise WitnessUnreadable(f"witness file {args.witness} does not exist: nothing to "
+                                    "hold the log to")
         seen = witness.read() if witness is not None else []  # a bad file: before any work
         pool = await create_pool(ep.service_url, min_size=1, max_size=2)
         try:

@@ -68,3 +68,15 @@ async def test_an_as_of_position_the_log_has_not_reached_is_one_line_and_exit_co
     assert (code, out) == (2, ""), out
     assert err == (f"error: position {head + 1000} is beyond the end of the log (position "
                    f"{head}): there is no state there yet\n")
+
+
+async def test_verify_against_a_witness_file_that_is_not_there_is_refused_not_ok(
+        configured: None, pg_store: PostgresEventStore, admin_pool: asyncpg.Pool,
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """An auditor who names a witness file asks for the log to be held against it: a file
+    that is not there (a mistyped path, a volume not mounted) is not a witness that agrees."""
+    await seed(pg_store, admin_pool, cases=1)
+    missing = tmp_path / "mnt" / "witness.jsonl"
+    code, out, err = await yizhan(capsys, "audit", "verify", "--witness", str(missing))
+    assert (code, out) == (2, ""), out
+    assert err == f"error: witness file {missing} does not exist: nothing to hold the log to\n"
