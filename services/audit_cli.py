@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -338,6 +339,34 @@ def _cmd_access_log(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _moment_arg(text: str) -> datetime:
+    """``--at``, ``--from``, ``--to``: a moment with its zone (without one, the database driver
+    would read it in the zone of whatever host runs the command; the HTTP API refuses it too)."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 moment") from exc
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone: write one, e.g. "
+                                         f"{text}+08:00 (China Standard Time)")
+    return value
+
+
+def _month_arg(text: str) -> str:
+    """``--month``: ``YYYY-MM`` (another spelling names a stream no read is recorded in)."""
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a month as YYYY-MM (01 to 12)")
+    return text
+
+
+def _case_arg(text: str) -> str:
+    """``--case`` of the access log: a case id, written as the log records it."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a case id (a UUID)") from exc
+
+
 def _reader_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by", required=True, help="the auditor reading (user id)")
     parser.add_argument("--reason", required=True, help="why (recorded in the access log)")
@@ -345,7 +374,7 @@ def _reader_args(parser: argparse.ArgumentParser) -> None:
 
 def _moment_args(parser: argparse.ArgumentParser) -> None:
     moment = parser.add_mutually_exclusive_group()
-    moment.add_argument("--at", type=datetime.fromisoformat, help="ISO timestamp with zone")
+    moment.add_argument("--at", type=_moment_arg, help="ISO timestamp with zone")
     moment.add_argument("--position", type=int, help="global position")
 
 
@@ -369,8 +398,8 @@ def add_audit_commands(audit: Any) -> None:
     p = audit.add_parser("export", help="write an evidence file (JSONL)")
     p.add_argument("--case", type=uuid.UUID)
     p.add_argument("--unit")
-    p.add_argument("--from", dest="start", type=datetime.fromisoformat)
-    p.add_argument("--to", dest="end", type=datetime.fromisoformat)
+    p.add_argument("--from", dest="start", type=_moment_arg, help="ISO timestamp with zone")
+    p.add_argument("--to", dest="end", type=_moment_arg, help="ISO timestamp with zone")
     p.add_argument("-o", "--output", type=Path, required=True)
     _reader_args(p)
     p.set_defaults(fn=_cmd_export)
@@ -384,9 +413,9 @@ def add_audit_commands(audit: Any) -> None:
     p = audit.add_parser("rebuild-compare", help="rebuild read models aside and compare")
     p.set_defaults(fn=_cmd_compare)
     p = audit.add_parser("access-log", help="who read what (auditors of auditors)")
-    p.add_argument("--month", action="append", required=True,
+    p.add_argument("--month", action="append", required=True, type=_month_arg,
                    help="YYYY-MM in China Standard Time, UTC+8 (repeatable)")
     p.add_argument("--user")
-    p.add_argument("--case")
+    p.add_argument("--case", type=_case_arg)
     _reader_args(p)
     p.set_defaults(fn=_cmd_access_log)

@@ -80,3 +80,44 @@ async def test_verify_against_a_witness_file_that_is_not_there_is_refused_not_ok
     code, out, err = await yizhan(capsys, "audit", "verify", "--witness", str(missing))
     assert (code, out) == (2, ""), out
     assert err == f"error: witness file {missing} does not exist: nothing to hold the log to\n"
+
+
+async def test_the_access_log_of_a_case_finds_its_reads_however_its_id_is_written(
+        configured: None, pg_store: PostgresEventStore, admin_pool: asyncpg.Pool,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The reads of a case are found by its id in capitals too (as the HTTP API finds them):
+    "no audit reads recorded" for a case that was read is a false answer to an auditor of
+    auditors."""
+    from datetime import UTC, datetime
+
+    from shared.audit import month_of
+
+    known = (await seed(pg_store, admin_pool, cases=1))[0]
+    code, _, _ = await yizhan(capsys, "audit", "history", str(known), "--by", AUDITOR,
+                              "--reason", WHY)
+    assert code == 0
+    month = month_of(datetime.now(UTC))
+    code, out, err = await yizhan(capsys, "audit", "access-log", "--month", month, "--case",
+                                  str(known).upper(), "--by", AUDITOR, "--reason", WHY)
+    assert code == 0, err
+    assert [line for line in out.splitlines() if str(known) in line], (out, err)
+
+
+@pytest.mark.parametrize(("argv", "option"), [
+    (["access-log", "--month", "2026-1"], "--month"),
+    (["access-log", "--month", "2026-13"], "--month"),
+    (["access-log", "--month", "2026-12", "--case", "not-a-case"], "--case"),
+    (["as-of", "00000000-0000-0000-0000-000000000001", "--at", "2026-12-01T10:00:00"], "--at"),
+    (["queue-as-of", "530102", "--at", "2026-12-01T10:00:00"], "--at"),
+    (["export", "--unit", "530102", "--from", "2026-12-01T00:00:00", "--to",
+      "2026-12-02T00:00:00+08:00", "-o", "unit.jsonl"], "--from"),
+])
+async def test_audit_reads_refuse_what_they_would_misread(
+        configured: None, capsys: pytest.CaptureFixture[str], argv: list[str],
+        option: str) -> None:
+    """A month not written YYYY-MM, a case id that is none, or a moment without a zone (which
+    would be read in the zone of whatever host runs the command) is refused, exit code 2,
+    naming the option: not answered with nothing, or with the state at another moment."""
+    code, out, err = await yizhan(capsys, "audit", *argv, "--by", AUDITOR, "--reason", WHY)
+    assert (code, out) == (2, ""), (out, err)
+    assert f"argument {option}: " in err, err
