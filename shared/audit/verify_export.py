@@ -72,6 +72,8 @@ class _Line:
     hash: str
     body: bytes
     version: int | None
+    problem: str | None = None
+    """What the line holds beyond what its hash covers (an added field, a key given twice)."""
 
     def fields(self) -> list[str] | None:
         """What the canonical bytes hold (``envelope.canonical_bytes``): format, position,
@@ -122,14 +124,38 @@ def _selection(selection: Any) -> tuple[str, Belongs]:
     raise ValueError(f"the header's selection {sorted(selection)} is neither a case nor a unit")
 
 
-def _parse(raw: str, number: int) -> dict[str, Any]:
+def _parse(raw: str, number: int) -> tuple[dict[str, Any], list[str]]:
+    """The line's object, and the keys any object in it gives twice (JSON readers differ on
+    which value counts: Python's keeps the last, others the first)."""
+    twice: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in items:
+            if key in obj:
+                twice.append(key)
+            obj[key] = value
+        return obj
+
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, object_pairs_hook=pairs)
     except json.JSONDecodeError as exc:
         raise ExportUnreadable(f"line {number} is not JSON: {exc}") from exc
     if not isinstance(value, dict) or "kind" not in value:
         raise ExportUnreadable(f"line {number} has no kind")
-    return value
+    return value, twice
+
+
+# What each line may hold: every field of a chain line is covered by its hash (an event's
+# envelope as ``to_wire`` writes it; a witness's canonical bytes), every field of a checkpoint
+# line by its signature (``key_id`` must name the key). Anything more would be read as part
+# of the evidence without having been checked.
+_EVENT_FIELDS = frozenset({"kind", "position", "stream_id", "version", "event_id", "type",
+                           "schema_version", "occurred_at", "recorded_at", "metadata", "data",
+                           "prev_hash", "hash"})
+_WITNESS_FIELDS = frozenset({"kind", "position", "prev_hash", "hash", "canonical"})
+_CHECKPOINT_FIELDS = frozenset({"kind", "position", "hash", "signed_at", "key_id", "signature",
+                                "format", "prev_position", "prev_hash"})
 
 
 def _hash_of(obj: dict[str, Any], name: str) -> str:
@@ -141,18 +167,29 @@ def _hash_of(obj: dict[str, Any], name: str) -> str:
     return value
 
 
-def _chain_line(obj: dict[str, Any]) -> _Line:
+def _chain_line(obj: dict[str, Any], twice: Sequence[str] = ()) -> _Line:
     _hash_of(obj, "prev_hash")  # hashed with the content: must be ASCII, as the log has it
     _hash_of(obj, "hash")
-    if obj["kind"] == "event":
+    kind = "event" if obj["kind"] == "event" else "witness"
+    extra = sorted(obj.keys() - (_EVENT_FIELDS if kind == "event" else _WITNESS_FIELDS))
+    problem = (f"the {kind} line gives {twice[0]!r} twice (JSON readers differ on which "
+               "value counts; the hash covers one)" if twice else
+               f"the {kind} line holds fields its hash does not cover "
+               f"({', '.join(map(repr, extra))}): they were added to the file" if extra
+               else None)
+    if kind == "event":
         event = RecordedEvent.from_wire(obj)
         return _Line("event", event.position, event.prev_hash, event.hash,
-                     event.canonical_bytes(), event.version)
+                     event.canonical_bytes(), event.version, problem)
     return _Line("witness", int(obj["position"]), obj["prev_hash"], obj["hash"],
-                 str(obj["canonical"]).encode(), None)
+                 str(obj["canonical"]).encode(), None, problem)
 
 
-def _checkpoint(obj: dict[str, Any]) -> Checkpoint:
+def _checkpoint(obj: dict[str, Any], twice: Sequence[str] = ()) -> Checkpoint:
+    if twice:
+        raise ValueError(f"it gives {twice[0]!r} twice")
+    if extra := sorted(obj.keys() - _CHECKPOINT_FIELDS):
+        raise ValueError(f"fields its signature does not cover: {', '.join(map(repr, extra))}")
     prev = obj.get("prev_position")
     return Checkpoint(int(obj["position"]), obj["hash"],
                       datetime.fromisoformat(obj["signed_at"]), obj["key_id"], obj["signature"],
@@ -183,18 +220,18 @@ def read_export(path: Path) -> tuple[dict[str, Any], list[Checkpoint], list[_Lin
     chain: list[_Line] = []
     with path.open(encoding="utf-8") as lines:
         for number, raw in enumerate(_lines_of(lines), 1):
-            obj = _parse(raw, number)
+            obj, twice = _parse(raw, number)
             if obj["kind"] == "header":
                 header, header_line = obj, number
             elif obj["kind"] == "checkpoint":
                 try:
-                    checkpoints.append(_checkpoint(obj))
+                    checkpoints.append(_checkpoint(obj, twice))
                 except (KeyError, TypeError, ValueError) as exc:
                     raise ExportUnreadable(
                         f"line {number} is not a checkpoint: {_why(exc)}") from exc
             elif obj["kind"] in ("event", "witness"):
                 try:
-                    chain.append(_chain_line(obj))
+                    chain.append(_chain_line(obj, twice))
                 except (KeyError, TypeError, ValueError) as exc:
                     raise ExportUnreadable(
                         f"line {number} is not a chain entry: {_why(exc)}") from exc
@@ -235,6 +272,9 @@ def _check_segment(seg: Segment, lines: Sequence[_Line], signed: dict[int, Check
         if line.position != expected:
             report.fail(expected, f"position {expected} is missing from the chain (found "
                         f"{line.position} in its place): lines were removed, added or reordered")
+            return False
+        if line.problem is not None:
+            report.fail(expected, line.problem)
             return False
         if not line.body.startswith(f"{CANONICAL_FORMAT}\n{line.position}\n".encode()):
             report.fail(expected, "the line's content names another position")

@@ -369,3 +369,34 @@ def test_a_checkpoint_line_stripped_of_the_one_before_it_is_refused(exported: Pa
     report = verify_export(exported, KEY)
     assert (report.ok, report.first_bad_position) == (False, objs[i]["position"])
     assert "signature" in (report.problem or "")
+
+
+@pytest.mark.parametrize(("kind", "field"), [("event", "decision"), ("witness", "type"),
+                                             ("event", "actor")])
+def test_a_field_added_to_a_chain_line_that_its_hash_does_not_cover_is_found(
+    exported: Path, kind: str, field: str
+) -> None:
+    """What the file shows must be what the verifier checked: a field next to an event's
+    envelope (or a witness's canonical bytes) is not covered by the hash, so a reader would
+    see it as part of the evidence."""
+    objs = lines(exported)
+    i = chain_index(objs, kind, 0)
+    objs[i][field] = "refused by the director"
+    write(exported, objs)
+    report = verify_export(exported, KEY)
+    assert (report.ok, report.first_bad_position) == (False, objs[i]["position"]), report
+    assert field in (report.problem or "")
+
+
+def test_a_key_written_twice_in_an_event_is_found(exported: Path) -> None:
+    """JSON readers disagree on a key given twice (Python keeps the last, others the first):
+    the verifier, keeping the last, must not pass a line another reader shows otherwise."""
+    texts = exported.read_text("utf-8").splitlines()
+    objs = [json.loads(t) for t in texts]
+    i = chain_index(objs)
+    assert texts[i].count('"data":{') == 1
+    texts[i] = texts[i].replace('"data":{', '"data":{"actor":{"user_id":"someone.else"},')
+    exported.write_text("\n".join(texts) + "\n", "utf-8")
+    report = verify_export(exported, KEY)
+    assert (report.ok, report.first_bad_position) == (False, objs[i]["position"]), report
+    assert "actor" in (report.problem or "") and "twice" in (report.problem or "")
