@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from shared.audit.export import FORMATS, Segment, unit_selects
 from shared.contracts.cases import case_stream
 from shared.contracts.envelope import CANONICAL_FORMAT, RecordedEvent, chain_hash, iso
-from shared.eventstore.checkpoints import Checkpoint, signature_valid
+from shared.eventstore.checkpoints import Checkpoint, signature_problem
 
 
 class ExportUnreadable(ValueError):
@@ -330,9 +330,8 @@ def verify_export(path: Path, public_key: Ed25519PublicKey, *,
     report = ExportReport()
     header, checkpoints, chain = read_export(path)
     for cp in checkpoints:
-        if not signature_valid(cp, public_key):
-            return report.fail(cp.position, f"checkpoint at position {cp.position} has an "
-                               "invalid signature")
+        if (problem := signature_problem(cp, public_key)) is not None:
+            return report.fail(cp.position, f"checkpoint at position {cp.position} {problem}")
     try:
         selected = _selection(header.get("selection"))
     except (ValueError, TypeError) as exc:

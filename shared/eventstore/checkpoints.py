@@ -135,6 +135,19 @@ def signature_valid(checkpoint: Checkpoint, public: Ed25519PublicKey) -> bool:
     return True
 
 
+def signature_problem(checkpoint: Checkpoint, public: Ed25519PublicKey) -> str | None:
+    """Why ``checkpoint``'s signature does not hold under ``public`` (None if it does): signed
+    with another key (both key ids named: a wrong public key given, or checkpoints re-signed
+    with another key), or an invalid signature."""
+    if signature_valid(checkpoint, public):
+        return None
+    given = public_key_id(public)
+    if checkpoint.key_id != given:
+        return (f"is signed with key {checkpoint.key_id}, not with the public key given "
+                f"(key {given}): the wrong public key, or checkpoints signed with another key")
+    return "has an invalid signature"
+
+
 def chain_break(checkpoints: Sequence[Checkpoint]) -> tuple[int, str] | None:
     """The first checkpoint (format 2) in ``checkpoints`` (all of them, by position) that names
     a predecessor they do not hold: (the predecessor's position, why). Each signer names the
@@ -210,9 +223,9 @@ async def compare_witness(pool: asyncpg.Pool, witness: Sequence[Checkpoint],
     checkpoint the database no longer holds as signed, an event no longer under its signed
     hash, or a log that ends before the last position the witness saw signed."""
     for checkpoint in witness:
-        if not signature_valid(checkpoint, public):
+        if (problem := signature_problem(checkpoint, public)) is not None:
             return checkpoint.position, (f"the witness's checkpoint at position "
-                                         f"{checkpoint.position} has an invalid signature")
+                                         f"{checkpoint.position} {problem}")
     rows = await pool.fetch(
         "SELECT w.position, (SELECT c.signature FROM event_checkpoints c"
         " WHERE c.position = w.position) AS signature,"

@@ -40,7 +40,7 @@ from shared.eventstore.checkpoints import (
     Checkpoint,
     chain_break,
     read_checkpoints,
-    signature_valid,
+    signature_problem,
 )
 
 # envelope.canonical_time: whole microseconds since the Unix epoch (extract is exact numeric,
@@ -218,9 +218,8 @@ async def verify_log(
     report = VerifyReport()
     checkpoints = await read_checkpoints(pool) if public_key is not None else []
     for cp in checkpoints:
-        if not signature_valid(cp, public_key):  # type: ignore[arg-type]
-            return report.fail(cp.position, None,
-                               f"checkpoint at position {cp.position} has an invalid signature")
+        if (why := signature_problem(cp, public_key)) is not None:  # type: ignore[arg-type]
+            return report.fail(cp.position, None, f"checkpoint at position {cp.position} {why}")
     if (broken := chain_break(checkpoints)) is not None:
         return report.fail(broken[0], None, broken[1])
     pending = {cp.position: cp for cp in checkpoints}
