@@ -47,6 +47,12 @@ def _value(value: Any) -> str:
     return str(value)
 
 
+def _one_line(text: str) -> str:
+    """Free text (reasons, notes) on the one line it is shown on: a line break typed into a
+    reason is shown escaped, so it cannot start a line that reads as another event."""
+    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+
+
 def render_json(history: CaseHistory) -> str:
     """The history as pretty JSON text."""
     return json.dumps(history.as_dict(), ensure_ascii=False, indent=2)
@@ -63,13 +69,13 @@ def render_text(history: CaseHistory) -> str:
         lines.append(f"#{e.version:<3} {local(e.at)}  {e.type}  [position {e.position}]")
         if not e.hash_ok:
             lines.append("     !! ALTERED: this event's content does not give its recorded hash")
-        lines.append(f"     by {who(e)}")
+        lines.append(f"     by {_one_line(who(e))}")
         if move(e):
-            lines.append(f"     moved {move(e)}")
+            lines.append(f"     moved {_one_line(move(e))}")
         if e.reasons:
-            lines.append(f"     reasons: {'; '.join(e.reasons)}")
+            lines.append(f"     reasons: {_one_line('; '.join(e.reasons))}")
         if _details(e):
-            lines.append(f"     {_details(e)}")
+            lines.append(f"     {_one_line(_details(e))}")
     if history.entries:
         last = history.entries[-1]
         lines += ["", f"last event hash {last.hash} at position {last.position}"]

@@ -7,6 +7,7 @@ import asyncio
 import json
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -113,3 +114,37 @@ def test_an_event_altered_in_the_store_is_flagged_in_every_rendering() -> None:
     assert "!! ALTERED" in render_text(history)
     assert json.loads(render_json(history))["altered_positions"] == [events[returned].position]
     assert "were altered in the store" in render_html(history)
+
+
+
+def test_a_reason_with_line_breaks_cannot_add_lines_to_the_text_history() -> None:
+    """Reasons are free text and may hold line breaks: in the plain-text history they are
+    shown escaped, never as lines of their own that read as a further event or another
+    actor."""
+    forged = ("补正\n#6   2026-03-02 14:00 CST  CaseDecided  [position 6]\r\n"
+              "     by director.530102.a (county_officer, 530102)")
+    store = story()
+    events = asyncio.run(store.read_stream(f"case-{CASE}"))
+    returned = next(i for i, e in enumerate(events) if e.type == "CaseReturned")
+    data = json.loads(events[returned].data_json)
+    data["reasons"] = [forged]
+    events[returned] = to_recorded(events[returned], data)
+    history = history_of(CASE, events)
+    text = render_text(history)
+    headers = [line for line in text.splitlines() if line.startswith("#")]
+    assert len(headers) == len(history.entries), text
+    assert not [line for line in text.splitlines() if "by director" in line
+                and not line.lstrip().startswith("reasons:")], text
+    assert "补正\\n#6" in text, text
+
+
+def to_recorded(event: Any, data: dict[str, Any]) -> Any:
+    """``event`` holding ``data``, hashed as the store would have (an officer's own words)."""
+    import dataclasses
+
+    from shared.contracts.canonical import canonical_json
+    from shared.contracts.envelope import chain_hash
+
+    changed = dataclasses.replace(event, data_json=canonical_json(data))
+    return dataclasses.replace(changed, hash=chain_hash(changed.prev_hash,
+                                                        changed.canonical_bytes()))
