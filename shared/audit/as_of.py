@@ -20,7 +20,7 @@ import asyncpg
 from shared.audit.history import CaseNotFound
 from shared.contracts import cases as _cases  # noqa: F401  (registers the case events)
 from shared.contracts.cases import CASE_STREAM_PREFIX, CaseStatus, case_stream
-from shared.contracts.envelope import RecordedEvent
+from shared.contracts.envelope import RecordedEvent, chain_hash
 from shared.contracts.registry import DomainEvent, registry
 from shared.eventstore.port import EventStore
 
@@ -53,6 +53,11 @@ class CaseAsOf(Generic[S]):
     version: int
     last_event_position: int
     state: S
+    altered_positions: tuple[int, ...] = ()
+    """The case's events whose content no longer gives their recorded hash (altered in the
+    store): the state shown was replayed from them, and may never have been the case's."""
+    missing_versions: tuple[int, ...] = ()
+    """Versions of the case below ``version`` the store no longer holds (removed): likewise."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,12 @@ async def case_as_of(store: EventStore, case_id: UUID, position: int,
     state = replay(events, evolve)
     if state is None:
         raise CaseNotFound(f"case {case_id} has no events at or before position {position}")
-    return CaseAsOf(case_id, position, events[-1].version, events[-1].position, state)
+    altered = tuple(e.position for e in events
+                    if chain_hash(e.prev_hash, e.canonical_bytes()) != e.hash)
+    held = {e.version for e in events}
+    missing = tuple(v for v in range(1, events[-1].version) if v not in held)
+    return CaseAsOf(case_id, position, events[-1].version, events[-1].position, state,
+                    altered, missing)
 
 
 async def queue_as_of(store: EventStore, unit: str, position: int,
