@@ -75,6 +75,13 @@ class CaseHistory:
         """Positions of events whose content no longer gives their hash."""
         return [e.position for e in self.entries if not e.hash_ok]
 
+    @property
+    def missing_versions(self) -> list[int]:
+        """Versions of the case below its last one that the store no longer holds."""
+        held = {e.version for e in self.entries}
+        last = self.entries[-1].version if self.entries else 0
+        return [v for v in range(1, last) if v not in held]
+
     def as_dict(self) -> dict[str, Any]:
         """The history as JSON data."""
         last = self.entries[-1] if self.entries else None
@@ -83,7 +90,7 @@ class CaseHistory:
             "service_code": self.service_code, "subject_id": self.subject_id,
             "events": len(self.entries), "last_position": last.position if last else None,
             "last_hash": last.hash if last else None,
-            "altered_positions": self.altered,
+            "altered_positions": self.altered, "missing_versions": self.missing_versions,
             "entries": [e.as_dict() for e in self.entries],
         }
 

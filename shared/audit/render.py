@@ -14,6 +14,18 @@ from shared.audit.history import CaseHistory, HistoryEntry
 CHINA = timezone(timedelta(hours=8))
 ALTERED = ("WARNING: the events at positions {} were altered in the store after they were "
            "recorded (their content no longer gives their hash); run `yizhan audit verify`")
+MISSING = ("WARNING: versions {} of the case are missing from the store (removed after they "
+           "were recorded); run `yizhan audit verify`")
+
+
+def _warnings(history: CaseHistory) -> list[str]:
+    """What no longer holds in the case's events as the store has them."""
+    found = []
+    if history.altered:
+        found.append(ALTERED.format(", ".join(map(str, history.altered))))
+    if history.missing_versions:
+        found.append(MISSING.format(", ".join(map(str, history.missing_versions))))
+    return found
 
 
 def local(at: datetime) -> str:
@@ -63,8 +75,7 @@ def render_text(history: CaseHistory) -> str:
     lines = [f"Case {history.tracking_no} ({history.case_id})",
              f"service {history.service_code}, subject {history.subject_id}, "
              f"{len(history.entries)} events", ""]
-    if history.altered:
-        lines[2:2] = [ALTERED.format(", ".join(str(p) for p in history.altered))]
+    lines[2:2] = _warnings(history)
     for e in history.entries:
         lines.append(f"#{e.version:<3} {local(e.at)}  {e.type}  [position {e.position}]")
         if not e.hash_ok:
@@ -109,9 +120,8 @@ def render_html(history: CaseHistory, *, generated_at: datetime | None = None) -
     stamp = f"generated {local(generated_at)}; " if generated_at else ""
     anchor = (f"last event at log position {last.position}, hash {last.hash}" if last else "")
     rows = "\n".join(_row(e) for e in history.entries)
-    altered = ALTERED.format(", ".join(map(str, history.altered)))
-    warning = (f'<p class="meta"><strong>{escape(altered)}</strong></p>\n'
-               if history.altered else "")
+    warning = "".join(f'<p class="meta"><strong>{escape(text)}</strong></p>\n'
+                      for text in _warnings(history))
     return f"""<!DOCTYPE html>
 <html lang="zh-CN"><head><meta charset="utf-8">
 <title>Case {escape(str(history.tracking_no))}</title><style>{_STYLE}</style></head>

@@ -148,3 +148,20 @@ def to_recorded(event: Any, data: dict[str, Any]) -> Any:
     changed = dataclasses.replace(event, data_json=canonical_json(data))
     return dataclasses.replace(changed, hash=chain_hash(changed.prev_hash,
                                                         changed.canonical_bytes()))
+
+
+def test_an_event_removed_from_the_store_is_flagged_in_every_rendering() -> None:
+    """A case version the store no longer holds leaves a history that reads as complete:
+    the renderings say which versions are missing, as they say which events were altered."""
+    events = asyncio.run(story().read_stream(f"case-{CASE}"))
+    i = next(i for i, e in enumerate(events) if e.type == "CaseHandedOff")
+    version = events[i].version
+    del events[i]
+    history = history_of(CASE, events)
+    assert history.missing_versions == [version]
+    assert json.loads(render_json(history))["missing_versions"] == [version]
+    warning = f"WARNING: versions {version} of the case are missing from the store"
+    assert warning in render_text(history)
+    assert warning in render_html(history)
+    untouched = history_of(CASE, asyncio.run(story().read_stream(f"case-{CASE}")))
+    assert untouched.missing_versions == [] and "WARNING" not in render_text(untouched)
