@@ -68,6 +68,10 @@ class NotAnAuditor(ValueError):
     """Only auditors of the staff directory read through the audit commands."""
 
 
+class UnknownUnit(LookupError):
+    """A unit the organisation does not have (a mistyped code is not an empty queue)."""
+
+
 # ------------------------------------------------------------ the projections' read models
 
 
@@ -155,7 +159,10 @@ async def queue_as_of(service_url: str, unit: str, *, by: str, reason: str,
                       at: datetime | None = None, position: int | None = None,
                       ref: Reference | None = None) -> str:
     """A unit's queue (JSON) as of a moment or a global position."""
-    who = requester(by, reason, ref or load_reference())
+    ref = ref or load_reference()
+    who = requester(by, reason, ref)
+    if unit not in ref.org:
+        raise UnknownUnit(f"no unit {unit} in the organisation")
     found = await _with_audit(service_url, lambda a: a.queue_as_of(who, unit, at=at,
                                                                    position=position))
     return _dump({"unit": found.unit, "position": found.position, "cases": [

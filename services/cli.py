@@ -29,7 +29,7 @@ from typing import TypeVar
 from pydantic import AliasChoices, ValidationError
 from pydantic_settings import BaseSettings
 
-from services.audit_cli import NotAnAuditor
+from services.audit_cli import NotAnAuditor, UnknownUnit
 from services.intake.privacy import ErasureRefused
 from services.intake.settings import IntakeSettings
 from shared.audit import CaseNotFound, ExportUnreadable, PositionBeyondLog, ReasonRequired
@@ -66,7 +66,7 @@ SETTINGS_CLASSES: dict[str, type[BaseSettings]] = {
 # mistyped public key. Anything else is a bug and keeps its traceback.
 USER_MISTAKES: tuple[type[Exception], ...] = (
     CaseNotFound, ErasureRefused, ExportUnreadable, InvalidPublicKey, NotAnAuditor,
-    PositionBeyondLog, ReasonRequired, WitnessUnreadable)
+    PositionBeyondLog, ReasonRequired, UnknownUnit, WitnessUnreadable)
 
 
 async def prepare_database(ep: Endpoints) -> list[str]:

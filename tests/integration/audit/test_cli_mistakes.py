@@ -121,3 +121,16 @@ async def test_audit_reads_refuse_what_they_would_misread(
     code, out, err = await yizhan(capsys, "audit", *argv, "--by", AUDITOR, "--reason", WHY)
     assert (code, out) == (2, ""), (out, err)
     assert f"argument {option}: " in err, err
+
+
+async def test_a_queue_as_of_for_a_unit_that_does_not_exist_is_one_line_and_exit_code_2(
+        configured: None, pg_store: PostgresEventStore, admin_pool: asyncpg.Pool,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped unit is not a unit that held no open cases (the HTTP API says 404 too)."""
+    await seed(pg_store, admin_pool, cases=1)
+    code, out, err = await yizhan(capsys, "audit", "queue-as-of", "53010200100", "--by",
+                                  AUDITOR, "--reason", WHY)
+    assert (code, out, err) == (2, "", "error: no unit 53010200100 in the organisation\n")
+    code, out, _ = await yizhan(capsys, "audit", "queue-as-of", "530102001001", "--by",
+                                AUDITOR, "--reason", WHY)
+    assert code == 0 and '"unit": "530102001001"' in out
