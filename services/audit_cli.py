@@ -179,9 +179,12 @@ async def export(settings: Settings, service_url: str, out: Path, *, by: str, re
     checkpoint at the head first, so every exported event is anchored; ``witness``: where it
     is appended once signed, as the relay's are (else removing it, the newest, to rewrite the
     log after the one before would not show in `yizhan audit verify`)."""
-    who = requester(by, reason, ref or load_reference())
+    ref = ref or load_reference()
+    who = requester(by, reason, ref)
     if case_id is None and (unit is None or start is None or end is None):
         raise ValueError(EXPORT_NEEDS)  # before connecting, and before signing a checkpoint
+    if case_id is None and unit not in ref.org:
+        raise UnknownUnit(f"no unit {unit} in the organisation")
 
     async def run(audit: AuditService[Case]) -> ExportSummary:
         if sign_first:

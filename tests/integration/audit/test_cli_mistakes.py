@@ -134,3 +134,17 @@ async def test_a_queue_as_of_for_a_unit_that_does_not_exist_is_one_line_and_exit
     code, out, _ = await yizhan(capsys, "audit", "queue-as-of", "530102001001", "--by",
                                 AUDITOR, "--reason", WHY)
     assert code == 0 and '"unit": "530102001001"' in out
+
+
+async def test_an_export_for_a_unit_that_does_not_exist_is_one_line_and_exit_code_2(
+        configured: None, pg_store: PostgresEventStore, admin_pool: asyncpg.Pool,
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Not an evidence file of no events (which verifies) for a mistyped unit."""
+    await seed(pg_store, admin_pool, cases=1)
+    out_file = tmp_path / "unit.jsonl"
+    code, out, err = await yizhan(capsys, "audit", "export", "--unit", "53010200100", "--from",
+                                  "2000-01-01T00:00:00+08:00", "--to",
+                                  "2100-01-01T00:00:00+08:00", "-o", str(out_file), "--by",
+                                  AUDITOR, "--reason", WHY)
+    assert (code, out, err) == (2, "", "error: no unit 53010200100 in the organisation\n")
+    assert not out_file.exists()
