@@ -13,7 +13,7 @@ from uuid import UUID
 from shared.contracts import cases as _cases  # noqa: F401  (registers the case events)
 from shared.contracts.cases import case_stream
 from shared.contracts.envelope import RecordedEvent, chain_hash, iso
-from shared.contracts.registry import registry
+from shared.contracts.registry import EventDataInvalid, UnknownEventType, registry
 from shared.eventstore.port import EventStore
 
 REASON_FIELDS = ("reasons", "reason", "basis", "note")
@@ -106,9 +106,33 @@ def _reasons(data: dict[str, Any]) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _unreadable(event: RecordedEvent, why: str) -> HistoryEntry:
+    """The entry of an event the registry cannot decode (an edit in the store need not fit
+    the model): its envelope, who the metadata names, and why, but none of its data."""
+    try:
+        meta = event.metadata if isinstance(event.metadata, dict) else {}
+    except ValueError:
+        meta = {}
+    return HistoryEntry(
+        position=event.position, version=event.version, type=event.type,
+        at=event.occurred_at, recorded_at=event.recorded_at,
+        actor_id=str(meta.get("actor_id", "?")), role=str(meta.get("role", "?")),
+        unit=str(meta.get("unit", "?")), acting_for=None, from_unit=None, to_unit=None,
+        reasons=(), details={"unreadable": f"the event cannot be read: {why}"},
+        hash=event.hash,
+        hash_ok=chain_hash(event.prev_hash, event.canonical_bytes()) == event.hash,
+    )
+
+
 def entry_of(event: RecordedEvent) -> HistoryEntry:
-    """The history entry of one recorded case event (decoded and upcast by the registry)."""
-    data = registry.decode(event).model_dump(mode="json")
+    """The history entry of one recorded case event (decoded and upcast by the registry; one
+    that cannot be, shown as such, see ``_unreadable``)."""
+    try:
+        data = registry.decode(event).model_dump(mode="json")
+    except UnknownEventType:
+        return _unreadable(event, f"no model for {event.type} version {event.schema_version}")
+    except EventDataInvalid:
+        return _unreadable(event, f"its data does not fit the {event.type} model")
     actor = data["actor"]
     details = {k: v for k, v in data.items() if k not in _LEFT_OUT}
     if "applicant" in data:

@@ -165,3 +165,25 @@ def test_an_event_removed_from_the_store_is_flagged_in_every_rendering() -> None
     assert warning in render_html(history)
     untouched = history_of(CASE, asyncio.run(story().read_stream(f"case-{CASE}")))
     assert untouched.missing_versions == [] and "WARNING" not in render_text(untouched)
+
+
+@pytest.mark.parametrize(("field", "value"), [("data_json", '{"forged":true}'),
+                                              ("type", "NoteAdded"),
+                                              ("schema_version", 99)])
+def test_an_event_altered_beyond_its_model_is_shown_flagged_not_a_crash(
+    field: str, value: Any
+) -> None:
+    """A forger's edit need not fit the event's model (nor name a known type): the history
+    of that case, which the auditor needs most then, still shows every other step, and the
+    altered one as such."""
+    import dataclasses
+
+    events = asyncio.run(story().read_stream(f"case-{CASE}"))
+    i = next(i for i, e in enumerate(events) if e.type == "CaseHandedOff")
+    events[i] = dataclasses.replace(events[i], **{field: value})
+    history = history_of(CASE, events)
+    assert len(history.entries) == len(events)
+    assert history.altered == [events[i].position]
+    assert history.tracking_no == "KM-2026-000777"
+    for text in (render_text(history), render_html(history), render_json(history)):
+        assert "cannot be read" in text
