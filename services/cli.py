@@ -32,7 +32,13 @@ from pydantic_settings import BaseSettings
 from services.audit_cli import NotAnAuditor, UnknownUnit
 from services.intake.privacy import ErasureRefused
 from services.intake.settings import IntakeSettings
-from shared.audit import CaseNotFound, ExportUnreadable, PositionBeyondLog, ReasonRequired
+from shared.audit import (
+    CaseNotFound,
+    ExportUnreadable,
+    PositionBeyondLog,
+    ReasonRequired,
+    ReplayFailed,
+)
 from shared.eventstore.checkpoints import (
     CheckpointSigner,
     InvalidPublicKey,
@@ -66,7 +72,7 @@ SETTINGS_CLASSES: dict[str, type[BaseSettings]] = {
 # mistyped public key. Anything else is a bug and keeps its traceback.
 USER_MISTAKES: tuple[type[Exception], ...] = (
     CaseNotFound, ErasureRefused, ExportUnreadable, InvalidPublicKey, NotAnAuditor,
-    PositionBeyondLog, ReasonRequired, UnknownUnit, WitnessUnreadable)
+    PositionBeyondLog, ReasonRequired, ReplayFailed, UnknownUnit, WitnessUnreadable)
 
 
 async def prepare_database(ep: Endpoints) -> list[str]:

@@ -22,6 +22,7 @@ from shared.audit import (
     AuditService,
     CaseNotFound,
     PositionBeyondLog,
+    ReplayFailed,
     Requester,
     render_html,
     render_text,
@@ -80,6 +81,11 @@ def _beyond(exc: PositionBeyondLog) -> ProblemError:
                         errors=[{"field": "query:position", "message": "beyond the log's end"}])
 
 
+def _unreplayable(exc: ReplayFailed, field: str) -> ProblemError:
+    return ProblemError(409, "Cannot replay", str(exc),
+                        errors=[{"field": field, "message": "an event cannot be read"}])
+
+
 def _not_found(exc: CaseNotFound) -> ProblemError:
     return ProblemError(404, "Not found", str(exc),
                         errors=[{"field": "path:case_id", "message": "no such case"}])
@@ -117,6 +123,8 @@ async def case_as_of(case_id: uuid.UUID, who: Auditor, audit: Audit, at: At = No
         raise _not_found(exc) from exc
     except PositionBeyondLog as exc:
         raise _beyond(exc) from exc
+    except ReplayFailed as exc:
+        raise _unreplayable(exc, "path:case_id") from exc
     body: dict[str, Any] = to_jsonable(found)
     return body
 
@@ -133,6 +141,8 @@ async def queue_as_of(unit: str, who: Auditor, audit: Audit, reader: Read, at: A
         found = await audit.queue_as_of(who, unit, at=at, position=position)
     except PositionBeyondLog as exc:
         raise _beyond(exc) from exc
+    except ReplayFailed as exc:
+        raise _unreplayable(exc, "path:unit") from exc
     cases = [{"case_id": str(c.case_id), "tracking_no": c.tracking_no, "status": c.status.value,
               "level": c.level.value, "owner": c.owner, "last_at": c.last_at.isoformat()}
              for c in found.cases]

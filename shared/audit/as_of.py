@@ -21,7 +21,12 @@ from shared.audit.history import CaseNotFound
 from shared.contracts import cases as _cases  # noqa: F401  (registers the case events)
 from shared.contracts.cases import CASE_STREAM_PREFIX, CaseStatus, case_stream
 from shared.contracts.envelope import RecordedEvent, chain_hash
-from shared.contracts.registry import DomainEvent, registry
+from shared.contracts.registry import (
+    DomainEvent,
+    EventDataInvalid,
+    UnknownEventType,
+    registry,
+)
 from shared.eventstore.port import EventStore
 
 S = TypeVar("S")
@@ -73,9 +78,27 @@ class PositionBeyondLog(ValueError):
     """An as-of position the log has not reached: the state there is not known yet."""
 
 
+class ReplayFailed(ValueError):
+    """An event on the way cannot be read (its data no longer fits its model, or its type is
+    unknown: altered in the store): no state can be replayed past it."""
+
+
+def _decode(event: RecordedEvent) -> DomainEvent:
+    try:
+        return registry.decode(event)
+    except (UnknownEventType, EventDataInvalid) as exc:
+        what = ("its type and schema version have no model"
+                if isinstance(exc, UnknownEventType) else "its data does not fit the model")
+        raise ReplayFailed(f"the event at position {event.position} ({event.stream_id} "
+                           f"version {event.version}, {event.type}) cannot be read: {what}; "
+                           "no state can be replayed past it (run `yizhan audit verify`)"
+                           ) from exc
+
+
 def replay(events: Iterable[RecordedEvent], evolve: Evolve[S]) -> S | None:
-    """Fold recorded events (decoded and upcast by the registry) with ``evolve``."""
-    decoded = (registry.decode(e) for e in events)
+    """Fold recorded events (decoded and upcast by the registry) with ``evolve``;
+    ``ReplayFailed`` naming an event that cannot be decoded."""
+    decoded = (_decode(e) for e in events)
     return reduce(evolve, decoded, None)
 
 
@@ -102,8 +125,7 @@ async def queue_as_of(store: EventStore, unit: str, position: int,
     async for batch in store.read_all(0, batch_size=5000, to_position=position):
         for event in batch:
             if event.stream_id.startswith(CASE_STREAM_PREFIX):
-                states[event.stream_id] = evolve(states.get(event.stream_id),
-                                                 registry.decode(event))
+                states[event.stream_id] = evolve(states.get(event.stream_id), _decode(event))
     held = tuple(s for s in states.values() if s.unit == unit and s.status not in CLOSED)
     return QueueAsOf(unit, position, held)
 

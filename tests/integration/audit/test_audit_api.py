@@ -216,3 +216,30 @@ async def test_an_as_of_position_the_log_has_not_reached_is_refused_before_it_is
     reached = await http.get(f"/v1/audit/cases/{case}/as-of", headers=as_user(AUDITOR),
                              params={**WHY, "position": head})
     assert reached.status_code == 200, reached.text
+
+
+async def test_a_case_with_an_event_altered_beyond_its_model_is_answered_not_a_500(
+    http: httpx.AsyncClient, service: tuple[ProjectionsService, list[Any]],
+    admin_pool: asyncpg.Pool
+) -> None:
+    """A forger's edit that no longer fits the event's model: the history still shows the
+    case, the altered step flagged; the as-of says which event stops the replay."""
+    from tests import tamper
+
+    case = service[1][0]
+    position = int(await admin_pool.fetchval(
+        "SELECT position FROM events WHERE stream_id = $1 AND version = 2", f"case-{case}"))
+    await tamper.alter_data(admin_pool, position, '{"forged":true}')
+    history = await http.get(f"/v1/audit/cases/{case}/history", params=WHY,
+                             headers=as_user(AUDITOR))
+    assert history.status_code == 200, history.text
+    assert history.json()["altered_positions"] == [position]
+    state = await http.get(f"/v1/audit/cases/{case}/as-of", params=WHY,
+                           headers=as_user(AUDITOR))
+    assert state.status_code == 409, state.text
+    assert f"position {position}" in state.json()["detail"]
+    assert [e["field"] for e in state.json()["errors"]] == ["path:case_id"]
+    queue = await http.get("/v1/audit/units/530102/queue/as-of", params=WHY,
+                           headers=as_user(AUDITOR))
+    assert queue.status_code == 409, queue.text
+    assert f"position {position}" in queue.json()["detail"]

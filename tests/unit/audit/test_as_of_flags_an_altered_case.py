@@ -62,3 +62,17 @@ def test_an_event_removed_from_the_store_is_flagged() -> None:
     del events[i]
     body = as_of(events)
     assert body["missing_versions"] == [version]
+
+
+def test_an_event_altered_beyond_its_model_stops_the_replay_with_its_position() -> None:
+    """No state can be replayed past an event that cannot be read: the answer says which
+    event and why, not a bare validation error (a 500 in the API)."""
+    from shared.audit import ReplayFailed
+
+    events = recorded()
+    i = next(i for i, e in enumerate(events) if e.type == "CaseHandedOff")
+    events[i] = dataclasses.replace(events[i], data_json='{"forged":true}')
+    with pytest.raises(ReplayFailed) as failed:
+        as_of(events)
+    assert f"position {events[i].position}" in str(failed.value)
+    assert "CaseHandedOff" in str(failed.value) and "verify" in str(failed.value)
