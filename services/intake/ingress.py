@@ -49,6 +49,7 @@ from services.intake.quarantine import Quarantine
 from services.intake.sources import SourceRegistry, SourceSystem
 from shared.contracts.cases import Actor
 from shared.contracts.envelope import iso
+from shared.eventstore.errors import EventIdReused
 from shared.logging import correlation, get_logger
 from shared.reference import Role
 
@@ -73,7 +74,7 @@ class Outcome:
     case_ids: list[uuid.UUID] = field(default_factory=list)
     reasons: tuple[Reason, ...] = ()
     rejection: dict[str, Any] | None = None
-    remember: tuple[str, str, str, VisitReceipt] | None = None  # scope, key, fingerprint
+    remember: tuple[str, str, str, str] | None = None  # scope, key, fingerprint, receipt
 
 
 @dataclass
@@ -129,8 +130,7 @@ class OutcomeLog:
                     " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])"
                     " ON CONFLICT DO NOTHING",
                     [s for s, _, _, _ in remembered], [k for _, k, _, _ in remembered],
-                    [f for _, _, f, _ in remembered],
-                    [r.model_dump_json() for _, _, _, r in remembered])
+                    [f for _, _, f, _ in remembered], [r for _, _, _, r in remembered])
             await conn.execute(
                 'INSERT INTO intake_messages (topic, partition, "offset", digest, source,'
                 " idempotency_key, outcome, case_ids, reasons, rejection)"
@@ -338,6 +338,8 @@ class KafkaIngress:
                     source_system=reading.source.id)
             except Rejection as rejection:
                 return refused_by_domain(rejection)
+            except EventIdReused:  # the key's command id already holds a result elsewhere
+                return Refused([_KEY_REUSED], "conflict")
         return None
 
     def _visit_outcome(self, reading: Readable, done: VisitReceipt | Refused) -> Outcome:
@@ -346,21 +348,26 @@ class KafkaIngress:
         key = reading.submission.idempotency_key
         return Outcome(reading.raw.where, reading.raw.digest, "accepted", reading.source.id, key,
                        [c.case_id for c in done.cases],
-                       remember=(reading.scope, key, reading.fingerprint, done))
+                       remember=(reading.scope, key, reading.fingerprint,
+                                 done.model_dump_json()))
 
     def _result_outcome(self, reading: Readable, refused: Refused | None) -> Outcome:
         if refused is not None:
             return self._rejected(reading.raw, reading.source.id, refused.reasons)
         submission = reading.submission
         assert isinstance(submission, ResultSubmission)
+        # remembered as a visit's receipt is: a later message with the key and another payload
+        # is then refused as a reuse (the case domain only knows the command id, so it took
+        # it for a redelivery and dropped the new content), and the same one is a duplicate
+        key = submission.idempotency_key
+        receipt = json.dumps({"cases": [{"case_id": str(submission.case_id)}]})
         return Outcome(reading.raw.where, reading.raw.digest, "accepted", reading.source.id,
-                       submission.idempotency_key, [submission.case_id])
+                       key, [submission.case_id],
+                       remember=(reading.scope, key, reading.fingerprint, receipt))
 
     def _repeated(self, reading: Readable, seen: Remembered) -> Outcome:
         if seen.fingerprint != reading.fingerprint:
-            return self._rejected(reading.raw, reading.source.id, (Reason(
-                "idempotency_key_reused", "idempotency_key",
-                "this key was used before with another payload"),))
+            return self._rejected(reading.raw, reading.source.id, (_KEY_REUSED,))
         cases = [uuid.UUID(c["case_id"]) for c in seen.receipt.get("cases", [])]
         return Outcome(reading.raw.where, reading.raw.digest, "duplicate", reading.source.id,
                        reading.submission.idempotency_key, cases)
@@ -404,6 +411,10 @@ class KafkaIngress:
                 self.stats.duplicates += 1
             else:
                 self.stats.rejected += 1
+
+
+_KEY_REUSED = Reason("idempotency_key_reused", "idempotency_key",
+                     "this key was used before with another payload")
 
 
 def _remembered(reading: Readable | None) -> Remembered | None:

@@ -1,0 +1,152 @@
+"""The Kafka ingress's outcomes on real PostgreSQL, batch by batch (``KafkaIngress.handle``
+driven directly, rejections caught by a recording publisher): what another system sees for a
+repeated idempotency key, whether the repeat comes in the same batch or a later one."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+import pytest
+
+from services.intake.bootstrap import IntakeService, bootstrap, build_ingress
+from services.intake.domain.ids import case_id, visit_id
+from services.intake.ingress import KafkaIngress
+from services.intake.messages import SIGNATURE_HEADER, SOURCE_HEADER, RawMessage
+from shared.reference import Reference
+from tests.conftest import Db
+from tests.integration.intake.support import SETTINGS, Clock
+from tests.unit.intake.people import synthetic_person
+
+TOPIC = "intake.submissions"
+SERVICE = "pension_qualification_certification"
+
+
+class Recorder:
+    """Stands in for the producer to ``intake.rejected``: keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
+        self.sent += [json.loads(value) for _, value in messages]
+
+
+@pytest.fixture
+async def service(database: Db, ref: Reference) -> AsyncIterator[IntakeService]:
+    svc = await bootstrap(SETTINGS, database.service_dsn, ref=ref, clock=Clock())
+    yield svc
+    await svc.close()
+
+
+@pytest.fixture
+def rejected() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def ingress(service: IntakeService, rejected: Recorder) -> KafkaIngress:
+    return build_ingress(service, rejected)  # type: ignore[arg-type]
+
+
+class Topic:
+    """Messages signed by a source, at the next offset of one partition."""
+
+    def __init__(self, service: IntakeService) -> None:
+        self.service = service
+        self.offset = 0
+
+    def message(self, payload: dict[str, Any], source: str = "pension") -> RawMessage:
+        system = self.service.sources.get(source)
+        assert system is not None
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        self.offset += 1
+        return RawMessage(TOPIC, 0, self.offset, body, {
+            SOURCE_HEADER: source.encode(),
+            SIGNATURE_HEADER: system.signature(body).encode()})
+
+
+def visit(key: str, station: str = "530102001001", seed: int = 7) -> dict[str, Any]:
+    return {"kind": "visit", "idempotency_key": key, "station": station,
+            "applicant": synthetic_person(random.Random(seed)).as_applicant(),
+            "services": [{"service_code": SERVICE, "documents": []}]}
+
+
+def result(key: str, case: uuid.UUID, reference: str = "PEN-2026-000123") -> dict[str, Any]:
+    return {"kind": "result", "idempotency_key": key, "case_id": str(case),
+            "result_type": "qualification_verified", "reference": reference}
+
+
+async def outcomes(pool: asyncpg.Pool) -> list[tuple[str, str]]:
+    rows = await pool.fetch('SELECT outcome, reasons FROM intake_messages ORDER BY "offset"')
+    return [(r["outcome"], ",".join(x["code"] for x in json.loads(r["reasons"])))
+            for r in rows]
+
+
+def opened_case(key: str) -> uuid.UUID:
+    return case_id(visit_id("source:pension", key), SERVICE)
+
+
+async def test_a_result_key_reused_for_another_case_is_rejected_not_retried_for_ever(
+    service: IntakeService, ingress: KafkaIngress, pool: asyncpg.Pool, rejected: Recorder,
+) -> None:
+    # Before: the second result's command id (from the key) had already been used on the
+    # first case, the store refused the append with EventIdReused, which escaped the batch:
+    # the batch failed and was retried for ever, a poison message blocking its partition.
+    topic = Topic(service)
+    await ingress.handle([topic.message(visit("v-1", seed=1)),
+                          topic.message(visit("v-2", seed=2))])
+    await ingress.handle([topic.message(result("r-1", opened_case("v-1")))])
+    await ingress.handle([topic.message(result("r-1", opened_case("v-2")))])
+    assert await outcomes(pool) == [("accepted", ""), ("accepted", ""), ("accepted", ""),
+                                    ("rejected", "idempotency_key_reused")]
+    assert [r["reasons"][0]["field"] for r in rejected.sent] == ["idempotency_key"]
+
+
+async def test_a_result_key_reused_with_another_payload_is_rejected_in_a_later_batch(
+    service: IntakeService, ingress: KafkaIngress, pool: asyncpg.Pool, rejected: Recorder,
+) -> None:
+    # Before: in the same batch the second result was rejected (idempotency_key_reused), in a
+    # later one it was "accepted" while nothing of it was recorded: its content silently lost.
+    topic = Topic(service)
+    case = opened_case("v-1")
+    await ingress.handle([topic.message(visit("v-1"))])
+    await ingress.handle([topic.message(result("r-1", case))])
+    await ingress.handle([topic.message(result("r-1", case, reference="PEN-2026-999999"))])
+    await ingress.handle([topic.message(result("r-1", case))])  # the same again: a duplicate
+    assert await outcomes(pool) == [("accepted", ""), ("accepted", ""),
+                                    ("rejected", "idempotency_key_reused"), ("duplicate", "")]
+    assert len(rejected.sent) == 1
+    rows = await pool.fetch("SELECT case_ids FROM intake_messages WHERE outcome = 'duplicate'")
+    assert [r["case_ids"] for r in rows] == [[case]]
+    stream = await service.store.read_stream(f"case-{case}")
+    recorded = [e for e in stream if e.type == "ExternalResultRecorded"]
+    assert [e.data["reference"] for e in recorded] == ["PEN-2026-000123"]
+
+
+async def test_a_key_reused_after_a_crash_before_the_outcome_was_recorded_is_rejected(
+    service: IntakeService, ingress: KafkaIngress, pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A crash after the result was appended but before its outcome (and key) were recorded:
+    # the key is not remembered, only its command id in the log. Another result sent with it
+    # for another case must still be rejected, not fail the batch for ever.
+    topic = Topic(service)
+    await ingress.handle([topic.message(visit("v-1", seed=1)),
+                          topic.message(visit("v-2", seed=2))])
+    real = ingress.outcomes.record
+
+    async def crash(*_: object) -> None:
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(ingress.outcomes, "record", crash)
+    with pytest.raises(ConnectionError):
+        await ingress.handle([topic.message(result("r-1", opened_case("v-1")))])
+    monkeypatch.setattr(ingress.outcomes, "record", real)
+    await ingress.handle([topic.message(result("r-1", opened_case("v-2")))])
+    assert await outcomes(pool) == [("accepted", ""), ("accepted", ""),
+                                    ("rejected", "idempotency_key_reused")]
