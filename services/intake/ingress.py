@@ -283,7 +283,7 @@ class KafkaIngress:
                       recalled: Mapping[tuple[str, str], Remembered]) -> list[Outcome]:
         outcomes: dict[Where, Outcome] = {}
         first_of: dict[tuple[str, str], Readable] = {}
-        repeats: dict[Where, Where] = {}
+        repeats: list[Readable] = []
         visits: list[Readable] = []
         results: list[Readable] = []
         for reading in readings:
@@ -292,22 +292,36 @@ class KafkaIngress:
                                                              reading.reasons)
                 continue
             scope_key = (reading.scope, reading.submission.idempotency_key)
-            seen = recalled.get(scope_key) or _remembered(first_of.get(scope_key))
+            seen = recalled.get(scope_key)
             if seen is not None:
                 outcomes[reading.raw.where] = self._repeated(reading, seen)
-                if scope_key in first_of:
-                    repeats[reading.raw.where] = first_of[scope_key].raw.where
-                continue
-            first_of[scope_key] = reading
-            (visits if isinstance(reading.submission, VisitSubmission) else results).append(
-                reading)
+            elif scope_key in first_of:
+                repeats.append(reading)  # judged once the first one's outcome is known
+            else:
+                first_of[scope_key] = reading
+                (visits if isinstance(reading.submission, VisitSubmission) else results
+                 ).append(reading)
         for reading, done in zip(visits, await self._open_visits(visits), strict=True):
             outcomes[reading.raw.where] = self._visit_outcome(reading, done)
         for reading, attached in zip(results, await self._attach_results(results), strict=True):
             outcomes[reading.raw.where] = self._result_outcome(reading, attached)
-        for repeat, first in repeats.items():
-            if outcomes[repeat].kind == "duplicate":
-                outcomes[repeat].case_ids = list(outcomes[first].case_ids)
+        # A repeat of a message of this batch: of an accepted one, a duplicate (or a reuse of
+        # its key); of a rejected one, which opened nothing and kept no key, a message in its
+        # own right, as it would be in a later batch (a corrected resend, or a copy that must
+        # reach intake.rejected with its reasons too).
+        again = []
+        for reading in repeats:
+            first = first_of[(reading.scope, reading.submission.idempotency_key)]
+            if outcomes[first.raw.where].kind == "rejected":
+                again.append(reading)
+                continue
+            outcome = self._repeated(reading, _remembered(first))
+            if outcome.kind == "duplicate":
+                outcome.case_ids = list(outcomes[first.raw.where].case_ids)
+            outcomes[reading.raw.where] = outcome
+        if again:
+            for outcome in await self._decide(again, {}):
+                outcomes[outcome.where] = outcome
         return [outcomes[r.raw.where] for r in readings]
 
     async def _open_visits(self, visits: Sequence[Readable]) -> list[VisitReceipt | Refused]:
@@ -417,10 +431,8 @@ _KEY_REUSED = Reason("idempotency_key_reused", "idempotency_key",
                      "this key was used before with another payload")
 
 
-def _remembered(reading: Readable | None) -> Remembered | None:
+def _remembered(reading: Readable) -> Remembered:
     """A message repeated within one batch counts as seen with the first one's payload."""
-    if reading is None:
-        return None
     visit = visit_id(reading.scope, reading.submission.idempotency_key)
     return Remembered(reading.fingerprint, {"visit_id": str(visit), "cases": []})
 

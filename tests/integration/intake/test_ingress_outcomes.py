@@ -150,3 +150,32 @@ async def test_a_key_reused_after_a_crash_before_the_outcome_was_recorded_is_rej
     await ingress.handle([topic.message(result("r-1", opened_case("v-2")))])
     assert await outcomes(pool) == [("accepted", ""), ("accepted", ""),
                                     ("rejected", "idempotency_key_reused")]
+
+
+async def test_a_corrected_resend_in_the_same_batch_as_its_refused_first_is_accepted(
+    service: IntakeService, ingress: KafkaIngress, pool: asyncpg.Pool,
+) -> None:
+    # A source sends a visit to a station that does not exist, then the corrected visit with
+    # the same key (its application number). Before: when both came in one batch the second
+    # was refused as idempotency_key_reused (the first, refused, had opened nothing and kept
+    # no key); in two batches it was accepted.
+    topic = Topic(service)
+    await ingress.handle([topic.message(visit("v-1", station="530102999999")),
+                          topic.message(visit("v-1"))])
+    assert await outcomes(pool) == [("rejected", "unknown_station"), ("accepted", "")]
+    rows = await pool.fetch("SELECT case_ids FROM intake_messages WHERE outcome = 'accepted'")
+    assert [r["case_ids"] for r in rows] == [[opened_case("v-1")]]
+
+
+async def test_a_refused_message_repeated_in_the_same_batch_is_rejected_each_time(
+    service: IntakeService, ingress: KafkaIngress, pool: asyncpg.Pool, rejected: Recorder,
+) -> None:
+    # A producer without idempotence sends a message twice (a retry after a lost ack). Before:
+    # in one batch the copy was recorded as a 'duplicate' of the refused first and never
+    # reached intake.rejected; in two batches both were rejected with their reasons.
+    topic = Topic(service)
+    bad = visit("v-1", station="530102999999")
+    await ingress.handle([topic.message(bad), topic.message(bad)])
+    assert await outcomes(pool) == [("rejected", "unknown_station")] * 2
+    assert [(r["offset"], r["reasons"][0]["field"]) for r in rejected.sent] == [
+        (1, "station"), (2, "station")]
