@@ -18,6 +18,10 @@ SOURCE_HEADER = "yizhan-source"
 SIGNATURE_HEADER = "yizhan-signature"
 CORRELATION_HEADER = "correlation_id"
 _SUBMISSION: TypeAdapter[VisitSubmission | ResultSubmission] = TypeAdapter(Submission)
+MAX_REASONS = 100
+"""The most problems of one message listed as reasons (then one saying how many more): each
+is ~100 bytes of ``intake.rejected``, and a 64 KB message can hold 20,000 of them, a rejection
+larger than the producer and the broker take (1 MB)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +102,12 @@ def _parse(raw: RawMessage, source: SourceSystem) -> Readable | Unreadable:
         errors = exc.errors(include_input=False, include_url=False)
         if any(e["type"] == "json_invalid" for e in errors):
             return _refused(raw, source.id, "not_json", "value", "not valid JSON")
-        return Unreadable(raw, source.id, tuple(from_validation_errors(errors)))
+        reasons = from_validation_errors(errors)
+        if len(reasons) > MAX_REASONS:
+            more = len(reasons) - MAX_REASONS
+            reasons[MAX_REASONS:] = [Reason("too_many_problems", "body",
+                                            f"{more} more problems, not listed")]
+        return Unreadable(raw, source.id, tuple(reasons))
     if submission.kind not in source.may:
         return _refused(raw, source.id, "not_allowed", "kind",
                         f"{source.id} may not send {submission.kind}")

@@ -63,7 +63,7 @@ class Topic:
     def message(self, payload: dict[str, Any], source: str = "pension") -> RawMessage:
         system = self.service.sources.get(source)
         assert system is not None
-        body = json.dumps(payload, ensure_ascii=False).encode()
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
         self.offset += 1
         return RawMessage(TOPIC, 0, self.offset, body, {
             SOURCE_HEADER: source.encode(),
@@ -179,3 +179,33 @@ async def test_a_refused_message_repeated_in_the_same_batch_is_rejected_each_tim
     assert await outcomes(pool) == [("rejected", "unknown_station")] * 2
     assert [(r["offset"], r["reasons"][0]["field"]) for r in rejected.sent] == [
         (1, "station"), (2, "station")]
+
+
+async def test_a_message_with_thousands_of_problems_still_reaches_intake_rejected(
+    service: IntakeService, kafka_bootstrap: str,
+) -> None:
+    # Every problem was a reason: a 60 KB visit of 20,000 empty services (or a result with
+    # thousands of bad detail keys) made a rejection of about 2 MB, which the producer refused
+    # (MessageSizeTooLargeError). The batch failed and was retried for ever, blocking its
+    # partition, and the message never reached intake.rejected.
+    from services.intake.agents import KafkaRejectionPublisher
+    from shared.kafka import ensure_topics
+    from tests.kafka_helpers import read_topic
+
+    dead = f"intake.rejected.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(kafka_bootstrap, {dead: 1})
+    publisher = KafkaRejectionPublisher(kafka_bootstrap, dead)
+    await publisher.start()
+    try:
+        ingress = build_ingress(service, publisher)
+        payload = {**visit("v-1"), "services": [{}] * 20_000}
+        message = Topic(service).message(payload)
+        assert message.value is not None and len(message.value) < 64 * 1024
+        await ingress.handle([message])
+    finally:
+        await publisher.stop()
+    (sent,) = await read_topic(kafka_bootstrap, dead, 1, until=1, timeout=10)
+    reasons = sent.value["reasons"]
+    assert 1 < len(reasons) <= 101
+    assert reasons[0]["field"] == "visit.services[0].service_code"
+    assert reasons[-1]["field"] == "body" and "more" in reasons[-1]["message"]
