@@ -146,3 +146,36 @@ def test_a_registered_service_the_catalogue_does_not_hold_stops_the_start(
     ref = load_reference()
     with pytest.raises(ReferenceDataError, match=r"source\[0\]\.services.*labour_exhcange"):
         load_sources(path, ref.org, catalogue=ref.catalogue)
+
+
+@pytest.mark.parametrize("body", [
+    {"idempotency_key": "k-1"},  # no kind at all
+    {"kind": "110101199003071234", "idempotency_key": "k-1"},  # one no system sends
+    {"kind": 7, "idempotency_key": "k-1"},
+])
+def test_a_missing_or_unknown_kind_is_refused_naming_kind_without_quoting_it(
+        sources: SourceRegistry, body: dict[str, object]) -> None:
+    # Before: the reason named the field "body" and repeated the kind sent ("Input tag
+    # '110101199003071234' found using 'kind' ...") into intake.rejected.
+    raw = json.dumps(body).encode()
+    read = read_message(message(sources, raw), sources, MAX)
+    assert [(r.code, r.field) for r in read.reasons] == [  # type: ignore[union-attr]
+        ("invalid", "kind")]
+    assert "110101199003071234" not in repr(read.reasons)  # type: ignore[union-attr]
+
+
+def test_a_detail_key_is_not_repeated_in_the_reasons(sources: SourceRegistry) -> None:
+    # A result's details are keyed by the sender: before, a key that was not a code went into
+    # the reason's field as sent ("result.details.张三 110101199003071234.[key]"), in plain on
+    # intake.rejected, which must never hold an ID number or a name.
+    person = synthetic_person(random.Random(3))
+    body = {"kind": "result", "idempotency_key": "r-1",
+            "case_id": "6c68018e-ec7d-5d91-bca7-ce16c88b6b8d", "result_type": "verified",
+            "reference": "PEN-1", "details": {f"{person.name} {person.id_number}": "x" * 501,
+                                              "checked_by": "y" * 501}}
+    read = read_message(message(sources, json.dumps(body, ensure_ascii=False).encode()),
+                        sources, MAX)
+    fields = [r.field for r in read.reasons]  # type: ignore[union-attr]
+    assert person.id_number[:17] not in repr(fields) and person.name not in repr(fields)
+    assert "result.details.checked_by" in fields  # a key that is a code names its entry
+    assert all(f.startswith("result.details") for f in fields) and len(fields) == 3
