@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import PlainTextResponse
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from services.intake.domain import Applicant, Refused, ServiceRequest, Visit
 from services.intake.domain.ids import fingerprint
@@ -46,6 +46,14 @@ class IntakeBody(Strict):
     service_code: Code
     documents: tuple[Code, ...] = Field(default=(), max_length=30)
     acting_for: Text | None = Field(default=None, max_length=64)
+
+    @field_validator("documents")
+    @classmethod
+    def _listed_once(cls, documents: tuple[str, ...]) -> tuple[str, ...]:
+        # as ServiceRequest checks it: found only in as_visit, inside the route, it was a 500
+        if len(set(documents)) != len(documents):
+            raise ValueError("lists a document twice")
+        return documents
 
     def as_visit(self) -> VisitBody:
         return VisitBody(station=self.station, applicant=self.applicant,

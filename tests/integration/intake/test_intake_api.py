@@ -164,3 +164,19 @@ async def test_same_person_same_subject_then_erased_and_the_chain_still_verifies
     assert not await service.privacy.erase(subject, erased_by="auditor.530100.a", reason="again")
     report = await verify_log(pool, None)
     assert report.ok and report.events_checked == await pool.fetchval("SELECT count(*) FROM events")
+
+
+async def test_a_single_service_intake_listing_a_document_twice_names_the_field(
+    http: httpx.AsyncClient, ref: Reference,
+) -> None:
+    # /v1/visits refuses a document listed twice (422, services[0].documents); /v1/intake
+    # only found out when turning its body into a visit, inside the route: a pydantic
+    # ValidationError there was a 500 naming no field.
+    person = synthetic_person(random.Random(14))
+    body = {"station": STATION, "applicant": person.as_applicant(),
+            "service_code": "job_referral", "documents": ["id_card", "id_card"]}
+    answer = await http.post("/v1/intake", json=body, headers=bearer(CLERK, ref))
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert [e["field"] for e in answer.json()["errors"]] == ["documents"]
+    assert not leaked([answer.text], [person])
