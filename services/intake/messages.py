@@ -18,6 +18,7 @@ SOURCE_HEADER = "yizhan-source"
 SIGNATURE_HEADER = "yizhan-signature"
 CORRELATION_HEADER = "correlation_id"
 _SUBMISSION: TypeAdapter[VisitSubmission | ResultSubmission] = TypeAdapter(Submission)
+SOURCE_SHOWN = 40  # the longest source id a registry holds (``SourceSystem.id``)
 MAX_REASONS = 100
 """The most problems of one message listed as reasons (then one saying how many more): each
 is ~100 bytes of ``intake.rejected``, and a 64 KB message can hold 20,000 of them, a rejection
@@ -78,12 +79,16 @@ class Unreadable:
 
 def read_message(raw: RawMessage, sources: SourceRegistry,
                  max_bytes: int) -> Readable | Unreadable:
-    source_id = raw.header(SOURCE_HEADER)
+    sent = raw.header(SOURCE_HEADER)
+    # as echoed in a rejection: the header is not bounded by max_bytes, and a rejection too
+    # large for the producer would fail its batch for ever (no registered id is this long)
+    source_id = sent if sent is None or len(sent) <= SOURCE_SHOWN else \
+        sent[:SOURCE_SHOWN] + "\u2026"
     if not raw.value or len(raw.value) > max_bytes:  # None (a tombstone) or b"": empty
         size = 0 if raw.value is None else len(raw.value)
         return _refused(raw, source_id, "oversized" if size else "empty", "value",
                         f"{size} bytes; the limit is {max_bytes}" if size else "no value")
-    source = sources.get(source_id) if source_id else None
+    source = sources.get(sent) if sent else None
     if source is None:
         return _refused(raw, source_id, "unknown_source", f"header:{SOURCE_HEADER}",
                         "not a registered source system")

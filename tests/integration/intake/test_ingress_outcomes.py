@@ -209,3 +209,29 @@ async def test_a_message_with_thousands_of_problems_still_reaches_intake_rejecte
     assert 1 < len(reasons) <= 101
     assert reasons[0]["field"] == "visit.services[0].service_code"
     assert reasons[-1]["field"] == "body" and "more" in reasons[-1]["message"]
+
+
+async def test_a_huge_source_header_still_reaches_intake_rejected(
+    service: IntakeService, kafka_bootstrap: str,
+) -> None:
+    # The source header, unregistered, was echoed whole into the rejection: 200 KB of control
+    # characters (each escaped as \u0001 in JSON) made a 1.2 MB rejection the producer refused;
+    # the batch was retried for ever and the message never reached intake.rejected.
+    from services.intake.agents import KafkaRejectionPublisher
+    from shared.kafka import ensure_topics
+    from tests.kafka_helpers import read_topic
+
+    dead = f"intake.rejected.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(kafka_bootstrap, {dead: 1})
+    publisher = KafkaRejectionPublisher(kafka_bootstrap, dead)
+    await publisher.start()
+    try:
+        ingress = build_ingress(service, publisher)
+        body = json.dumps(visit("v-1")).encode()
+        await ingress.handle([RawMessage(TOPIC, 0, 1, body, {
+            SOURCE_HEADER: b"pension" + b"\x01" * 200_000, SIGNATURE_HEADER: b"sha256=00"})])
+    finally:
+        await publisher.stop()
+    (sent,) = await read_topic(kafka_bootstrap, dead, 1, until=1, timeout=10)
+    assert [r["code"] for r in sent.value["reasons"]] == ["unknown_source"]
+    assert sent.value["source"].startswith("pension") and len(sent.value["source"]) <= 41
