@@ -19,7 +19,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import asyncpg
@@ -358,7 +358,8 @@ class KafkaIngress:
 
     def _visit_outcome(self, reading: Readable, done: VisitReceipt | Refused) -> Outcome:
         if isinstance(done, Refused):
-            return self._rejected(reading.raw, reading.source.id, done.reasons)
+            return self._rejected(reading.raw, reading.source.id,
+                                  _as_sent(done.reasons, "station"))
         key = reading.submission.idempotency_key
         return Outcome(reading.raw.where, reading.raw.digest, "accepted", reading.source.id, key,
                        [c.case_id for c in done.cases],
@@ -367,7 +368,8 @@ class KafkaIngress:
 
     def _result_outcome(self, reading: Readable, refused: Refused | None) -> Outcome:
         if refused is not None:
-            return self._rejected(reading.raw, reading.source.id, refused.reasons)
+            return self._rejected(reading.raw, reading.source.id,
+                                  _as_sent(refused.reasons, "case_id"))
         submission = reading.submission
         assert isinstance(submission, ResultSubmission)
         # remembered as a visit's receipt is: a later message with the key and another payload
@@ -429,6 +431,14 @@ class KafkaIngress:
 
 _KEY_REUSED = Reason("idempotency_key_reused", "idempotency_key",
                      "this key was used before with another payload")
+
+
+def _as_sent(reasons: Sequence[Reason], field: str) -> tuple[Reason, ...]:
+    """The case domain names the fields of its command: a refusal of its actor (the source
+    system, acting outside its unit) is about the ``field`` of the message that took it
+    there (a visit's station, a result's case)."""
+    return tuple(replace(r, field=field) if r.field.split(".")[0] == "actor" else r
+                 for r in reasons)
 
 
 def _remembered(reading: Readable) -> Remembered:

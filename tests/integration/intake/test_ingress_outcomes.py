@@ -235,3 +235,27 @@ async def test_a_huge_source_header_still_reaches_intake_rejected(
     (sent,) = await read_topic(kafka_bootstrap, dead, 1, until=1, timeout=10)
     assert [r["code"] for r in sent.value["reasons"]] == ["unknown_source"]
     assert sent.value["source"].startswith("pension") and len(sent.value["source"]) <= 41
+
+
+async def test_a_source_acting_outside_its_unit_is_told_which_field_of_its_message(
+    service: IntakeService, rejected: Recorder, pool: asyncpg.Pool,
+) -> None:
+    # A county's system opening a case at another county's station, or attaching a result to
+    # a case there, was refused naming "actor.unit": a field of the case domain's command,
+    # not of the message (the sender can change the station or the case, not an actor).
+    from services.intake.sources import SourceRegistry, SourceSystem
+
+    pension = service.sources.get("pension")
+    assert pension is not None
+    county = SourceSystem(id="county_pension", name="county pension (synthetic)",
+                          unit="530103", may=("visit", "result"), secret="s" * 32)
+    service.sources = SourceRegistry([pension, county])
+    ingress = build_ingress(service, rejected)  # type: ignore[arg-type]
+    topic = Topic(service)
+    await ingress.handle([topic.message(visit("v-1"))])  # pension: the city, any station
+    await ingress.handle([topic.message(visit("c-1", seed=2), source="county_pension"),
+                          topic.message(result("c-2", opened_case("v-1")),
+                                        source="county_pension")])
+    assert [(r["reasons"][0]["code"], r["reasons"][0]["field"]) for r in rejected.sent] == [
+        ("SystemsActOnlyWithinTheirUnit", "station"),
+        ("SystemsActOnlyWithinTheirUnit", "case_id")]
