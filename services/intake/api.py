@@ -32,6 +32,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 # name and a 200-character address, all \u-escaped) is about 25 KB: 1 MiB leaves room for
 # any formatting a client may add.
 MAX_BODY_BYTES = 1 << 20
+_HEADER_FIELDS = {"idempotency_key": "header:Idempotency-Key"}  # a visit's key, over HTTP
 
 
 class VisitBody(Visit):
@@ -111,8 +112,8 @@ async def _submit(body: VisitBody, who: Principal, handler: IntakeHandler, respo
         raise ProblemError(
             _STATUS[refused.kind], "Submission refused", str(refused),
             type_=f"/problems/{refused.reasons[0].code}",
-            errors=[{"field": r.field, "message": r.message, "type": r.code}
-                    for r in refused.reasons]) from refused
+            errors=[{"field": _HEADER_FIELDS.get(r.field, r.field), "message": r.message,
+                     "type": r.code} for r in refused.reasons]) from refused
     except KeyReused as reused:
         raise ProblemError(409, "Idempotency-Key reused", str(reused),
                            errors=[{"field": "header:Idempotency-Key",

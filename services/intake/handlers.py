@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,10 +28,10 @@ from services.intake.domain.ids import event_ids, visit_id
 from services.intake.domain.opening import Reception, visit_commands
 from services.intake.domain.reasons import Reason
 from services.intake.domain.receipts import VisitReceipt, visit_receipt
-from services.intake.privacy import Privacy
+from services.intake.privacy import Privacy, SubjectErased
 from shared.contracts import cases as _events  # noqa: F401  (registers the case events)
 from shared.contracts.canonical import canonical_json
-from shared.contracts.cases import Actor, CaseEvent, EncryptedApplicant
+from shared.contracts.cases import Actor, CaseEvent, CaseSubmitted, EncryptedApplicant
 from shared.contracts.envelope import EncodedEvent, utc
 from shared.contracts.registry import DomainEvent, registry
 from shared.eventstore.errors import EventIdReused, WrongExpectedVersion
@@ -179,17 +179,43 @@ class IntakeHandler:
             try:
                 results = await self.store.append_streams(prepared.appends)
             except (WrongExpectedVersion, EventIdReused):
-                return Refused([Reason("idempotency_key_reused", "idempotency_key",
-                                       "this key already opened other cases")], "conflict")
+                return Refused([_OTHER_CASES], "conflict")
             events_by_case: dict[uuid.UUID, Sequence[DomainEvent]] = dict(decided)
             if any(r.already_applied for r in results):
                 events_by_case = await self._stored(list(decided))
+                if not await self._same_visit(prepared, events_by_case):
+                    return Refused([_OTHER_CASES], "conflict")
             position = max(r.position for r in results)
             if _stdlib_log.isEnabledFor(logging.INFO):  # (the line costs even when dropped)
                 log.info("intake.visit_opened", visit_id=str(visit), cases=len(decided),
                          position=position, replayed=results[0].already_applied,
                          source_system=request.source_system)
             return visit_receipt(visit, events_by_case, self.ref.catalogue, position)
+
+    async def _same_visit(self, prepared: Prepared,
+                          stored: Mapping[uuid.UUID, Sequence[DomainEvent]]) -> bool:
+        """Whether the visit the log holds under this key (its events' ids) is the one asked
+        for: the same cases, station, owner, missing documents and applicant. The ids follow
+        from the key alone, so a request with another payload whose key was not remembered
+        (the database failed after the append) is otherwise taken for a retry, answered with
+        the first payload's receipt, and what it changed is silently dropped. Times (and what
+        follows from them: tracking number, due dates) may differ in a retry."""
+        def shape(events: Mapping[uuid.UUID, Sequence[DomainEvent]]) -> list[tuple[Any, ...]]:
+            receipt = visit_receipt(prepared.visit, events, self.ref.catalogue, 0)
+            return [(c.case_id, c.service_code, c.station, c.owner,
+                     [d.code for d in c.missing_documents], c.sla.level, c.sla.unit,
+                     c.sla.clock_paused) for c in receipt.cases]
+
+        # the opening events only: the case may have moved on since
+        opening = {case: stored[case][:len(events)] for case, events in prepared.decided.items()}
+        if shape(opening) != shape(prepared.decided):
+            return False
+        first = next(e for e in next(iter(opening.values())) if isinstance(e, CaseSubmitted))
+        try:
+            applicant = await self.privacy.reveal(first.applicant)
+        except SubjectErased:
+            return False
+        return applicant == prepared.request.visit.applicant.personal_fields()
 
     def _reception(self, request: VisitRequest, found: Route) -> Reception:
         receiver = request.receiver or self._duty_clerk(found.station.code)
@@ -235,6 +261,10 @@ def _metadata(actor: Actor, visit: uuid.UUID, request: VisitRequest) -> dict[str
             "acting_for": actor.acting_for, "correlation_id": request.correlation_id,
             "causation_id": str(visit), "source_system": request.source_system}
     return {k: v for k, v in meta.items() if v is not None}
+
+
+_OTHER_CASES = Reason("idempotency_key_reused", "idempotency_key",
+                      "this key already opened other cases")
 
 
 async def _refused(refused: Refused) -> Refused:

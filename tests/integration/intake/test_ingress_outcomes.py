@@ -259,3 +259,29 @@ async def test_a_source_acting_outside_its_unit_is_told_which_field_of_its_messa
     assert [(r["reasons"][0]["code"], r["reasons"][0]["field"]) for r in rejected.sent] == [
         ("SystemsActOnlyWithinTheirUnit", "station"),
         ("SystemsActOnlyWithinTheirUnit", "case_id")]
+
+
+async def test_a_visit_redelivered_after_a_crash_is_accepted_and_a_changed_one_rejected(
+    service: IntakeService, ingress: KafkaIngress, pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A crash after the visit was appended, before its outcome and key were recorded: the
+    # message comes again and is accepted (its events are already in the log); the key sent
+    # again with a changed payload is rejected (before: accepted, the change dropped).
+    topic = Topic(service)
+    first = topic.message(visit("v-1"))
+    real = ingress.outcomes.record
+
+    async def crash(*_: object) -> None:
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(ingress.outcomes, "record", crash)
+    with pytest.raises(ConnectionError):
+        await ingress.handle([first])
+    monkeypatch.setattr(ingress.outcomes, "record", real)
+    changed = visit("v-1")
+    changed["applicant"]["address"] += "（更正）"
+    await ingress.handle([topic.message(changed)])
+    await ingress.handle([first])
+    assert await outcomes(pool) == [("accepted", ""), ("rejected", "idempotency_key_reused")]
+    assert await pool.fetchval("SELECT count(*) FROM events WHERE type = 'CaseSubmitted'") == 1

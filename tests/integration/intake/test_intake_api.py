@@ -180,3 +180,66 @@ async def test_a_single_service_intake_listing_a_document_twice_names_the_field(
     assert answer.headers["content-type"] == "application/problem+json"
     assert [e["field"] for e in answer.json()["errors"]] == ["documents"]
     assert not leaked([answer.text], [person])
+
+
+
+async def lose_the_key(http: httpx.AsyncClient, service: IntakeService,
+                       monkeypatch: pytest.MonkeyPatch, body: dict[str, Any],
+                       headers: dict[str, str]) -> None:
+    """Send ``body``: its visit is appended, then the database fails before its key is
+    remembered (a 503)."""
+    idempotency = service.handler.idempotency
+    real = idempotency.remember
+
+    async def fails(*_: object) -> None:
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(idempotency, "remember", fails)
+    lost = await http.post("/v1/visits", json=body, headers=headers)
+    assert lost.status_code == 503, lost.text
+    monkeypatch.setattr(idempotency, "remember", real)
+
+
+@pytest.mark.parametrize("change", ["documents", "address", "acting_for"])
+async def test_another_payload_under_a_key_whose_visit_was_appended_is_refused(
+    http: httpx.AsyncClient, ref: Reference, service: IntakeService,
+    monkeypatch: pytest.MonkeyPatch, change: str,
+) -> None:
+    # After the 503 the clerk resent the key with the payload changed (the resident had
+    # brought a document meanwhile, an address corrected). The store found the key's event
+    # ids in the log and the answer was a 201 with the first payload's receipt (the document
+    # still listed as missing, the old address kept), remembered for the new payload: what
+    # was changed was silently dropped. Same key, other payload: a 409 naming the header.
+    person = synthetic_person(random.Random(15))
+    body = a_visit(person, ("job_referral", []))
+    headers = {**bearer(CLERK, ref), "Idempotency-Key": "visit-0002"}
+    await lose_the_key(http, service, monkeypatch, body, headers)
+    changed = a_visit(person, ("job_referral", []))
+    if change == "documents":
+        changed["services"][0]["documents"] = ["id_card"]
+    elif change == "address":
+        changed["applicant"]["address"] += "（更正）"
+    else:
+        changed["acting_for"] = BACKUP
+        headers = {**bearer(CLERK, ref), "Idempotency-Key": "visit-0002"}
+    answer = await http.post("/v1/visits", json=changed, headers=headers)
+    assert answer.status_code == 409, answer.text
+    assert [e["field"] for e in answer.json()["errors"]] == ["header:Idempotency-Key"]
+    assert not leaked([answer.text], [person])
+    again = await http.post("/v1/visits", json=body, headers=headers)  # the first payload
+    assert again.status_code == 201, again.text
+
+
+async def test_the_same_payload_under_a_key_whose_visit_was_appended_gets_its_receipt(
+    http: httpx.AsyncClient, ref: Reference, service: IntakeService, pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    person = synthetic_person(random.Random(16))
+    body = a_visit(person, ("job_referral", ["id_card"]))
+    headers = {**bearer(CLERK, ref), "Idempotency-Key": "visit-0003"}
+    await lose_the_key(http, service, monkeypatch, body, headers)
+    answer = await http.post("/v1/visits", json=body, headers=headers)
+    assert answer.status_code == 201, answer.text
+    assert [d["code"] for d in answer.json()["cases"][0]["missing_documents"]] == [
+        "application_form"]
+    assert len(await submitted(pool)) == 1
