@@ -71,6 +71,10 @@ class Prepared:
     appends: list[StreamAppend]
 
 
+PENDING: dict[str, Any] = {}
+"""The receipt of a key reserved by a request still opening its visit (or that failed)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Remembered:
     fingerprint: str
@@ -95,12 +99,30 @@ class IdempotencyLog:
         return {(r["scope"], r["key"]): Remembered(r["fingerprint"], _loads(r["receipt"]))
                 for r in rows}
 
-    async def remember(self, scope: str, key: str, fingerprint: str,
-                       receipt: VisitReceipt) -> Remembered:
-        """Keep the receipt unless one is already kept; return the one kept (first wins)."""
+    async def reserve(self, scope: str, key: str, fingerprint: str) -> Remembered:
+        """Take the key for this payload (an empty receipt: ``PENDING``) unless it is taken;
+        what the key holds now (first wins)."""
         await self.pool.execute(
             "INSERT INTO intake_requests (scope, key, fingerprint, receipt)"
-            " VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT DO NOTHING",
+            " VALUES ($1, $2, $3, '{}'::jsonb) ON CONFLICT DO NOTHING", scope, key, fingerprint)
+        kept = await self.recall([(scope, key)])
+        return kept[(scope, key)]
+
+    async def release(self, scope: str, key: str, fingerprint: str) -> None:
+        """Give back a reservation whose request opened nothing (it was refused)."""
+        await self.pool.execute(
+            "DELETE FROM intake_requests WHERE scope = $1 AND key = $2 AND fingerprint = $3"
+            " AND receipt = '{}'::jsonb", scope, key, fingerprint)
+
+    async def remember(self, scope: str, key: str, fingerprint: str,
+                       receipt: VisitReceipt) -> Remembered:
+        """Keep the receipt unless one is already kept (filling this payload's reservation
+        in); return the one kept (first wins)."""
+        await self.pool.execute(
+            "INSERT INTO intake_requests AS r (scope, key, fingerprint, receipt)"
+            " VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (scope, key) DO UPDATE"
+            " SET receipt = excluded.receipt WHERE r.receipt = '{}'::jsonb"
+            " AND r.fingerprint = excluded.fingerprint",
             scope, key, fingerprint, receipt.model_dump_json())
         kept = await self.recall([(scope, key)])
         return kept[(scope, key)]
@@ -126,14 +148,21 @@ class IntakeHandler:
                            fingerprint: str) -> tuple[VisitReceipt, bool]:
         """Open the visit once per key: ``(receipt, replayed)``; raises ``Refused`` or
         ``KeyReused``."""
-        prior = (await self.idempotency.recall([(request.scope, request.key)])).get(
-            (request.scope, request.key))
-        if prior is not None:
+        scope, key = request.scope, request.key
+        prior = (await self.idempotency.recall([(scope, key)])).get((scope, key))
+        if prior is not None and prior.receipt != PENDING:
             return _replay(prior, fingerprint), True
+        # reserved before anything is opened: a request sent at the same moment with another
+        # payload finds the key taken (409) instead of opening its own cases beside these
+        if prior is None:
+            prior = await self.idempotency.reserve(scope, key, fingerprint)
+        if prior.fingerprint != fingerprint:
+            raise KeyReused("this Idempotency-Key was used before with another payload")
         (outcome,) = await self.open_visits([request])
         if isinstance(outcome, Refused):
+            await self.idempotency.release(scope, key, fingerprint)
             raise outcome
-        kept = await self.idempotency.remember(request.scope, request.key, fingerprint, outcome)
+        kept = await self.idempotency.remember(scope, key, fingerprint, outcome)
         return _replay(kept, fingerprint), False
 
     async def open_visits(self, requests: Sequence[VisitRequest]) -> list[VisitReceipt | Refused]:

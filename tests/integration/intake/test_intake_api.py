@@ -243,3 +243,35 @@ async def test_the_same_payload_under_a_key_whose_visit_was_appended_gets_its_re
     assert [d["code"] for d in answer.json()["cases"][0]["missing_documents"]] == [
         "application_form"]
     assert len(await submitted(pool)) == 1
+
+
+async def test_two_payloads_sent_at_once_under_one_key_open_one_visit(
+    http: httpx.AsyncClient, ref: Reference, pool: asyncpg.Pool,
+) -> None:
+    # Two requests with one Idempotency-Key and different services, at the same moment (a
+    # double submit of an edited form). Both found the key unused, both appended their cases
+    # (other services: other case ids), then the second was answered 409 "key reused" while
+    # its case stayed opened, owned by the clerk.
+    import asyncio
+
+    person = synthetic_person(random.Random(17))
+    headers = {**bearer(CLERK, ref), "Idempotency-Key": "visit-0004"}
+    answers = await asyncio.gather(*(
+        http.post("/v1/visits", json=a_visit(person, (code, [])), headers=headers)
+        for code in ("job_referral", "legal_information")))
+    assert sorted(a.status_code for a in answers) == [201, 409], [a.text for a in answers]
+    (done,) = [a for a in answers if a.status_code == 201]
+    opened = {str(c.case_id) for c in await submitted(pool)}
+    assert opened == {c["case_id"] for c in done.json()["cases"]}
+
+
+async def test_a_refused_visit_leaves_its_key_free_for_the_corrected_one(
+    http: httpx.AsyncClient, ref: Reference,
+) -> None:
+    person = synthetic_person(random.Random(18))
+    headers = {**bearer(CLERK, ref), "Idempotency-Key": "visit-0005"}
+    wrong = a_visit(person, ("space_travel", []))
+    assert (await http.post("/v1/visits", json=wrong, headers=headers)).status_code == 422
+    right = a_visit(person, ("job_referral", []))
+    answer = await http.post("/v1/visits", json=right, headers=headers)
+    assert answer.status_code == 201, answer.text
