@@ -31,7 +31,13 @@ from services.intake.domain.receipts import VisitReceipt, visit_receipt
 from services.intake.privacy import Privacy, SubjectErased
 from shared.contracts import cases as _events  # noqa: F401  (registers the case events)
 from shared.contracts.canonical import canonical_json
-from shared.contracts.cases import Actor, CaseEvent, CaseSubmitted, EncryptedApplicant
+from shared.contracts.cases import (
+    Actor,
+    CaseAccepted,
+    CaseEvent,
+    CaseSubmitted,
+    EncryptedApplicant,
+)
 from shared.contracts.envelope import EncodedEvent, utc
 from shared.contracts.registry import DomainEvent, registry
 from shared.eventstore.errors import EventIdReused, WrongExpectedVersion
@@ -224,20 +230,26 @@ class IntakeHandler:
     async def _same_visit(self, prepared: Prepared,
                           stored: Mapping[uuid.UUID, Sequence[DomainEvent]]) -> bool:
         """Whether the visit the log holds under this key (its events' ids) is the one asked
-        for: the same cases, station, owner, missing documents and applicant. The ids follow
-        from the key alone, so a request with another payload whose key was not remembered
-        (the database failed after the append) is otherwise taken for a retry, answered with
-        the first payload's receipt, and what it changed is silently dropped. Times (and what
-        follows from them: tracking number, due dates) may differ in a retry."""
-        def shape(events: Mapping[uuid.UUID, Sequence[DomainEvent]]) -> list[tuple[Any, ...]]:
-            receipt = visit_receipt(prepared.visit, events, self.ref.catalogue, 0)
-            return [(c.case_id, c.service_code, c.station, c.owner,
-                     [d.code for d in c.missing_documents], c.sla.level, c.sla.unit,
-                     c.sla.clock_paused) for c in receipt.cases]
+        for: the same services, station, documents supplied, owner (a clerk's choice, with
+        acting_for; a source's visits go to the station's duty clerk of the day) and applicant.
+        The ids follow from the key alone, so a request with another payload whose key was not
+        remembered (the database failed after the append) is otherwise taken for a retry,
+        answered with the first payload's receipt, and what it changed is silently dropped.
+        What follows from the time or the reference data (tracking number, due dates, missing
+        documents) may differ in a retry."""
+        chosen_owner = prepared.request.receiver is not None
+
+        def asked(events: Sequence[DomainEvent]) -> tuple[Any, ...]:
+            submitted = next(e for e in events if isinstance(e, CaseSubmitted))
+            accepted = next(e for e in events if isinstance(e, CaseAccepted))
+            return (submitted.service_code, submitted.station,
+                    sorted(submitted.documents_provided), submitted.source_system,
+                    accepted.owner if chosen_owner else None)
 
         # the opening events only: the case may have moved on since
         opening = {case: stored[case][:len(events)] for case, events in prepared.decided.items()}
-        if shape(opening) != shape(prepared.decided):
+        if any(asked(opening[case]) != asked(events)
+               for case, events in prepared.decided.items()):
             return False
         first = next(e for e in next(iter(opening.values())) if isinstance(e, CaseSubmitted))
         try:

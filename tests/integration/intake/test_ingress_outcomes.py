@@ -285,3 +285,29 @@ async def test_a_visit_redelivered_after_a_crash_is_accepted_and_a_changed_one_r
     await ingress.handle([first])
     assert await outcomes(pool) == [("accepted", ""), ("rejected", "idempotency_key_reused")]
     assert await pool.fetchval("SELECT count(*) FROM events WHERE type = 'CaseSubmitted'") == 1
+
+
+async def test_a_visit_redelivered_after_a_restart_with_another_duty_clerk_is_accepted(
+    service: IntakeService, ingress: KafkaIngress, pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch, ref: Reference,
+) -> None:
+    # The owner of a source's visit is the station's duty clerk of the day, not part of the
+    # message: a redelivery after a restart with another staff directory is the same visit.
+    from shared.contracts.cases import Actor
+    from shared.reference import Role
+
+    topic = Topic(service)
+    first = topic.message(visit("v-1"))
+    real = ingress.outcomes.record
+
+    async def crash(*_: object) -> None:
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(ingress.outcomes, "record", crash)
+    with pytest.raises(ConnectionError):
+        await ingress.handle([first])
+    monkeypatch.setattr(ingress.outcomes, "record", real)
+    other = Actor(user_id="clerk.530102001001.b", role=Role.STATION_CLERK, unit="530102001001")
+    monkeypatch.setattr(service.handler, "_duty_clerk", lambda station: other)
+    await ingress.handle([first])
+    assert await outcomes(pool) == [("accepted", "")]
