@@ -107,7 +107,7 @@ async def _submit(body: VisitBody, who: Principal, handler: IntakeHandler, respo
         receiver=clerk, correlation_id=current_correlation_id() or uuid.uuid4().hex)
     try:
         receipt, replayed = await handler.submit_visit(
-            request, fingerprint(body.model_dump(mode="json")))
+            request, fingerprint(body.model_dump(mode="json")), shared_key=key is not None)
     except Refused as refused:
         raise ProblemError(
             _STATUS[refused.kind], "Submission refused", str(refused),

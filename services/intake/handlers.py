@@ -150,23 +150,25 @@ class IntakeHandler:
         self.tracking_key = tracking_key
         self._clerks: dict[str, Actor] = {}  # each station's duty clerk, as an actor
 
-    async def submit_visit(self, request: VisitRequest,
-                           fingerprint: str) -> tuple[VisitReceipt, bool]:
+    async def submit_visit(self, request: VisitRequest, fingerprint: str, *,
+                           shared_key: bool = True) -> tuple[VisitReceipt, bool]:
         """Open the visit once per key: ``(receipt, replayed)``; raises ``Refused`` or
-        ``KeyReused``."""
+        ``KeyReused``. ``shared_key`` False: the key was made for this request alone (the
+        caller sent none), so no other request can race for it."""
         scope, key = request.scope, request.key
         prior = (await self.idempotency.recall([(scope, key)])).get((scope, key))
         if prior is not None and prior.receipt != PENDING:
             return _replay(prior, fingerprint), True
         # reserved before anything is opened: a request sent at the same moment with another
         # payload finds the key taken (409) instead of opening its own cases beside these
-        if prior is None:
+        if prior is None and shared_key:
             prior = await self.idempotency.reserve(scope, key, fingerprint)
-        if prior.fingerprint != fingerprint:
+        if prior is not None and prior.fingerprint != fingerprint:
             raise KeyReused("this Idempotency-Key was used before with another payload")
         (outcome,) = await self.open_visits([request])
         if isinstance(outcome, Refused):
-            await self.idempotency.release(scope, key, fingerprint)
+            if shared_key:
+                await self.idempotency.release(scope, key, fingerprint)
             raise outcome
         kept = await self.idempotency.remember(scope, key, fingerprint, outcome)
         return _replay(kept, fingerprint), False
