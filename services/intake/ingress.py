@@ -96,15 +96,18 @@ class OutcomeLog:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def known(self, messages: Sequence[RawMessage]
-                    ) -> tuple[dict[Where, dict[str, Any] | None], list[RawMessage]]:
-        """Messages already handled, with their unpublished rejection (else None); and those
-        at an offset that held another message (by digest) before. A row recorded before
+    async def known(self, messages: Sequence[RawMessage]) -> tuple[
+            dict[Where, dict[str, Any] | None], list[RawMessage],
+            list[tuple[dict[str, Any], bytes]]]:
+        """Messages already handled, with their unpublished rejection (else None); those at
+        an offset that held another message (by digest) before; and the unpublished
+        rejections of those other messages, with their digests (the broker lost them before
+        they were published: they will never be delivered again). A row recorded before
         digests were (an empty digest) stands for whatever message was at its offset."""
         rows = await self.pool.fetch(
             'SELECT m.topic, m.partition, m."offset", m.rejection::text AS rejection,'
             " m.published_at IS NULL AND m.outcome = 'rejected' AS unpublished,"
-            " m.digest = w.digest OR m.digest = ''::bytea AS same"
+            " m.digest = w.digest OR m.digest = ''::bytea AS same, m.digest AS digest"
             ' FROM intake_messages m JOIN unnest($1::text[], $2::int[], $3::bigint[],'
             ' $4::bytea[]) AS w(topic, partition, "offset", digest)'
             ' ON (m.topic, m.partition, m."offset") = (w.topic, w.partition, w."offset")',
@@ -112,13 +115,17 @@ class OutcomeLog:
             [m.offset for m in messages], [m.digest for m in messages])
         known: dict[Where, dict[str, Any] | None] = {}
         other: set[Where] = set()
+        orphans: list[tuple[dict[str, Any], bytes]] = []
         for r in rows:
             where = (r["topic"], r["partition"], r["offset"])
             if r["same"]:
                 known[where] = json.loads(r["rejection"]) if r["unpublished"] else None
             else:
                 other.add(where)
-        return known, [m for m in messages if m.where in other and m.where not in known]
+                if r["unpublished"]:
+                    orphans.append((json.loads(r["rejection"]), bytes(r["digest"])))
+        reused = [m for m in messages if m.where in other and m.where not in known]
+        return known, reused, orphans
 
     async def record(self, outcomes: Sequence[Outcome]) -> None:
         """Every outcome and every receipt to remember, in one transaction."""
@@ -260,7 +267,7 @@ class KafkaIngress:
         unique = list({m.where: m for m in messages}.values())
         readings = [read_message(m, self.sources, self.max_bytes) for m in unique]
         readable = [r for r in readings if isinstance(r, Readable)]
-        (known, reused), recalled = await asyncio.gather(
+        (known, reused, orphans), recalled = await asyncio.gather(
             self.outcomes.known(unique),
             self.handler.idempotency.recall(
                 [(r.scope, r.submission.idempotency_key) for r in readable]))
@@ -276,7 +283,7 @@ class KafkaIngress:
         pending = [(o.rejection, o.digest) for o in decided if o.rejection is not None]
         digests = {m.where: m.digest for m in unique}
         pending += [(r, digests[w]) for w, r in known.items() if r is not None]
-        await self._publish(pending)
+        await self._publish(pending + orphans)
         self._count(decided)
 
     async def _decide(self, readings: Sequence[Readable | Unreadable],

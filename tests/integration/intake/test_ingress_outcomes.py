@@ -311,3 +311,30 @@ async def test_a_visit_redelivered_after_a_restart_with_another_duty_clerk_is_ac
     monkeypatch.setattr(service.handler, "_duty_clerk", lambda station: other)
     await ingress.handle([first])
     assert await outcomes(pool) == [("accepted", "")]
+
+
+async def test_a_rejection_recorded_before_the_broker_lost_its_log_is_still_published(
+    service: IntakeService, ingress: KafkaIngress, pool: asyncpg.Pool, rejected: Recorder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A rejection is recorded, then the publication fails (the whole stack stops: in the
+    # embedded mode the memory broker goes with it). The broker comes back empty, so the
+    # message is never delivered again; its offset is handed to a new message. Before: the
+    # old rejection stayed unpublished for ever (a rejected message never on intake.rejected).
+    bad = visit("v-1", station="530102999999")
+    first = Topic(service).message(bad)
+    real = rejected.publish
+
+    async def down(_: object) -> None:
+        raise ConnectionError("the broker went away")
+
+    monkeypatch.setattr(rejected, "publish", down)
+    with pytest.raises(ConnectionError):
+        await ingress.handle([first])
+    monkeypatch.setattr(rejected, "publish", real)
+    after = Topic(service).message(visit("v-2", station="530102999999", seed=2))
+    assert after.where == first.where and after.digest != first.digest
+    await ingress.handle([after])
+    assert len(rejected.sent) == 2
+    assert await pool.fetchval("SELECT count(*) FROM intake_messages"
+                               " WHERE published_at IS NULL") == 0
