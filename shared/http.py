@@ -180,10 +180,16 @@ _LOGGED = "yizhan.error_logged"
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("http.unhandled", path=request.url.path)
+    # Starlette calls this from outside every middleware, the correlation one included: the
+    # id is no longer bound for the log, nor added to the answer's headers, so both are
+    # done here (the answer tells the client that this id identifies the logs)
+    cid = getattr(request.state, "correlation_id", None)
+    log.exception("http.unhandled", path=request.url.path,
+                  **({CORRELATION_KEY: cid} if cid else {}))
     request.scope[_LOGGED] = True  # see ``LoggedOnce``
     return problem_response(request, 500, "Internal error",
-                            "the server failed; the correlation id identifies the logs")
+                            "the server failed; the correlation id identifies the logs",
+                            headers={CORRELATION_HEADER: cid} if cid else None)
 
 
 class LoggedOnce:

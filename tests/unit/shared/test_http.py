@@ -326,3 +326,20 @@ def test_an_error_raised_after_the_answer_began_is_not_swallowed() -> None:
 
     with pytest.raises(RuntimeError, match="mid-body"):
         TestClient(LoggedOnce(broken), raise_server_exceptions=True).get("/")
+
+
+def test_a_500_carries_its_correlation_id_in_the_log_line_and_the_answer(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 500 tells the client "the correlation id identifies the logs": the one log line of
+    the failure must hold that id, and the answer must echo it as every other answer does
+    (Starlette answers a crash from outside the correlation middleware)."""
+    client = TestClient(LoggedOnce(failing_app(RuntimeError("bug"))),
+                        raise_server_exceptions=True)
+    with caplog.at_level(logging.INFO):
+        response = client.post("/visits", headers={"X-Correlation-ID": "req-500"})
+    assert response.status_code == 500
+    assert response.json()["correlation_id"] == "req-500"
+    assert response.headers.get("X-Correlation-ID") == "req-500"
+    (logged,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert isinstance(logged.msg, dict) and logged.msg.get("correlation_id") == "req-500"
