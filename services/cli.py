@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, ValidationError
 from pydantic_settings import BaseSettings
@@ -80,6 +81,21 @@ async def prepare_database(ep: Endpoints) -> list[str]:
     if ep.embedded:
         await ensure_service_role(ep.admin_url, SERVICE_ROLE)
     return applied
+
+
+def without_password(url: str) -> str:
+    """``url`` with any password (``user:password@`` or ``password=`` in the query) shown as
+    ``***``: what is printed must not hand out the database's credentials."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, where = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{where}"
+    query = "&".join(
+        f"{name}=***" if name.lower() == "password" else pair
+        for pair in parts.query.split("&") if pair
+        for name in [unquote(pair.partition("=")[0])])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def relay_config(settings: Settings, bootstrap: str) -> RelayConfig:
@@ -174,7 +190,8 @@ def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
     with endpoints(settings, kafka=True, start_kafka=True) as ep:
         asyncio.run(prepare_database(ep))
         urls = service_urls(settings, intake)
-        print(f"PostgreSQL   {ep.service_url}  (admin: {ep.admin_url})")
+        print(f"PostgreSQL   {without_password(ep.service_url)}"
+              f"  (admin: {without_password(ep.admin_url)})")
         print(f"Kafka        {ep.kafka_bootstrap}")
         for name, url in urls.items():
             print(f"{name:<12} {url}/" + ("metrics  (publishes the log, signs checkpoints)"

@@ -235,3 +235,45 @@ def test_up_prints_where_each_service_listens(monkeypatch: pytest.MonkeyPatch) -
     urls = cli.service_urls(Settings(_env_file=None), IntakeSettings(_env_file=None))
     assert urls["intake"] == "http://127.0.0.2:18002"
     assert urls["cases"].startswith("http://127.0.0.1:")
+
+
+def test_up_never_prints_a_database_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`yizhan up` on configured servers prints where PostgreSQL is: not the passwords in
+    DATABASE_URL / DATABASE_ADMIN_URL (the output ends up in terminals and container logs)."""
+    from services import supervisor
+    from shared.stack import Endpoints
+
+    @contextlib.contextmanager
+    def configured(*_: Any, **__: Any) -> Iterator[Endpoints]:
+        yield Endpoints("postgresql://owner:admin-s3cret@db.internal:5432/yizhan",
+                        "postgresql://yizhan_app:app-s3cret@db.internal:5432/yizhan?sslmode=require",
+                        "kafka.internal:9092", embedded=False)
+
+    class Idle:
+        def __init__(self, *_: Any, **__: Any) -> None: ...
+
+        async def run(self, stop: Any) -> int:
+            return 0
+
+    async def migrated(_: Any) -> list[str]:
+        return []
+
+    monkeypatch.setattr(cli, "endpoints", configured)
+    monkeypatch.setattr(cli, "prepare_database", migrated)
+    monkeypatch.setattr(supervisor, "Supervisor", Idle)
+    code, out, _ = yizhan(capsys, "up")
+    assert code == 0
+    assert "s3cret" not in out
+    assert "db.internal:5432/yizhan" in out and "yizhan_app" in out
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://u:p%40ss@h:5432/db", "postgresql://u:***@h:5432/db"),
+    ("postgresql://u@/db?host=/tmp/x&port=5", "postgresql://u@/db?host=/tmp/x&port=5"),
+    ("postgresql://u@h/db?password=pw&sslmode=require",
+     "postgresql://u@h/db?password=***&sslmode=require"),
+])
+def test_a_printed_database_url_hides_only_its_password(url: str, shown: str) -> None:
+    assert cli.without_password(url) == shown
