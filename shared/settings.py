@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A well-known development key (the Ed25519 seed of 32 bytes 0x01..0x20) and token secret: they
@@ -153,6 +153,17 @@ class Settings(BaseSettings):
             raise ValueError("must be base64") from exc
         if len(raw) != 32:
             raise ValueError("must decode to a 32-byte Ed25519 seed")
+        return value
+
+    @field_validator("kafka_heartbeat_interval_ms")
+    @classmethod
+    def _heartbeat_below_session(cls, value: int, info: ValidationInfo) -> int:
+        # a member that heartbeats no more often than its session expires is dropped from its
+        # group again and again (Kafka's own clients refuse it; aiokafka and Faust do not)
+        session = info.data.get("kafka_session_timeout_ms")
+        if session is not None and value >= session:
+            raise ValueError(f"must be below YIZHAN_KAFKA_SESSION_TIMEOUT_MS ({session} ms; "
+                             "a third of it or less is usual)")
         return value
 
     @field_validator("kafka_bootstrap_servers")

@@ -277,3 +277,17 @@ def test_up_never_prints_a_database_password(
 ])
 def test_a_printed_database_url_hides_only_its_password(url: str, shown: str) -> None:
     assert cli.without_password(url) == shown
+
+
+@pytest.mark.parametrize(("session", "heartbeat"), [("6000", "6000"), ("6000", "10000")])
+def test_a_heartbeat_not_below_the_session_timeout_is_refused_naming_both(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        session: str, heartbeat: str) -> None:
+    """A consumer that heartbeats no more often than its session expires is dropped from its
+    group again and again (Kafka's own clients refuse it; aiokafka and Faust do not)."""
+    monkeypatch.setenv("YIZHAN_KAFKA_SESSION_TIMEOUT_MS", session)
+    monkeypatch.setenv("YIZHAN_KAFKA_HEARTBEAT_INTERVAL_MS", heartbeat)
+    code, _, err = yizhan(capsys, "token", CLERK)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("configuration error: YIZHAN_KAFKA_HEARTBEAT_INTERVAL_MS")
+    assert "YIZHAN_KAFKA_SESSION_TIMEOUT_MS" in err
