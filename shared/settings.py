@@ -178,9 +178,23 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_development_secrets_in_production(self) -> Self:
-        refuse_development_values(self.env, {
-            "YIZHAN_JWT_SECRET": self.jwt_secret == DEV_JWT_SECRET,
-            "YIZHAN_CHECKPOINT_SIGNING_KEY": self.uses_dev_signing_key})
+        problems: list[str] = []
+        try:
+            refuse_development_values(self.env, {
+                "YIZHAN_JWT_SECRET": self.jwt_secret == DEV_JWT_SECRET,
+                "YIZHAN_CHECKPOINT_SIGNING_KEY": self.uses_dev_signing_key})
+        except ValueError as exc:
+            problems.append(str(exc))
+        # unset, each process would start an embedded PostgreSQL or memory broker of its own
+        # (in its container): services on separate event stores, lost with the container
+        unset = [name for name, value in (("DATABASE_URL", self.database_url),
+                                          ("KAFKA_BOOTSTRAP_SERVERS", self.kafka_bootstrap_servers))
+                 if not value]
+        if self.env == "prod" and unset:
+            problems.append(f"YIZHAN_ENV=prod needs {', '.join(unset)} (the embedded servers are "
+                            "for development only)")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property

@@ -16,14 +16,21 @@ OWN = {"YIZHAN_JWT_SECRET": "an-operator-chosen-secret-of-40-characters",
        "YIZHAN_CHECKPOINT_SIGNING_KEY": base64.b64encode(bytes(range(100, 132))).decode()}
 
 
+SERVERS = {"DATABASE_URL": "postgresql://yizhan_service@db.internal:5432/yizhan",
+           "KAFKA_BOOTSTRAP_SERVERS": "kafka.internal:9092"}
+
+
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (*OWN, "YIZHAN_ENV"):
+    for name in (*OWN, *SERVERS, "YIZHAN_ENV", "YIZHAN_DATABASE_URL",
+                 "YIZHAN_KAFKA_BOOTSTRAP_SERVERS"):
         monkeypatch.delenv(name, raising=False)
 
 
-def production(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+def production(monkeypatch: pytest.MonkeyPatch, *, servers: bool = True, **values: str) -> None:
     monkeypatch.setenv("YIZHAN_ENV", "prod")
+    for name, value in (SERVERS if servers else {}).items():
+        monkeypatch.setenv(name, value)
     for name, value in values.items():
         monkeypatch.setenv(name, value)
 
@@ -75,3 +82,20 @@ def test_production_refuses_the_development_key_in_another_base64_spelling(
                YIZHAN_CHECKPOINT_SIGNING_KEY=other_spelling(DEV_SIGNING_KEY))
     with pytest.raises(ValidationError, match="YIZHAN_CHECKPOINT_SIGNING_KEY"):
         Settings(_env_file=None)
+
+
+@pytest.mark.parametrize("unset", list(SERVERS))
+def test_production_refuses_to_fall_back_to_an_embedded_server(
+        monkeypatch: pytest.MonkeyPatch, unset: str) -> None:
+    """Unset (or mistyped) in production, DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS made every
+    process start a PostgreSQL or a memory broker of its own, inside its container: each
+    service on its own event store, lost with the container."""
+    production(monkeypatch, servers=False, **OWN)
+    for name, value in SERVERS.items():
+        if name != unset:
+            monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None)
+    (error,) = refused.value.errors()
+    assert unset in error["msg"]
+    assert all(name not in error["msg"] for name in SERVERS if name != unset)
