@@ -213,8 +213,9 @@ class Relay:
         try:
             while not stop.is_set():
                 try:
+                    # fine once a batch is acknowledged and saved, or nothing is left to
+                    # publish: a broker that answers this check may still fail every produce
                     await self._check_broker(conn, admin)
-                    self._fine()  # leading, the broker answering
                     await self._publish_until_stopped(conn, admin, stop)
                 except BrokerLostLog as lost:
                     await self._start_over(conn, admin, str(lost))
@@ -269,12 +270,14 @@ class Relay:
                     last_probe = time.monotonic()
                     seen = _connections(clients)
                 if not batch:
+                    self._fine()  # leading, everything published
                     await _wait_any(self._wake, stop, cfg.poll_interval_s)
                     continue
                 acks = await self._send(producer, batch)
                 _check_acks(acks, offsets)
                 position = batch[-1].position
                 await self._save(conn, position, batch, acks, offsets)
+                self._fine()  # leading, publishing
                 if len(batch) < cfg.batch_size:
                     linger_until = time.monotonic() + cfg.linger_s
         finally:

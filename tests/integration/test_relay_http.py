@@ -3,14 +3,18 @@ failing (saying why), and metrics that follow the log, the relay and the signed 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import re
 
 import httpx
+import pytest
+from aiokafka.errors import KafkaTimeoutError
 
 from shared.eventstore.checkpoints import CheckpointSigner, write_checkpoint
 from shared.eventstore.postgres import PostgresEventStore
 from shared.relay import Relay, RelayConfig
-from shared.relay_http import relay_app
+from shared.relay_http import relay_app, relay_ready
 from shared.runtime import free_port
 from shared.settings import DEV_SIGNING_KEY
 from tests.integration.test_relay import append_many, config, running, wait_for
@@ -65,3 +69,28 @@ async def test_not_ready_while_the_broker_is_unreachable_and_says_why(
     assert answer.status_code == 503
     assert answer.headers["content-type"].startswith("application/problem+json")
     assert "relay: retrying" in answer.json()["detail"]
+
+
+async def test_not_ready_while_the_broker_answers_but_never_acknowledges(
+    pg_store: PostgresEventStore, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broker that answers metadata requests but fails every produce (e.g. acks=all without
+    enough in-sync replicas): nothing is published, and /readyz must say so all along — not
+    turn ready at every retry, when the broker check at the start of each attempt passes."""
+    await append_many(pg_store, 10)
+
+    async def never_acknowledged(self: Relay, producer: object, batch: object) -> None:
+        await asyncio.sleep(0.3)  # the produce request waits, then times out
+        raise KafkaTimeoutError("not enough in-sync replicas")
+
+    monkeypatch.setattr(Relay, "_send", never_acknowledged)
+    relay = Relay(pg_store, dataclasses.replace(config(kafka_bootstrap), max_backoff_s=0.3))
+    check = relay_ready(relay)
+    async with running(relay):
+        await wait_for(lambda: relay.stats.errors >= 1)
+        answers = []
+        for _ in range(40):  # a few attempts' worth
+            answers.append(await check())
+            await asyncio.sleep(0.05)
+        assert relay.stats.errors >= 3 and relay.stats.published == 0
+    assert all(answer is not None for answer in answers), answers
