@@ -155,6 +155,16 @@ class Settings(BaseSettings):
             raise ValueError("must decode to a 32-byte Ed25519 seed")
         return value
 
+    @field_validator("topic_intake_submissions", "topic_intake_rejected")
+    @classmethod
+    def _one_topic_per_role(cls, value: str, info: ValidationInfo) -> str:
+        # one topic for two roles would mix other systems' submissions (personal data in the
+        # clear) into the case events, or feed rejections back to intake as submissions
+        for earlier in ("topic_case_events", "topic_intake_submissions"):
+            if earlier != info.field_name and info.data.get(earlier) == value:
+                raise ValueError(f"is the same topic as YIZHAN_{earlier.upper()}")
+        return value
+
     @field_validator("kafka_heartbeat_interval_ms")
     @classmethod
     def _heartbeat_below_session(cls, value: int, info: ValidationInfo) -> int:

@@ -291,3 +291,20 @@ def test_a_heartbeat_not_below_the_session_timeout_is_refused_naming_both(
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("configuration error: YIZHAN_KAFKA_HEARTBEAT_INTERVAL_MS")
     assert "YIZHAN_KAFKA_SESSION_TIMEOUT_MS" in err
+
+
+@pytest.mark.parametrize(("variable", "same_as"), [
+    ("YIZHAN_TOPIC_INTAKE_SUBMISSIONS", "YIZHAN_TOPIC_CASE_EVENTS"),
+    ("YIZHAN_TOPIC_INTAKE_REJECTED", "YIZHAN_TOPIC_CASE_EVENTS"),
+    ("YIZHAN_TOPIC_INTAKE_REJECTED", "YIZHAN_TOPIC_INTAKE_SUBMISSIONS"),
+])
+def test_two_roles_on_one_topic_are_refused_naming_both(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        variable: str, same_as: str) -> None:
+    """One topic for two roles started silently: other systems' submissions (personal data in
+    the clear) among the case events, or rejections fed back to intake as submissions."""
+    monkeypatch.setenv(same_as, "shared.topic")
+    monkeypatch.setenv(variable, "shared.topic")
+    code, _, err = yizhan(capsys, "token", CLERK)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"configuration error: {variable}: ") and same_as in err
