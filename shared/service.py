@@ -25,9 +25,20 @@ ReadinessCheck = Callable[[], Awaitable[str | None]]  # None = ready, else what 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 
 
+def sample_value(value: float) -> str:
+    """A sample's value with every digit: positions and counters pass a million, which ``:g``
+    printed with six significant digits (1.23457e+06)."""
+    if isinstance(value, int):
+        return str(int(value))  # (a bool as 0 or 1)
+    number = float(value)
+    if number.is_integer() and abs(number) < 2**53:
+        return str(int(number))
+    return repr(number)
+
+
 def prometheus_metric(name: str, kind: str, help_: str, value: float) -> list[str]:
     """One metric in the Prometheus text format: its HELP, TYPE and sample lines."""
-    return [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
+    return [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {sample_value(value)}"]
 
 
 def prometheus_labelled(name: str, kind: str, help_: str, label: str,
@@ -36,7 +47,7 @@ def prometheus_labelled(name: str, kind: str, help_: str, label: str,
     lines = [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
     for key, value in sorted(values.items()):
         quoted = key.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        lines.append(f'{name}{{{label}="{quoted}"}} {value:g}')
+        lines.append(f'{name}{{{label}="{quoted}"}} {sample_value(value)}')
     return lines
 GC_YOUNG_THRESHOLD = 10_000
 

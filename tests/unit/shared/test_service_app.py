@@ -12,7 +12,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shared.relay_http import relay_ready
-from shared.service import create_app, database_ready, native_telemetry
+from shared.service import (
+    create_app,
+    database_ready,
+    native_telemetry,
+    prometheus_labelled,
+    prometheus_metric,
+)
 
 LEAKY = 'password authentication failed for user "yizhan_app" at db-7.internal:5432'
 
@@ -59,3 +65,16 @@ def test_the_relays_readyz_does_not_repeat_its_error() -> None:
     assert answer.status_code == 503
     assert answer.json()["detail"].startswith("relay: retrying for 30 s")
     assert "yizhan_app" not in answer.text and "db-7" not in answer.text
+
+
+@pytest.mark.parametrize(("value", "sample"), [
+    (1_234_567, "1234567"), (98_765_432_101, "98765432101"), (0, "0"),
+    (1_234_567.0, "1234567"), (1_234_567.25, "1234567.25"), (0.125, "0.125"), (True, "1"),
+])
+def test_metric_samples_keep_every_digit(value: float, sample: str) -> None:
+    """Positions and counters pass a million within months: printed with six significant
+    digits (1.23457e+06), a head position, a lag worked out from two of them, or a counter's
+    rate were wrong by up to the last rounded digits."""
+    assert prometheus_metric("m", "gauge", "h", value)[-1] == f"m {sample}"
+    assert prometheus_labelled("m", "gauge", "h", "scope", {"a/0": value})[-1] == (
+        f'm{{scope="a/0"}} {sample}')
