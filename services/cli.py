@@ -184,7 +184,7 @@ def service_urls(settings: Settings, intake: IntakeSettings) -> dict[str, str]:
 def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
     """Start (or find) PostgreSQL and the broker, migrate, then run each service in its own
     process (``services.supervisor``) until Ctrl-C."""
-    from services.supervisor import Supervisor, yizhan_children
+    from services.supervisor import ServerSpec, Supervisor, yizhan_children
 
     intake = IntakeSettings()  # a configuration error stops us before any server
     with endpoints(settings, kafka=True, start_kafka=True) as ep:
@@ -200,7 +200,9 @@ def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
         # the children find these servers as any `yizhan` command does (data folder, or the
         # configured URLs); the database is migrated already
         env = dict(os.environ) | {"YIZHAN_MIGRATE_ON_START": "false"}
-        supervisor = Supervisor(yizhan_children(), env)
+        # the embedded servers started here are started again should one exit
+        servers = [ServerSpec.of(type(server).__name__, server) for server in ep.started]
+        supervisor = Supervisor(yizhan_children(), env, servers=servers)
 
         async def everything(stop: asyncio.Event) -> int:
             announce = asyncio.create_task(announce_ready(urls, stop))

@@ -12,6 +12,9 @@ each has its own loop and the machine's cores.
   once it has run for a minute), like a container with ``restart: unless-stopped``.
 - Stop: SIGINT to every child, then SIGKILL to those still running after ``stop_timeout_s``.
 - Each child gets SIGTERM if this process dies without stopping them (``die_with_parent``).
+- The embedded servers `yizhan up` started (PostgreSQL, the memory broker) are started again
+  in place, on the same port and data folder, when one exits: the services reconnect, and the
+  relay refills an empty broker from the log.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from shared.logging import get_logger
-from shared.runtime import die_with_parent
+from shared.runtime import EmbeddedKafka, die_with_parent
+from shared.stack import record_kafka
 
 log = get_logger("yizhan.up")
 YIZHAN = [sys.executable, "-c", "from services.cli import main; main()"]
@@ -37,6 +42,32 @@ YIZHAN = [sys.executable, "-c", "from services.cli import main; main()"]
 class ChildSpec:
     name: str
     argv: Sequence[str]
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """A server this process started and keeps running: ``running()`` says whether it is,
+    ``restart()`` (blocking) starts it again."""
+
+    name: str
+    running: Callable[[], bool]
+    restart: Callable[[], None]
+
+    @classmethod
+    def of(cls, name: str, server: Any) -> ServerSpec:
+        """For an ``EmbeddedPostgres`` or ``EmbeddedKafka`` (started again on its port; the
+        broker's pid recorded anew for the services that look for it)."""
+        def running() -> bool:
+            return server.process is not None and server.process.poll() is None
+
+        def restart() -> None:
+            if server.process is not None:
+                server.process.wait()  # (reaped)
+            server.start()
+            if isinstance(server, EmbeddedKafka):
+                record_kafka(server)
+
+        return cls(name, running, restart)
 
 
 @dataclass
@@ -64,8 +95,9 @@ class Supervisor:
     def __init__(
         self, specs: Sequence[ChildSpec], env: Mapping[str, str], *,
         stop_timeout_s: float = 20.0, first_backoff_s: float = 1.0, max_backoff_s: float = 30.0,
-        stable_after_s: float = 60.0, poll_s: float = 0.2,
+        stable_after_s: float = 60.0, poll_s: float = 0.2, servers: Sequence[ServerSpec] = (),
     ) -> None:
+        self.servers = list(servers)
         self.first_backoff_s = first_backoff_s
         self.children = [_Child(spec, backoff_s=first_backoff_s) for spec in specs]
         self.env = dict(env)
@@ -108,6 +140,9 @@ class Supervisor:
             for child in self.children:
                 self._start(child)
             while not stop.is_set():
+                for server in self.servers:
+                    if not server.running():
+                        await self._restart_server(server)
                 now = time.monotonic()
                 for child in self.children:
                     self._check(child, now)
@@ -116,6 +151,15 @@ class Supervisor:
         finally:
             killed = await asyncio.get_running_loop().run_in_executor(None, self._stop_all)
         return 1 if killed else 0
+
+    async def _restart_server(self, server: ServerSpec) -> None:
+        log.error("up.server_exited", server=server.name, action="starting it again")
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, server.restart)
+        except Exception as exc:  # tried again at the next check
+            log.error("up.server_restart_failed", server=server.name, error=repr(exc))
+        else:
+            log.info("up.server_restarted", server=server.name)
 
     def _stop_all(self) -> list[str]:
         """SIGINT to every child, wait, SIGKILL the rest; the names of those killed."""

@@ -24,6 +24,8 @@ class Endpoints:
     service_url: str
     kafka_bootstrap: str | None
     embedded: bool
+    started: tuple[EmbeddedPostgres | EmbeddedKafka, ...] = ()
+    """The embedded servers this ``endpoints`` block started (and stops when it ends)."""
 
 
 def _alive(pid: int) -> bool:
@@ -97,7 +99,7 @@ def endpoints(
                     record_kafka(broker)
                     started.append(broker)
                 bootstrap = broker.bootstrap_servers
-        yield Endpoints(admin, service, bootstrap, not settings.database_url)
+        yield Endpoints(admin, service, bootstrap, not settings.database_url, tuple(started))
     finally:
         for server in reversed(started):
             server.stop()

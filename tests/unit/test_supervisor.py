@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.supervisor import ChildSpec, Supervisor
+from services.supervisor import ChildSpec, ServerSpec, Supervisor
 
 pytestmark = pytest.mark.unit
 PY = sys.executable
@@ -53,3 +53,47 @@ async def test_a_child_that_ignores_sigint_is_killed_after_the_timeout() -> None
     assert time.monotonic() - started < 10
     (only,) = supervisor.children
     assert only.proc is not None and only.proc.returncode == -9
+
+
+async def test_an_embedded_server_that_dies_is_started_again_in_place() -> None:
+    """`yizhan up` started the embedded PostgreSQL and broker: when one died (the memory
+    broker killed for its memory, say), every service kept retrying against nothing, and a
+    service started again was told to run `yizhan up` first, until someone noticed."""
+    import subprocess
+
+    class Server:  # an EmbeddedKafka / EmbeddedPostgres stand-in
+        def __init__(self) -> None:
+            self.starts = 0
+            self.process: subprocess.Popen[bytes] | None = None
+            self.start()
+
+        def start(self) -> None:
+            self.starts += 1
+            self.process = subprocess.Popen([PY, "-c", "import time; time.sleep(60)"])
+
+    server = Server()
+    supervisor = Supervisor([], dict(os.environ), poll_s=0.02,
+                            servers=[ServerSpec.of("broker", server)])
+    stop = asyncio.Event()
+    running = asyncio.create_task(supervisor.run(stop))
+    try:
+        await asyncio.sleep(0.2)
+        assert server.starts == 1
+        first = server.process
+        assert first is not None
+        first.kill()
+        deadline = time.monotonic() + 5
+        while server.starts < 2:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        assert server.starts == 2 and server.process is not first
+        assert server.process is not None and server.process.poll() is None
+    finally:
+        stop.set()
+        await running
+        for proc in (first, server.process):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+            if proc is not None:
+                proc.wait()
