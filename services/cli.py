@@ -133,6 +133,7 @@ async def serve_relay(settings: Settings, ep: Endpoints, stop: asyncio.Event) ->
     from shared.relay_http import relay_app
 
     assert ep.kafka_bootstrap is not None
+    witness = writable_witness(settings, ep)
     await ensure_topics(ep.kafka_bootstrap, topic_specs(settings),
                         replication_factor=settings.topic_replication_factor)
     pool = await create_pool(ep.service_url, min_size=2, max_size=4)
@@ -145,7 +146,7 @@ async def serve_relay(settings: Settings, ep: Endpoints, stop: asyncio.Event) ->
             await asyncio.gather(
                 relay.run(stop),
                 run_checkpointer(pool, signer, settings.checkpoint_every_events,
-                                 settings.checkpoint_every_s, stop, witness_of(settings, ep)),
+                                 settings.checkpoint_every_s, stop, witness),
                 serve_http(relay_app(relay, pool), settings.http_host, settings.relay_port,
                            stop, name="relay"),
             )
@@ -303,6 +304,23 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
 def witness_of(settings: Settings, ep: Endpoints) -> Witness | None:
     path = settings.witness_path(ep.embedded)
     return None if path is None else Witness(path)
+
+
+def writable_witness(settings: Settings, ep: Endpoints) -> Witness | None:
+    """The witness the relay's checkpointer appends to, checked (created if missing) before
+    the relay starts: one it cannot write only logged a warning at every checkpoint, and the
+    relay ran without any witness."""
+    witness = witness_of(settings, ep)
+    if witness is not None:
+        try:
+            witness.path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(witness.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+        except OSError as exc:
+            variable = ("YIZHAN_CHECKPOINT_WITNESS_FILE" if settings.checkpoint_witness_file
+                        else "YIZHAN_DATA_DIR")
+            raise SystemExit(f"configuration error: {variable}: cannot append to the witness "
+                             f"file {witness.path}: {exc.strerror or exc}") from None
+    return witness
 
 
 def cmd_checkpoint(settings: Settings, _: argparse.Namespace) -> int:

@@ -308,3 +308,26 @@ def test_two_roles_on_one_topic_are_refused_naming_both(
     code, _, err = yizhan(capsys, "token", CLERK)
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith(f"configuration error: {variable}: ") and same_as in err
+
+
+def test_a_witness_file_the_relay_cannot_append_to_stops_it_naming_the_variable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay's checkpointer appends every signed checkpoint to the witness file. One it
+    cannot write (a mistyped path, a volume not mounted) only logged a warning at every
+    checkpoint: the relay ran 'ready', signing at every new event, with no witness at all."""
+    import asyncio
+
+    from shared.runtime import free_port
+    from shared.stack import Endpoints
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("YIZHAN_CHECKPOINT_WITNESS_FILE", str(blocker / "witness.jsonl"))
+    settings = Settings(_env_file=None)
+    nowhere = Endpoints("postgresql://nobody@127.0.0.1:1/x", "postgresql://nobody@127.0.0.1:1/x",
+                        f"127.0.0.1:{free_port()}", embedded=False)
+    with pytest.raises(SystemExit) as stopped:
+        asyncio.run(cli.serve_relay(settings, nowhere, asyncio.Event()))
+    message = str(stopped.value.code)
+    assert message.startswith("configuration error: YIZHAN_CHECKPOINT_WITNESS_FILE")
+    assert str(blocker / "witness.jsonl") in message
