@@ -202,7 +202,9 @@ def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
         # configured URLs); the database is migrated already
         env = dict(os.environ) | {"YIZHAN_MIGRATE_ON_START": "false"}
         # the embedded servers started here are started again should one exit
-        servers = [ServerSpec.of(type(server).__name__, server) for server in ep.started]
+        servers = [ServerSpec.of(type(server).__name__, server, topics=topic_specs(settings),
+                                 replication_factor=settings.topic_replication_factor)
+                   for server in ep.started]
         supervisor = Supervisor(yizhan_children(), env, servers=servers)
 
         async def everything(stop: asyncio.Event) -> int:

@@ -30,6 +30,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka.admin import AIOKafkaAdminClient
+
+from shared.kafka import describe_topics, recreate_topic
 from shared.logging import get_logger
 from shared.runtime import EmbeddedKafka, die_with_parent
 from shared.stack import record_kafka
@@ -54,9 +57,12 @@ class ServerSpec:
     restart: Callable[[], None]
 
     @classmethod
-    def of(cls, name: str, server: Any) -> ServerSpec:
+    def of(cls, name: str, server: Any, *, topics: Mapping[str, int] | None = None,
+           replication_factor: int = 1) -> ServerSpec:
         """For an ``EmbeddedPostgres`` or ``EmbeddedKafka`` (started again on its port; the
-        broker's pid recorded anew for the services that look for it)."""
+        broker's pid recorded anew for the services that look for it, and ``topics`` created
+        at once on the new, empty broker: a client naming one in a metadata request first
+        would have it created with the broker's own partition count)."""
         def running() -> bool:
             return server.process is not None and server.process.poll() is None
 
@@ -65,9 +71,27 @@ class ServerSpec:
                 server.process.wait()  # (reaped)
             server.start()
             if isinstance(server, EmbeddedKafka):
+                if topics:
+                    asyncio.run(_create_topics(server.bootstrap_servers, topics,
+                                               replication_factor))
                 record_kafka(server)
 
         return cls(name, running, restart)
+
+
+async def _create_topics(bootstrap: str, topics: Mapping[str, int],
+                         replication_factor: int) -> None:
+    """Every topic with its partition count on a new broker (one a client got created first,
+    with the broker's own count, made again: a new broker holds nothing to lose)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        found = await describe_topics(admin)
+        for name, partitions in topics.items():
+            if found.get(name) != partitions:
+                await recreate_topic(admin, name, partitions, replication_factor)
+    finally:
+        await admin.close()
 
 
 @dataclass

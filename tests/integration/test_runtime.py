@@ -112,14 +112,19 @@ async def test_up_starts_a_dead_embedded_broker_again_where_the_services_find_it
     import asyncio
     import socket
 
+    from aiokafka.admin import AIOKafkaAdminClient
+
     from services.supervisor import ServerSpec, Supervisor
+    from shared.kafka import describe_topics, ensure_topics
     from shared.runtime import EmbeddedKafka
     from shared.stack import record_kafka, running_kafka
 
     broker = EmbeddedKafka(tmp_path / "kafka").start()
     record_kafka(broker)
+    topics = {"case.events": 3, "intake.submissions": 2}
+    await ensure_topics(broker.bootstrap_servers, topics)
     supervisor = Supervisor([], dict(os.environ), poll_s=0.05,
-                            servers=[ServerSpec.of("broker", broker)])
+                            servers=[ServerSpec.of("broker", broker, topics=topics)])
     stop = asyncio.Event()
     running = asyncio.create_task(supervisor.run(stop))
     try:
@@ -135,6 +140,15 @@ async def test_up_starts_a_dead_embedded_broker_again_where_the_services_find_it
         assert running_kafka(tmp_path) == broker.port
         with socket.create_connection(("127.0.0.1", broker.port), 2):
             pass
+        # the new broker is empty: every topic is there again, before a client names one in
+        # a metadata request (the broker would create it with 4 partitions)
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+        await admin.start()
+        try:
+            found = await describe_topics(admin)
+        finally:
+            await admin.close()
+        assert {name: found.get(name) for name in topics} == topics
     finally:
         stop.set()
         await running
