@@ -3,6 +3,7 @@ from the request through the logs and the event store, and the health endpoints.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import uuid
@@ -14,7 +15,6 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -209,6 +209,9 @@ class LoggedOnce:
                 raise
 
 
+_CORRELATION_NAME = CORRELATION_HEADER.lower().encode()
+
+
 class CorrelationMiddleware:
     """Take ``X-Correlation-ID`` from the request (or make one), bind it for the logs and the
     event metadata, and echo it on the response. Plain ASGI (Starlette's BaseHTTPMiddleware
@@ -221,10 +224,17 @@ class CorrelationMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = Headers(scope=scope).get(CORRELATION_HEADER, "")
+        given = ""
+        for name, value in scope["headers"]:
+            if name == _CORRELATION_NAME:
+                # UTF-8, as clients send it (Starlette's Headers read Latin-1: 'é' became 'Ã©'
+                # in the logs and the event store, and went back as other bytes)
+                with contextlib.suppress(UnicodeDecodeError):
+                    given = value.decode()
+                break
         cid = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
         scope.setdefault("state", {})["correlation_id"] = cid
-        header = (CORRELATION_HEADER.lower().encode(), cid.encode())
+        header = (_CORRELATION_NAME, cid.encode())
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
