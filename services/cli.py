@@ -182,12 +182,33 @@ def service_urls(settings: Settings, intake: IntakeSettings) -> dict[str, str]:
             "relay": f"http://{host}:{settings.relay_port}"}
 
 
+def port_clash(settings: Settings, intake: IntakeSettings) -> str | None:
+    """Two services of `yizhan up` (all on this machine) on one address: the second could
+    never bind, and was started again for ever."""
+    binds = {"YIZHAN_INTAKE_HTTP_PORT": (intake.http_host, intake.http_port),
+             "YIZHAN_CASES_PORT": (settings.http_host, settings.cases_port),
+             "YIZHAN_PROJECTIONS_PORT": (settings.http_host, settings.projections_port),
+             "YIZHAN_RELAY_PORT": (settings.http_host, settings.relay_port)}
+    anywhere = {"", "0.0.0.0", "::"}
+    names = list(binds)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            (host_a, port_a), (host_b, port_b) = binds[first], binds[second]
+            if port_a == port_b and (host_a == host_b or {host_a, host_b} & anywhere):
+                return (f"{first} and {second} are both {port_a}: `yizhan up` runs every "
+                        "service on this machine, each on a port of its own")
+    return None
+
+
 def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
     """Start (or find) PostgreSQL and the broker, migrate, then run each service in its own
     process (``services.supervisor``) until Ctrl-C."""
     from services.supervisor import ServerSpec, Supervisor, yizhan_children
 
     intake = IntakeSettings()  # a configuration error stops us before any server
+    clash = port_clash(settings, intake)
+    if clash:
+        return complain([f"configuration error: {clash}"])
     with endpoints(settings, kafka=True, start_kafka=True) as ep:
         asyncio.run(prepare_database(ep))
         urls = service_urls(settings, intake)

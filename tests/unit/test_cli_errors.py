@@ -331,3 +331,16 @@ def test_a_witness_file_the_relay_cannot_append_to_stops_it_naming_the_variable(
     message = str(stopped.value.code)
     assert message.startswith("configuration error: YIZHAN_CHECKPOINT_WITNESS_FILE")
     assert str(blocker / "witness.jsonl") in message
+
+
+def test_up_refuses_two_services_on_one_port_naming_both_variables(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        no_database: None) -> None:
+    """`yizhan up` runs every service on this machine: two on one port left the second
+    failing to bind and started again for ever, and 'all services ready' never came."""
+    monkeypatch.setenv("YIZHAN_RELAY_PORT", "18010")
+    monkeypatch.setenv("YIZHAN_INTAKE_HTTP_PORT", "18010")
+    code, _, err = yizhan(capsys, "up")
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("configuration error: ")
+    assert "YIZHAN_INTAKE_HTTP_PORT" in err and "YIZHAN_RELAY_PORT" in err
