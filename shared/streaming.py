@@ -410,6 +410,15 @@ class EventAgent:
             value_serializer="raw", partitions=app.conf.topic_partitions, internal=False,
         )
         self.agent = app.agent(self.topic, name=name, concurrency=1)(self._run)
+        app.on_partitions_revoked.connect(self._forget_revoked)
+
+    async def _forget_revoked(self, _app: Any, /, *args: Any, signal: Any = None,
+                              **_: Any) -> None:
+        """A partition taken away is another worker's to report: its last position here
+        would stay frozen in ``stats.positions`` (a metric, per partition)."""
+        revoked: set[TP] = args[0]
+        for tp in revoked:
+            self.stats.positions.pop(scope_for(tp.topic, tp.partition), None)
 
     async def _run(self, stream: StreamT[bytes]) -> None:
         # eager_batches yields the buffered *events* and, unlike take()/take_events(), does

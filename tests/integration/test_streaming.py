@@ -346,3 +346,25 @@ async def test_two_workers_in_one_group_share_the_partitions_and_apply_once(
             assert first.stats.applied + second.stats.applied == total
             assert second.stats.applied > 0, "the second worker got no partition"
     await assert_applied_exactly_once(pool, kafka_bootstrap, topic, total)
+
+
+async def test_positions_of_partitions_taken_away_are_no_longer_reported(
+    pg_store: PostgresEventStore, pool: asyncpg.Pool, table: None, topic: str,
+    kafka_bootstrap: str,
+) -> None:
+    """The stats' per-partition positions feed a metric ('last position applied, per topic
+    partition'): a partition revoked in a rebalance kept its last value in the worker that
+    lost it, frozen, beside the live one of its new owner."""
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    async with relaying(pg_store, kafka_bootstrap, topic), \
+            worker(kafka_bootstrap, topic, pool, group=group, batch_size=50) as first:
+        await append_many(pg_store, 300)
+        await wait_for_db(pool, "SELECT count(*) FROM applied", 300)
+        assert len(first.stats.positions) == PARTITIONS
+        async with worker(kafka_bootstrap, topic, pool, group=group, batch_size=50) as second:
+            await append_many(pg_store, 300)
+            await wait_for_db(pool, "SELECT count(*) FROM applied", 600, timeout=60)
+            await wait_for(lambda: second.stats.applied > 0, what="the second worker applying")
+            kept = {scope_for(tp.topic, tp.partition) for tp in first.app.consumer.assignment()}
+            assert len(kept) < PARTITIONS
+            assert set(first.stats.positions) <= kept, (first.stats.positions, kept)
