@@ -206,6 +206,14 @@ def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
     from services.supervisor import ServerSpec, Supervisor, yizhan_children
 
     intake = IntakeSettings()  # a configuration error stops us before any server
+    # so does broken reference data, or intake's source registry, which every service (or
+    # intake) loads as it starts: else each would fail, and be started again, for ever
+    from services.intake.sources import load_sources
+    from shared.reference import load_reference
+
+    reference = load_reference()
+    load_sources(intake.sources_file, reference.org, production=intake.env == "prod",
+                 catalogue=reference.catalogue)
     clash = port_clash(settings, intake)
     if clash:
         return complain([f"configuration error: {clash}"])

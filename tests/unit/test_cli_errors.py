@@ -344,3 +344,16 @@ def test_up_refuses_two_services_on_one_port_naming_both_variables(
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("configuration error: ")
     assert "YIZHAN_INTAKE_HTTP_PORT" in err and "YIZHAN_RELAY_PORT" in err
+
+
+@pytest.mark.parametrize("variable", ["YIZHAN_REFERENCE_DIR", "YIZHAN_INTAKE_SOURCES_FILE"])
+def test_up_stops_on_broken_reference_data_before_any_server(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        no_database: None, variable: str) -> None:
+    """Every service loads the reference data (intake also the source registry) as it starts:
+    broken, `yizhan up` started the servers and then each service failed and was started
+    again for ever."""
+    monkeypatch.setenv(variable, str(tmp_path / "nothing-here"))
+    code, _, err = yizhan(capsys, "up")
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("configuration error: ") and "nothing-here" in err
