@@ -410,15 +410,26 @@ class EventAgent:
             value_serializer="raw", partitions=app.conf.topic_partitions, internal=False,
         )
         self.agent = app.agent(self.topic, name=name, concurrency=1)(self._run)
+        self._revoked: set[str] = set()  # scopes taken away (and not given back)
         app.on_partitions_revoked.connect(self._forget_revoked)
+        app.on_partitions_assigned.connect(self._note_assigned)
 
     async def _forget_revoked(self, _app: Any, /, *args: Any, signal: Any = None,
                               **_: Any) -> None:
         """A partition taken away is another worker's to report: its last position here
-        would stay frozen in ``stats.positions`` (a metric, per partition)."""
+        would stay frozen in ``stats.positions`` (a metric, per partition), also when a
+        batch of it in flight finishes after the revocation."""
         revoked: set[TP] = args[0]
         for tp in revoked:
-            self.stats.positions.pop(scope_for(tp.topic, tp.partition), None)
+            scope = scope_for(tp.topic, tp.partition)
+            self._revoked.add(scope)
+            self.stats.positions.pop(scope, None)
+
+    async def _note_assigned(self, _app: Any, /, *args: Any, signal: Any = None,
+                             **_: Any) -> None:
+        assigned: set[TP] = args[0]
+        for tp in assigned:
+            self._revoked.discard(scope_for(tp.topic, tp.partition))
 
     async def _run(self, stream: StreamT[bytes]) -> None:
         # eager_batches yields the buffered *events* and, unlike take()/take_events(), does
@@ -477,7 +488,8 @@ class EventAgent:
             self.stats.duplicates += len(acks) - len(fresh)
             if fresh:
                 last = fresh[-1].position
-                self.stats.positions[scope] = last
+                if scope not in self._revoked:
+                    self.stats.positions[scope] = last
                 self.stats.last_position = max(self.stats.last_position, last)
             for event in acks:
                 await stream.ack(event)

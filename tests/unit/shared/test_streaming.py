@@ -117,3 +117,44 @@ async def test_a_crashed_app_stops_the_process_and_leaves_it_with_an_error() -> 
     async with stop_on_crash(running, untouched):
         await asyncio.sleep(0)
     assert not untouched.is_set()
+
+
+async def test_a_batch_applied_while_its_partition_is_revoked_reports_no_position(
+    recorded: RecordedEvent, tmp_path
+) -> None:
+    """The batch in flight when a rebalance takes its partition away finishes after the
+    revocation: its position must not come back as a frozen per-partition metric."""
+    from faust.types import TP
+
+    from shared.streaming import idempotent_agent
+
+    class Consumer:  # an IdempotentConsumer whose transaction is under way
+        name = "c"
+
+        def __init__(self) -> None:
+            self.entered, self.release = asyncio.Event(), asyncio.Event()
+
+        async def apply_scopes(self, batches: dict, apply: object) -> dict:
+            self.entered.set()
+            await self.release.wait()
+            return {scope: list(events) for scope, events in batches.items()}
+
+    class Stream:
+        async def ack(self, event: object) -> None: ...
+
+    app = make_app("svc", bootstrap_servers="127.0.0.1:9", datadir=tmp_path)
+    consumer = Consumer()
+    agent = idempotent_agent(app, topic="case.events", consumer=consumer,  # type: ignore[arg-type]
+                             apply=lambda conn, events: None)  # type: ignore[arg-type,return-value]
+    tp = TP("case.events", 0)
+    batch = {tp: ([object()], {recorded.position: recorded})}
+    applying = asyncio.create_task(agent.apply_groups(Stream(), batch))  # type: ignore[arg-type]
+    await consumer.entered.wait()
+    await app.on_partitions_revoked.send({tp})
+    consumer.release.set()
+    await applying
+    assert agent.stats.positions == {} and agent.stats.applied == 1
+    await app.on_partitions_assigned.send({tp})  # back to this worker: reported again
+    consumer.release.set()
+    await agent.apply_groups(Stream(), batch)  # type: ignore[arg-type]
+    assert agent.stats.positions == {"case.events/0": recorded.position}
