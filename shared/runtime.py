@@ -45,6 +45,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def process_runs(pid: int, marker: bytes) -> bool:
+    """Whether ``pid`` is alive and its command line holds ``marker``: a pid file left by a
+    crash or a reboot may name a pid that runs another program since. (Without ``/proc`` to
+    read, a live pid is taken at its word.)"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    try:
+        return marker in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False  # ended meanwhile
+    except OSError:
+        return True
+
+
+POSTGRES_MARKER = b"postgres"
+BROKER_MARKER = b"--advertised-listener-url"  # one of the arguments EmbeddedKafka starts it with
+
+
 def die_with_parent(sig: int) -> Callable[[], None]:
     """A ``preexec_fn`` giving the child its own session and ``sig`` when its parent dies."""
 
@@ -206,8 +228,7 @@ class EmbeddedPostgres:
     def _clear_stale_pid(pidfile: Path) -> None:
         with contextlib.suppress(ValueError, OSError):
             pid = int(pidfile.read_text().splitlines()[0])
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 0)
+            if process_runs(pid, POSTGRES_MARKER):
                 raise EmbeddedStartError(
                     f"another PostgreSQL (pid {pid}) already runs on {pidfile.parent}"
                 )

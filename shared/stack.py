@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.runtime import SERVICE_ROLE, EmbeddedKafka, EmbeddedPostgres
+from shared.runtime import (
+    BROKER_MARKER,
+    POSTGRES_MARKER,
+    SERVICE_ROLE,
+    EmbeddedKafka,
+    EmbeddedPostgres,
+    process_runs,
+)
 from shared.settings import Settings
 
 
@@ -28,22 +34,12 @@ class Endpoints:
     """The embedded servers this ``endpoints`` block started (and stops when it ends)."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running_postgres(data_dir: Path) -> int | None:
     """The port of an embedded PostgreSQL already running on ``data_dir``, if any."""
     pidfile = data_dir / "postgres" / "pgdata" / "postmaster.pid"
     with contextlib.suppress(OSError, ValueError, IndexError):
         lines = pidfile.read_text().splitlines()
-        if _alive(int(lines[0])):
+        if process_runs(int(lines[0]), POSTGRES_MARKER):
             return int(lines[3])
     return None
 
@@ -52,7 +48,7 @@ def running_kafka(data_dir: Path) -> int | None:
     """The port of an embedded broker started by `yizhan up` on ``data_dir``, if running."""
     with contextlib.suppress(OSError, ValueError, KeyError):
         info = json.loads((data_dir / "kafka" / "broker.json").read_text())
-        if _alive(int(info["pid"])):
+        if process_runs(int(info["pid"]), BROKER_MARKER):
             return int(info["port"])
     return None
 
