@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS limit_log (id bigserial PRIMARY KEY, key text NOT NUL
 CREATE TABLE IF NOT EXISTS limit_view (id bigint PRIMARY KEY, key text NOT NULL)
 """
 _CHANNEL = "limit_log"
+TRAILING = 1000  # ids re-read behind the highest sent (see ``relay``)
 
 
 @dataclass(frozen=True)
@@ -80,15 +81,22 @@ async def measure(dsn: str, bootstrap: str, *, rate: int, seconds: float,
     await relay_conn.add_listener(_CHANNEL, lambda *_: wake.set())
 
     async def relay() -> None:
-        after = 0
+        # ids are taken at INSERT, commits land in another order (16 writers): a row with a
+        # lower id may become visible after a higher one was read. Re-read a trailing window
+        # of ids and skip those already sent, or such a row is never relayed.
+        sent_ids: set[int] = set()
+        top = 0
         while not stop.is_set():
-            rows = await relay_conn.fetch(
-                "SELECT id, key FROM limit_log WHERE id > $1 ORDER BY id", after)
+            rows = [r for r in await relay_conn.fetch(
+                "SELECT id, key FROM limit_log WHERE id > $1 ORDER BY id", top - TRAILING)
+                if r["id"] not in sent_ids]
             if rows:
                 sent = [await producer.send(topic, key=r["key"].encode(),
                                             value=str(r["id"]).encode()) for r in rows]
                 await asyncio.gather(*sent)
-                after = rows[-1]["id"]
+                sent_ids.update(r["id"] for r in rows)
+                top = max(top, rows[-1]["id"])
+                sent_ids.difference_update([i for i in sent_ids if i <= top - TRAILING])
                 continue
             wake.clear()
             with contextlib.suppress(TimeoutError):
