@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from services.intake.domain.identity import (
     id_number_problem,
@@ -58,18 +58,21 @@ class Applicant(Strict):
                 "address": self.address}
 
 
+def _listed_once(documents: tuple[str, ...]) -> tuple[str, ...]:
+    if len(set(documents)) != len(documents):
+        raise ValueError("lists a document twice")
+    return documents
+
+
+Documents = Annotated[tuple[Code, ...], Field(max_length=30), AfterValidator(_listed_once)]
+"""The documents a resident brought for one service: each code at most once."""
+
+
 class ServiceRequest(Strict):
     """One service the resident applies for, with the documents they brought."""
 
     service_code: Code
-    documents: tuple[Code, ...] = Field(default=(), max_length=30)
-
-    @field_validator("documents")
-    @classmethod
-    def _listed_once(cls, documents: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(documents)) != len(documents):
-            raise ValueError("lists a document twice")
-        return documents
+    documents: Documents = ()
 
 
 class Visit(Strict):

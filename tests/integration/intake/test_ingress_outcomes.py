@@ -181,13 +181,10 @@ async def test_a_refused_message_repeated_in_the_same_batch_is_rejected_each_tim
         (1, "station"), (2, "station")]
 
 
-async def test_a_message_with_thousands_of_problems_still_reaches_intake_rejected(
-    service: IntakeService, kafka_bootstrap: str,
-) -> None:
-    # Every problem was a reason: a 60 KB visit of 20,000 empty services (or a result with
-    # thousands of bad detail keys) made a rejection of about 2 MB, which the producer refused
-    # (MessageSizeTooLargeError). The batch failed and was retried for ever, blocking its
-    # partition, and the message never reached intake.rejected.
+async def dead_letter_of(service: IntakeService, kafka_bootstrap: str,
+                         message: RawMessage) -> Any:
+    """Handle ``message`` with the real rejection publisher on a topic of its own (the real
+    broker refuses what is too large) and read back the one dead letter it published."""
     from services.intake.agents import KafkaRejectionPublisher
     from shared.kafka import ensure_topics
     from tests.kafka_helpers import read_topic
@@ -197,14 +194,24 @@ async def test_a_message_with_thousands_of_problems_still_reaches_intake_rejecte
     publisher = KafkaRejectionPublisher(kafka_bootstrap, dead)
     await publisher.start()
     try:
-        ingress = build_ingress(service, publisher)
-        payload = {**visit("v-1"), "services": [{}] * 20_000}
-        message = Topic(service).message(payload)
-        assert message.value is not None and len(message.value) < 64 * 1024
-        await ingress.handle([message])
+        await build_ingress(service, publisher).handle([message])
     finally:
         await publisher.stop()
     (sent,) = await read_topic(kafka_bootstrap, dead, 1, until=1, timeout=10)
+    return sent
+
+
+async def test_a_message_with_thousands_of_problems_still_reaches_intake_rejected(
+    service: IntakeService, kafka_bootstrap: str,
+) -> None:
+    # Every problem was a reason: a 60 KB visit of 20,000 empty services (or a result with
+    # thousands of bad detail keys) made a rejection of about 2 MB, which the producer refused
+    # (MessageSizeTooLargeError). The batch failed and was retried for ever, blocking its
+    # partition, and the message never reached intake.rejected.
+    payload = {**visit("v-1"), "services": [{}] * 20_000}
+    message = Topic(service).message(payload)
+    assert message.value is not None and len(message.value) < 64 * 1024
+    sent = await dead_letter_of(service, kafka_bootstrap, message)
     reasons = sent.value["reasons"]
     assert 1 < len(reasons) <= 101
     assert reasons[0]["field"] == "visit.services[0].service_code"
@@ -217,22 +224,9 @@ async def test_a_huge_source_header_still_reaches_intake_rejected(
     # The source header, unregistered, was echoed whole into the rejection: 200 KB of control
     # characters (each escaped as \u0001 in JSON) made a 1.2 MB rejection the producer refused;
     # the batch was retried for ever and the message never reached intake.rejected.
-    from services.intake.agents import KafkaRejectionPublisher
-    from shared.kafka import ensure_topics
-    from tests.kafka_helpers import read_topic
-
-    dead = f"intake.rejected.{uuid.uuid4().hex[:8]}"
-    await ensure_topics(kafka_bootstrap, {dead: 1})
-    publisher = KafkaRejectionPublisher(kafka_bootstrap, dead)
-    await publisher.start()
-    try:
-        ingress = build_ingress(service, publisher)
-        body = json.dumps(visit("v-1")).encode()
-        await ingress.handle([RawMessage(TOPIC, 0, 1, body, {
-            SOURCE_HEADER: b"pension" + b"\x01" * 200_000, SIGNATURE_HEADER: b"sha256=00"})])
-    finally:
-        await publisher.stop()
-    (sent,) = await read_topic(kafka_bootstrap, dead, 1, until=1, timeout=10)
+    body = json.dumps(visit("v-1")).encode()
+    sent = await dead_letter_of(service, kafka_bootstrap, RawMessage(TOPIC, 0, 1, body, {
+        SOURCE_HEADER: b"pension" + b"\x01" * 200_000, SIGNATURE_HEADER: b"sha256=00"}))
     assert [r["code"] for r in sent.value["reasons"]] == ["unknown_source"]
     assert sent.value["source"].startswith("pension") and len(sent.value["source"]) <= 41
 
