@@ -9,7 +9,9 @@ with a request for *all* topics, which creates nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -31,6 +33,45 @@ def topic_specs(settings: Settings) -> dict[str, int]:
         settings.topic_intake_submissions: settings.topic_partitions,
         settings.topic_intake_rejected: settings.topic_partitions,
     }
+
+
+class BrokerProbe:
+    """A ``/readyz`` check: does the broker answer, and does it hold ``topics``? One all-topics
+    metadata request (it creates nothing) on a client opened for it, at most once every
+    ``every_s``: the answer is kept in between, so a probe every second costs the broker
+    nothing. ``/readyz`` needs no login: the error (addresses) goes to the log."""
+
+    def __init__(self, bootstrap: str, topics: Sequence[str] = (), *, every_s: float = 5.0,
+                 timeout_s: float = 2.0) -> None:
+        self.bootstrap, self.topics = bootstrap, tuple(topics)
+        self.every_s, self.timeout_s = every_s, timeout_s
+        self._at: float | None = None
+        self._answer: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def __call__(self) -> str | None:
+        async with self._lock:  # concurrent probes share one request
+            if self._at is None or time.monotonic() - self._at >= self.every_s:
+                self._answer = await self._probe()
+                self._at = time.monotonic()
+            return self._answer
+
+    async def _probe(self) -> str | None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
+                                    request_timeout_ms=int(self.timeout_s * 1000))
+        try:
+            await asyncio.wait_for(admin.start(), self.timeout_s)
+            _, topics = await asyncio.wait_for(broker_state(admin), self.timeout_s)
+        except Exception as exc:  # any failure means not ready
+            log.warning("readiness.broker_unreachable", error=repr(exc))
+            return "broker unreachable"
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+        missing = [name for name in self.topics if name not in topics]
+        if missing:
+            return "broker: no topic " + ", ".join(missing)
+        return None
 
 
 async def describe_topics(admin: AIOKafkaAdminClient) -> dict[str, int]:

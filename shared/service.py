@@ -126,12 +126,17 @@ def create_app(
     return app
 
 
-def database_ready(pool: Any) -> ReadinessCheck:
-    """The database answers. ``/readyz`` needs no login: the error (user, host, database
-    names) goes to the log, the answer only says the database is unreachable."""
+def database_ready(pool: Any, *, timeout_s: float = 2.0) -> ReadinessCheck:
+    """The database answers within ``timeout_s`` (taking a pool connection included: a pool
+    whose every connection is stuck is not ready either). ``/readyz`` needs no login: the
+    error (user, host, database names) goes to the log, the answer only says the database is
+    unreachable."""
     async def check() -> str | None:
         try:
-            await pool.fetchval("SELECT 1")
+            await asyncio.wait_for(pool.fetchval("SELECT 1"), timeout_s)
+        except TimeoutError:
+            log.warning("readiness.database_slow", timeout_s=timeout_s)
+            return f"database: no answer within {timeout_s:g} s"
         except Exception as exc:  # any failure means not ready
             log.warning("readiness.database_unreachable", error=repr(exc))
             return "database unreachable"

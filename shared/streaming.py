@@ -43,9 +43,10 @@ import asyncio
 import contextlib
 import json
 import tempfile
+import time
 import traceback
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -187,6 +188,30 @@ async def running_app(
         yield app
 
 
+def consumer_ready(
+    app: Any, name: str, failing_since: Callable[[], float | None], *,
+    stuck_after_s: float = 30.0,
+) -> Callable[[], Awaitable[str | None]]:
+    """A ``/readyz`` check of an agent's consumer (``app``: a Faust app): it is running (not
+    crashed, not stopping), has joined its group (from the end of its first rebalance on;
+    later rebalances do not flip it, so a replica stays in its load balancer while partitions
+    move) and has not held a failing batch for ``stuck_after_s`` or longer (``failing_since``:
+    wall time of the first failure in a row, or None). What is missing, or None; the error
+    itself is in the log (``/readyz`` needs no login)."""
+
+    async def check() -> str | None:
+        if app.should_stop:  # crashed, or stopping
+            return f"{name}: stopped"
+        if app.rebalancing_count == 0 or (app.rebalancing_count == 1 and app.rebalancing):
+            return f"{name}: joining its consumer group"
+        since = failing_since()
+        if since is not None and (held := time.time() - since) >= stuck_after_s:
+            return f"{name}: retrying a failing batch for {held:.0f} s (the error is in its log)"
+        return None
+
+    return check
+
+
 class AppCrashed(RuntimeError):
     """The Faust app crashed (an agent or timer raised past its supervisor): its consumers and
     timers have stopped for good, so the process must end and be started again."""
@@ -283,6 +308,7 @@ class StreamStats:
     apply_errors: int = 0
     last_position: int = 0
     retrying: bool = False
+    retrying_since: float | None = None  # wall time the batch held now first failed
     positions: dict[str, int] = field(default_factory=dict)
     last_parked: deque[ParkedMessage] = field(default_factory=lambda: deque(maxlen=PARKED_KEPT))
 
@@ -511,6 +537,8 @@ class EventAgent:
                 attempt += 1
                 self.stats.apply_errors += 1
                 self.stats.retrying = True
+                if self.stats.retrying_since is None:
+                    self.stats.retrying_since = time.time()
                 first = min(events[0].position for events in batches.values() if events)
                 last = max(events[-1].position for events in batches.values() if events)
                 log.error("streaming.apply_failed", agent=self.name, scopes=sorted(batches),
@@ -527,9 +555,9 @@ class EventAgent:
                     log.warning("streaming.batch_released", agent=self.name, scope=scope,
                                 reason="partition revoked while retrying")
             else:
-                self.stats.retrying = False
+                self.stats.retrying, self.stats.retrying_since = False, None
                 return fresh
-        self.stats.retrying = False
+        self.stats.retrying, self.stats.retrying_since = False, None
         return {}
 
     def _park(self, topic: str, partition: int, offset: int, reason: str) -> None:

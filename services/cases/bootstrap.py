@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -16,7 +16,7 @@ from services.cases.metrics import SlaTicks
 from shared.eventstore.port import EventStore
 from shared.eventstore.postgres import PostgresEventStore, create_pool
 from shared.reference import Reference, load_reference
-from shared.service import create_app, database_ready
+from shared.service import ReadinessCheck, create_app, database_ready
 from shared.settings import Settings
 from shared.streaming import StreamStats
 
@@ -58,14 +58,17 @@ async def bootstrap(
     return CasesService(settings, store, reference, CaseCommands(store, reference), clock, pool)
 
 
-def build_app(service: CasesService, *, fast_path: bool = True) -> FastAPI:
+def build_app(service: CasesService, *, fast_path: bool = True,
+              readiness: Sequence[ReadinessCheck] = ()) -> FastAPI:
     """The HTTP app; ``fast_path`` serves well-formed commands without FastAPI's per-request
-    machinery (services/cases/fastpath.py; False: everything through FastAPI)."""
+    machinery (services/cases/fastpath.py; False: everything through FastAPI); ``readiness``:
+    checks for ``/readyz`` beside the database's (the broker, the SLA agent's consumer)."""
     return create_app(
         "Yizhan cases", [router, operations],
         state={"settings": service.settings, "case_commands": service.commands,
                "clock": service.clock, "service": service},
-        readiness=[database_ready(service.pool)] if service.pool is not None else [],
+        readiness=[*([database_ready(service.pool)] if service.pool is not None else []),
+                   *readiness],
         middleware=[CommandFastPath] if fast_path else [], max_body=MAX_BODY_BYTES,
         description="Officers' commands on cases: accept, request documents, hand off, "
                     "return, decide, close. Every response carries the case's new version "

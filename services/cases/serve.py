@@ -6,12 +6,12 @@ import asyncio
 
 from services.cases.agents import build_faust
 from services.cases.bootstrap import bootstrap, build_app
-from shared.kafka import ensure_topics, topic_specs
+from shared.kafka import BrokerProbe, ensure_topics, topic_specs
 from shared.logging import get_logger
-from shared.service import serve_http, tuned_gc
+from shared.service import ReadinessCheck, serve_http, tuned_gc
 from shared.settings import Settings
 from shared.stack import Endpoints
-from shared.streaming import running_app, stop_on_crash
+from shared.streaming import consumer_ready, running_app, stop_on_crash
 
 log = get_logger(__name__)
 
@@ -21,11 +21,14 @@ async def serve(settings: Settings, ep: Endpoints, stop: asyncio.Event) -> None:
     await ensure_topics(ep.kafka_bootstrap, topic_specs(settings),
                         replication_factor=settings.topic_replication_factor)
     service = await bootstrap(settings, ep.service_url)
-    faust_app, _ = build_faust(service, ep.kafka_bootstrap)
+    faust_app, agent = build_faust(service, ep.kafka_bootstrap)
+    readiness: list[ReadinessCheck] = [
+        BrokerProbe(ep.kafka_bootstrap, [settings.topic_case_events]),
+        consumer_ready(faust_app, "SLA agent", lambda: agent.stats.retrying_since)]
     try:
         with tuned_gc():  # after start-up: what is loaded now is frozen
             async with running_app(faust_app), stop_on_crash(faust_app, stop):
-                await serve_http(build_app(service), settings.http_host, settings.cases_port,
-                                 stop, name="cases")
+                await serve_http(build_app(service, readiness=readiness), settings.http_host,
+                                 settings.cases_port, stop, name="cases")
     finally:
         await service.close()

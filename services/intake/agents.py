@@ -18,6 +18,7 @@ batches in flight: none of them is acked, all are delivered again.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -68,6 +69,7 @@ class SubmissionAgent:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.failures = 0
+        self.failing_since: float | None = None  # wall time of the first failure in a row
         self.topic = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                                value_serializer="raw", partitions=app.conf.topic_partitions,
                                internal=False)
@@ -104,11 +106,14 @@ class SubmissionAgent:
         while True:
             try:
                 await self.ingress.handle(messages)
+                self.failing_since = None
                 return
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # held and retried: an offset never passes an outcome
                 self.failures += 1
+                if self.failing_since is None:
+                    self.failing_since = time.time()
                 log.error("intake.batch_failed", messages=len(messages), error=repr(exc),
                           retry_in_s=delay, attempt=self.failures)
                 await asyncio.sleep(delay)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -24,7 +24,7 @@ from services.intake.sources import SourceRegistry, load_sources
 from shared.eventstore.postgres import PostgresEventStore, create_pool
 from shared.logging import get_logger
 from shared.reference import Reference, load_reference
-from shared.service import create_app, database_ready, tune_gc
+from shared.service import ReadinessCheck, create_app, database_ready, tune_gc
 from shared.settings import Settings
 from shared.streaming import make_app, running_app
 
@@ -76,11 +76,12 @@ async def bootstrap(
                          clock)
 
 
-def build_app(service: IntakeService) -> FastAPI:
+def build_app(service: IntakeService, *, readiness: Sequence[ReadinessCheck] = ()) -> FastAPI:
+    """``readiness``: checks for ``/readyz`` beside the database's (the broker, the agent)."""
     return create_app(
         "Yizhan intake", [router, operations],
         state={"settings": service.settings, "intake_handler": service.handler},
-        readiness=[database_ready(service.pool)], max_body=MAX_BODY_BYTES,
+        readiness=[database_ready(service.pool), *readiness], max_body=MAX_BODY_BYTES,
         description="The front door: station clerks receive residents; every service of a "
                     "visit becomes a case, owned by the receiving clerk, with the one-time "
                     "notification of missing documents and the time limit's due date.",

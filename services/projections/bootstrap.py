@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -18,7 +19,7 @@ from shared.eventstore.postgres import create_pool
 from shared.logging import get_logger
 from shared.ratelimit import ClientRateLimit
 from shared.reference import Reference, load_reference
-from shared.service import create_app, database_ready
+from shared.service import ReadinessCheck, create_app, database_ready
 from shared.settings import Settings
 
 log = get_logger(__name__)
@@ -94,13 +95,15 @@ def public_limit(settings: Settings) -> ClientRateLimit | None:
     return ClientRateLimit(settings.public_status_per_minute, settings.public_status_burst)
 
 
-def build_app(service: ProjectionsService, *, fast_path: bool = True) -> FastAPI:
-    """``fast_path``: the lean path for the case read (``services.projections.fastpath``)."""
+def build_app(service: ProjectionsService, *, fast_path: bool = True,
+              readiness: Sequence[ReadinessCheck] = ()) -> FastAPI:
+    """``fast_path``: the lean path for the case read (``services.projections.fastpath``);
+    ``readiness``: checks for ``/readyz`` beside the database's (the broker, the agent)."""
     return create_app(
         "Yizhan projections", [router, public, operations, audit_router],
         state={"settings": service.settings, "projections": service.reader,
                "public_limit": public_limit(service.settings)},
-        readiness=[database_ready(service.pool)],
+        readiness=[database_ready(service.pool), *readiness],
         middleware=[CaseReadFastPath] if fast_path else [], max_body=MAX_BODY_BYTES,
         description="Read models for every level: queues, counts by status and service for "
                     "each unit and its subtree, overdue cases, SLA statistics, hand-off "

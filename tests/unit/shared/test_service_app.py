@@ -3,6 +3,7 @@ unauthenticated ``/readyz`` says what is not ready, never the error's names and 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from types import SimpleNamespace
@@ -19,6 +20,7 @@ from shared.service import (
     prometheus_labelled,
     prometheus_metric,
 )
+from shared.streaming import consumer_ready
 
 LEAKY = 'password authentication failed for user "yizhan_app" at db-7.internal:5432'
 
@@ -65,6 +67,39 @@ def test_the_relays_readyz_does_not_repeat_its_error() -> None:
     assert answer.status_code == 503
     assert answer.json()["detail"].startswith("relay: retrying for 30 s")
     assert "yizhan_app" not in answer.text and "db-7" not in answer.text
+
+
+class HangingPool:
+    async def fetchval(self, query: str) -> Any:
+        await asyncio.sleep(3600)  # a pool whose every connection is stuck
+
+
+def test_readyz_does_not_hang_on_a_database_that_never_answers() -> None:
+    app = create_app("t", [], state={}, readiness=[database_ready(HangingPool(), timeout_s=0.2)])
+    answer = TestClient(app).get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json()["detail"] == "database: no answer within 0.2 s"
+
+
+def faust_app(*, rebalances: int = 1, rebalancing: bool = False,
+              should_stop: bool = False) -> Any:
+    return SimpleNamespace(rebalancing_count=rebalances, rebalancing=rebalancing,
+                           should_stop=should_stop)
+
+
+@pytest.mark.parametrize(("app", "failing_for", "missing"), [
+    (faust_app(rebalances=0), None, "agent: joining its consumer group"),
+    (faust_app(rebalancing=True), None, "agent: joining its consumer group"),
+    (faust_app(), None, None),
+    (faust_app(rebalances=3, rebalancing=True), None, None),  # partitions moving: still ready
+    (faust_app(), 5.0, None),  # a batch retried for a while is not an outage yet
+    (faust_app(), 45.0, "agent: retrying a failing batch for 45 s (the error is in its log)"),
+    (faust_app(should_stop=True), None, "agent: stopped"),
+])
+def test_an_agents_readiness(app: Any, failing_for: float | None, missing: str | None) -> None:
+    since = None if failing_for is None else time.time() - failing_for
+    check = consumer_ready(app, "agent", lambda: since, stuck_after_s=30.0)
+    assert asyncio.run(check()) == missing
 
 
 @pytest.mark.parametrize(("value", "sample"), [
