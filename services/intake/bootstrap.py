@@ -3,6 +3,7 @@ handlers, the HTTP app and the Kafka worker."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator, Sequence
@@ -29,6 +30,7 @@ from shared.settings import Settings
 from shared.streaming import make_app, running_app
 
 log = get_logger(__name__)
+SWEEP_BATCH = 500  # dead letters published per request by the sweep
 
 
 def system_clock() -> datetime:
@@ -98,6 +100,19 @@ def build_ingress(service: IntakeService, publisher: KafkaRejectionPublisher) ->
         clock=service.clock)
 
 
+async def sweep_dead_letters(ingress: KafkaIngress, every_s: float) -> None:
+    """At start-up and then every ``every_s``: publish the rejections recorded at least
+    ``every_s`` ago that are still not on the dead-letter topic (``KafkaIngress.sweep``). A
+    failure is logged and tried again next time."""
+    while True:
+        try:
+            while await ingress.sweep(older_than_s=every_s, limit=SWEEP_BATCH) == SWEEP_BATCH:
+                pass  # a backlog: the next batch at once
+        except Exception as exc:  # the broker or the database away: next time
+            log.error("intake.dead_letter_sweep_failed", error=repr(exc), retry_in_s=every_s)
+        await asyncio.sleep(every_s)
+
+
 @contextlib.asynccontextmanager
 async def running_worker(
     service: IntakeService, bootstrap_servers: str, *, submissions_topic: str | None = None,
@@ -122,7 +137,16 @@ async def running_worker(
             ingress=build_ingress(service, publisher), batch_size=intake.batch_size,
             max_wait_s=intake.batch_wait_s, depth=intake.pipeline_depth)
         async with running_app(app, stop_timeout=20):
-            yield agent
+            sweeping = (asyncio.create_task(
+                sweep_dead_letters(agent.ingress, intake.dead_letter_sweep_s),
+                name="intake-dead-letter-sweep") if intake.dead_letter_sweep_s else None)
+            try:
+                yield agent
+            finally:
+                if sweeping is not None:
+                    sweeping.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await sweeping
     finally:
         gc.set_threshold(*previous_gc)
         gc.unfreeze()

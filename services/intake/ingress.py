@@ -88,6 +88,8 @@ class IngressStats:
     batches: int = 0
     offsets_reused: int = 0
     """Messages at an offset that held another message before: the broker lost its log."""
+    swept: int = 0
+    """Rejections published by the sweep (``KafkaIngress.sweep``), not by their message."""
 
 
 class OutcomeLog:
@@ -147,6 +149,17 @@ class OutcomeLog:
                 " $6::text[], $7::text[], $8::jsonb[], $9::jsonb[], $10::jsonb[])"
                 " AS x(t, p, o, d, s, k, c, ids, r, j) ON CONFLICT DO NOTHING",
                 *_columns(outcomes))
+
+    async def unpublished(self, older_than_s: float, limit: int
+                          ) -> list[tuple[dict[str, Any], bytes]]:
+        """Rejections recorded at least ``older_than_s`` ago and not yet published, oldest
+        first, with their digests."""
+        rows = await self.pool.fetch(
+            "SELECT rejection::text AS rejection, digest FROM intake_messages"
+            " WHERE outcome = 'rejected' AND published_at IS NULL AND rejection IS NOT NULL"
+            " AND recorded_at <= now() - make_interval(secs => $1)"
+            " ORDER BY recorded_at LIMIT $2", older_than_s, limit)
+        return [(json.loads(r["rejection"]), bytes(r["digest"])) for r in rows]
 
     async def mark_published(self, published: Sequence[tuple[Where, bytes]]) -> None:
         await self.pool.execute(
@@ -407,6 +420,24 @@ class KafkaIngress:
         }
         return Outcome(raw.where, raw.digest, "rejected", source, None, reasons=tuple(reasons),
                        rejection=rejection)
+
+    async def sweep(self, *, older_than_s: float, limit: int = 500) -> int:
+        """Publish the rejections recorded at least ``older_than_s`` ago and still not
+        published (``limit`` at a time); how many. Their message is not coming back to
+        publish them: the broker lost its log (a restarted memory broker, a recreated topic)
+        and no new message took their offset. A batch still retrying its publication that
+        long publishes it again when the broker returns: the dead-letter topic is at least
+        once, keyed by topic/partition/offset."""
+        pending = await self.outcomes.unpublished(older_than_s, limit)
+        if pending:
+            await self._publish(pending)
+            self.stats.swept += len(pending)
+            log.warning("intake.dead_letters_swept", rejections=len(pending),
+                        first=[f"{r['topic']}/{r['partition']}/{r['offset']}"
+                               for r, _ in pending[:3]],
+                        meaning="rejected messages the broker lost before their dead letter "
+                                "was published")
+        return len(pending)
 
     async def _publish(self, rejections: Sequence[tuple[dict[str, Any], bytes]]) -> None:
         if not rejections:

@@ -13,6 +13,7 @@ _COUNTERS = (
     ("redelivered", "Messages already handled, delivered again (skipped)."),
     ("published", "Rejections published to intake.rejected."),
     ("offsets_reused", "Messages at an offset that held another one: the broker lost its log."),
+    ("swept", "Rejections published by the periodic sweep: their message was lost unpublished."),
     ("batches", "Batches handled."),
 )
 

@@ -60,6 +60,11 @@ class IntakeSettings(BaseSettings):
     pipeline_depth: int = Field(
         default=2, ge=1, le=8,
         description="Kafka batches in flight at once (acked in order; 1 = one at a time).")
+    dead_letter_sweep_s: float = Field(
+        default=60.0, ge=0, le=3600,
+        description="Every so often (and at start-up), publish rejections recorded at least "
+                    "this long ago and still not on intake.rejected: their message will not "
+                    "be delivered again (the broker lost its log). 0 turns it off.")
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8002, ge=0, le=65535)
 

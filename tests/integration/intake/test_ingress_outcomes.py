@@ -332,3 +332,30 @@ async def test_a_rejection_recorded_before_the_broker_lost_its_log_is_still_publ
     assert len(rejected.sent) == 2
     assert await pool.fetchval("SELECT count(*) FROM intake_messages"
                                " WHERE published_at IS NULL") == 0
+
+
+async def test_a_rejection_whose_offset_never_returns_is_published_by_the_sweep(
+    service: IntakeService, ingress: KafkaIngress, pool: asyncpg.Pool, rejected: Recorder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As above, but nothing ever takes the lost offset: only the sweep publishes it
+    lost = Topic(service).message(visit("v-1", station="530102999999"))
+    real = rejected.publish
+
+    async def down(_: object) -> None:
+        raise ConnectionError("the broker went away")
+
+    monkeypatch.setattr(rejected, "publish", down)
+    with pytest.raises(ConnectionError):
+        await ingress.handle([lost])
+    monkeypatch.setattr(rejected, "publish", real)
+    assert await ingress.sweep(older_than_s=3600) == 0  # too young: its batch may yet retry
+    assert rejected.sent == []
+
+    assert await ingress.sweep(older_than_s=0) == 1
+    assert [(r["partition"], r["offset"]) for r in rejected.sent] == [(0, lost.offset)]
+    assert [x["code"] for x in rejected.sent[0]["reasons"]] == ["unknown_station"]
+    assert await pool.fetchval("SELECT count(*) FROM intake_messages"
+                               " WHERE published_at IS NULL") == 0
+    assert await ingress.sweep(older_than_s=0) == 0  # published once
+    assert ingress.stats.swept == 1 and len(rejected.sent) == 1
