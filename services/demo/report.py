@@ -162,7 +162,7 @@ def _secs(value: Any) -> str:
 def _audit(a: AuditResult) -> list[str]:
     if a.ok:
         return [f"audit verify    OK: {a.events_checked:,} events to position "
-                f"{a.head_position:,}, {a.checkpoints_checked} signed checkpoints; head hash "
+                f"{a.head_position:,}, {a.checkpoints_checked:,} signed checkpoint(s); head hash "
                 f"{a.head_hash[:16]}…"]
     return [f"audit verify    TAMPERED at position {a.head_position}: {a.problem}"]
 

@@ -227,6 +227,13 @@ def test_the_demo_drives_a_day_through_up_and_prints_what_the_store_and_api_hold
     cases = re.search(r"city cases\s+([\d,]+) → ([\d,]+) .*: match", out)
     assert grew is not None and cases is not None, out
     events_after, city_after = (int(m[2].replace(",", "")) for m in (grew, cases))
+    # it ends as an audit does: the head signed (and witnessed), then the whole log verified
+    audit = re.search(r"audit verify\s+OK: ([\d,]+) events to position ([\d,]+), ([\d,]+) "
+                      r"signed checkpoint", out)
+    assert audit is not None, out
+    assert int(audit[2].replace(",", "")) == events_after and int(audit[3]) >= 1, out
+    witnessed = (stack.data_dir / "checkpoint-witness.jsonl").read_text().splitlines()
+    assert json.loads(witnessed[-1])["position"] == events_after
     status = httpx.get(f"{stack.url('YIZHAN_PROJECTIONS_PORT')}/v1/projections/status",
                        headers=stack.auth("supervisor.530100.a"), timeout=10).json()
     assert int(status["projection"]["head"]) == events_after
