@@ -23,7 +23,13 @@ from shared.audit.as_of import (
 )
 from shared.audit.export import ExportSummary, export_case, export_unit, plan_segments
 from shared.audit.history import CaseHistory, CaseNotFound, HistoryEntry, history_of
-from shared.audit.rebuild_compare import CompareReport, LiveState, ReadModels, rebuild_compare
+from shared.audit.rebuild_compare import (
+    CompareReport,
+    LiveMoving,
+    LiveState,
+    ReadModels,
+    rebuild_compare,
+)
 from shared.audit.render import render_html, render_json, render_text
 from shared.audit.service import AuditService
 from shared.audit.verify_export import ExportReport, ExportUnreadable, verify_export
@@ -39,6 +45,7 @@ __all__ = [
     "ExportSummary",
     "ExportUnreadable",
     "HistoryEntry",
+    "LiveMoving",
     "LiveState",
     "PositionBeyondLog",
     "QueueAsOf",

@@ -26,7 +26,9 @@ log = get_logger(__name__)
 
 
 class LiveMoving(RuntimeError):
-    """The live tables kept applying events past their watermark; try again when quieter."""
+    """The live tables were never found holding exactly the events up to their watermark
+    within the time allowed (events applied past it, e.g. one partition ahead of another);
+    try again when quieter."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,11 @@ class ReadModels(Protocol):
 
     async def live(self, conn: Conn) -> LiveState:
         """Inside a repeatable-read snapshot: the live set and how far it got."""
+        ...
+
+    async def settle(self, conn: Conn) -> None:
+        """Before each snapshot, outside it: bring the live position up to what is applied
+        (e.g. advance a watermark that a background task moves only now and then)."""
         ...
 
     async def build(self, pool: asyncpg.Pool, schema: str, upto: int) -> None:
@@ -135,26 +142,38 @@ async def _compare_table(live: Conn, rebuilt: Conn, live_schema: str, scratch: s
                      await _rows(rebuilt, scratch, table, only_rebuilt))
 
 
-async def _snapshot(conn: Conn, models: ReadModels, attempts: int) -> LiveState:
-    """Open a repeatable-read snapshot (left open) in which the live tables are exact."""
-    for _ in range(attempts):
+async def _snapshot(conn: Conn, models: ReadModels, within_s: float,
+                    every_s: float = 0.02) -> LiveState:
+    """Open a repeatable-read snapshot (left open) in which the live tables are exact: settle
+    the live position, then look, until it holds or ``within_s`` has passed. Under load the
+    live path applies a batch every few milliseconds, and between two batches its tables are
+    usually exact once the watermark has caught up; so look often, settling first each time."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    tries = 0
+    while True:
+        tries += 1
+        await models.settle(conn)
         await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         state = await models.live(conn)
         if state.exact:
             return state
         await conn.execute("ROLLBACK")
-        await asyncio.sleep(0.2)
-    raise LiveMoving("the live read models kept moving past their watermark")
+        if asyncio.get_running_loop().time() >= deadline:
+            raise LiveMoving(
+                f"the live read models held events past their watermark (position "
+                f"{state.position}) at each of {tries} looks over {within_s:g} s: the live "
+                f"path keeps applying ahead of it; try again when it is quieter")
+        await asyncio.sleep(every_s)
 
 
 async def rebuild_compare(pool: asyncpg.Pool, models: ReadModels, *, max_rows: int = 20,
-                          attempts: int = 25, keep_scratch: bool = False) -> CompareReport:
+                          within_s: float = 30.0, keep_scratch: bool = False) -> CompareReport:
     """Rebuild ``models`` into a scratch schema up to the live tables' position and compare
     every table. Needs a role that may create schemas. The scratch schema is dropped after
     (unless ``keep_scratch``)."""
     scratch = f"audit_scratch_{uuid.uuid4().hex[:12]}"
     async with pool.acquire() as live, pool.acquire() as other:
-        state = await _snapshot(live, models, attempts)
+        state = await _snapshot(live, models, within_s)
         try:
             await other.execute(f"CREATE SCHEMA {scratch}")
             await models.build(pool, scratch, state.position)
