@@ -6,7 +6,8 @@
   fresh nonce, the subject and field name as associated data) *before* the event is hashed and
   appended, so the log only ever holds ciphertext.
 - The same person is recognised by ``id_hash`` = HMAC-SHA256(id-hash key, ID number): never by
-  the raw number.
+  the raw number. The hash is kept in ``intake_subjects`` only, not in the log, so erasing the
+  subject (which deletes the row) leaves nothing that links the person to their cases.
 - ``erase(subject)`` deletes the subject's wrapped key (crypto-shredding): every ciphertext in
   the log becomes unreadable, and the log itself — hence the hash chain — is untouched.
 """
@@ -210,7 +211,9 @@ class Privacy:
     async def protect(self, applicants: Sequence[Applicant]) -> list[EncryptedApplicant]:
         hashes = [self.sealer.id_hash(a.id_number) for a in applicants]
         keys = await self.vault.keys_for(hashes)
-        return [EncryptedApplicant(subject_id=keys[h].subject_id, id_hash=h,
+        # the keyed hash stays in intake_subjects (erasure deletes the row), never in the
+        # log: there it would link an erased person to their cases for as long as the key
+        return [EncryptedApplicant(subject_id=keys[h].subject_id,
                                    encrypted=self.sealer.encrypt_fields(keys[h],
                                                                         a.personal_fields()))
                 for a, h in zip(applicants, hashes, strict=True)]

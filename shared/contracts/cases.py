@@ -53,12 +53,14 @@ class Actor(BaseModel):
 
 class EncryptedApplicant(BaseModel):
     """The applicant as the log holds them: opaque ciphertexts per field (name, id number, phone,
-    address …), the data subject whose key decrypts them, and a keyed hash of the ID number."""
+    address …) and the data subject whose key decrypts them. ``id_hash`` (a keyed hash of the
+    ID number) is only in events recorded before 2026-12-01: it is kept in intake's subject
+    table now, which erasure empties, and no longer in the immutable log."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     subject_id: NonEmpty
-    id_hash: NonEmpty
+    id_hash: NonEmpty | None = None
     encrypted: dict[str, str] = Field(default_factory=dict)
 
 

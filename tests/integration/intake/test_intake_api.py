@@ -152,7 +152,12 @@ async def test_same_person_same_subject_then_erased_and_the_chain_still_verifies
     assert receipts[0]["subject_id"] == receipts[1]["subject_id"]  # found by keyed hash
     subject = receipts[0]["subject_id"]
     (first, second) = await submitted(pool)
-    assert first.applicant.id_hash == second.applicant.id_hash
+    # the keyed hash that found them stays in intake_subjects, which erasure empties: in the
+    # immutable log it would link the erased person to these cases for anyone with the key
+    assert first.applicant.id_hash is None and second.applicant.id_hash is None
+    keyed = service.privacy.sealer.id_hash(person.id_number)
+    assert await pool.fetchval("SELECT count(*) FROM intake_subjects WHERE id_hash = $1",
+                               keyed) == 1
     assert (await service.privacy.reveal(first.applicant))["id_number"] == person.id_number
 
     texts = [r["t"] for r in await pool.fetch("SELECT data::text || metadata::text AS t"
@@ -162,6 +167,10 @@ async def test_same_person_same_subject_then_erased_and_the_chain_still_verifies
     with pytest.raises(SubjectErased):
         await service.privacy.reveal(first.applicant)
     assert not await service.privacy.erase(subject, erased_by="auditor.530100.a", reason="again")
+    everywhere = await pool.fetchval(
+        "SELECT count(*) FROM events WHERE strpos(data::text || metadata::text, $1) > 0", keyed)
+    assert everywhere == 0 and not await pool.fetchval(
+        "SELECT count(*) FROM intake_subjects WHERE id_hash = $1", keyed)
     report = await verify_log(pool, None)
     assert report.ok and report.events_checked == await pool.fetchval("SELECT count(*) FROM events")
 
