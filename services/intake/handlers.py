@@ -114,6 +114,32 @@ class IdempotencyLog:
         kept = await self.recall([(scope, key)])
         return kept[(scope, key)]
 
+    async def reserve_many(self, entries: Sequence[tuple[str, str, str]]
+                           ) -> dict[tuple[str, str], Remembered]:
+        """``reserve`` for many (scope, key, fingerprint) at once: one statement, and a recall
+        only of keys another holder had taken first."""
+        if not entries:
+            return {}
+        won = {(r["scope"], r["key"]) for r in await self.pool.fetch(
+            "INSERT INTO intake_requests (scope, key, fingerprint, receipt)"
+            " SELECT s, k, f, '{}'::jsonb FROM unnest($1::text[], $2::text[], $3::text[])"
+            " AS w(s, k, f) ON CONFLICT DO NOTHING RETURNING scope, key",
+            [s for s, _, _ in entries], [k for _, k, _ in entries],
+            [f for _, _, f in entries])}
+        held = {(s, k): Remembered(f, PENDING) for s, k, f in entries if (s, k) in won}
+        lost = [(s, k) for s, k, _ in entries if (s, k) not in won]
+        return held | await self.recall(lost)
+
+    async def release_many(self, entries: Sequence[tuple[str, str, str]]) -> None:
+        """``release`` for many (scope, key, fingerprint) at once."""
+        if entries:
+            await self.pool.execute(
+                "DELETE FROM intake_requests r USING unnest($1::text[], $2::text[],"
+                " $3::text[]) AS w(s, k, f) WHERE r.scope = w.s AND r.key = w.k"
+                " AND r.fingerprint = w.f AND r.receipt = '{}'::jsonb",
+                [s for s, _, _ in entries], [k for _, k, _ in entries],
+                [f for _, _, f in entries])
+
     async def release(self, scope: str, key: str, fingerprint: str) -> None:
         """Give back a reservation whose request opened nothing (it was refused)."""
         await self.pool.execute(

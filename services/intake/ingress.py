@@ -31,6 +31,7 @@ from services.intake.domain.reasons import Reason, Refused
 from services.intake.domain.receipts import VisitReceipt
 from services.intake.domain.submission import ResultSubmission, VisitSubmission
 from services.intake.handlers import (
+    PENDING,
     Clock,
     IntakeHandler,
     Remembered,
@@ -134,10 +135,11 @@ class OutcomeLog:
         remembered = [o.remember for o in outcomes if o.remember is not None]
         async with self.pool.acquire() as conn, conn.transaction():
             if remembered:
-                await conn.execute(
-                    "INSERT INTO intake_requests (scope, key, fingerprint, receipt)"
+                await conn.execute(  # fills this payload's reservation; first receipt wins
+                    "INSERT INTO intake_requests AS r (scope, key, fingerprint, receipt)"
                     " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])"
-                    " ON CONFLICT DO NOTHING",
+                    " ON CONFLICT (scope, key) DO UPDATE SET receipt = excluded.receipt"
+                    " WHERE r.receipt = '{}'::jsonb AND r.fingerprint = excluded.fingerprint",
                     [s for s, _, _, _ in remembered], [k for _, k, _, _ in remembered],
                     [f for _, _, f, _ in remembered], [r for _, _, _, r in remembered])
             await conn.execute(
@@ -304,8 +306,7 @@ class KafkaIngress:
         outcomes: dict[Where, Outcome] = {}
         first_of: dict[tuple[str, str], Readable] = {}
         repeats: list[Readable] = []
-        visits: list[Readable] = []
-        results: list[Readable] = []
+        fresh: list[Readable] = []
         for reading in readings:
             if isinstance(reading, Unreadable):
                 outcomes[reading.raw.where] = self._rejected(reading.raw, reading.source_id,
@@ -313,18 +314,24 @@ class KafkaIngress:
                 continue
             scope_key = (reading.scope, reading.submission.idempotency_key)
             seen = recalled.get(scope_key)
-            if seen is not None:
+            if seen is not None and seen.receipt != PENDING:
                 outcomes[reading.raw.where] = self._repeated(reading, seen)
             elif scope_key in first_of:
                 repeats.append(reading)  # judged once the first one's outcome is known
             else:
                 first_of[scope_key] = reading
-                (visits if isinstance(reading.submission, VisitSubmission) else results
-                 ).append(reading)
+                fresh.append(reading)
+        going = await self._reserve(fresh, recalled, outcomes)
+        visits = [r for r in going if isinstance(r.submission, VisitSubmission)]
+        results = [r for r in going if not isinstance(r.submission, VisitSubmission)]
         for reading, done in zip(visits, await self._open_visits(visits), strict=True):
             outcomes[reading.raw.where] = self._visit_outcome(reading, done)
         for reading, attached in zip(results, await self._attach_results(results), strict=True):
             outcomes[reading.raw.where] = self._result_outcome(reading, attached)
+        # a refused message opened nothing: its key is given back, for a corrected resend
+        await self.handler.idempotency.release_many([
+            (r.scope, r.submission.idempotency_key, r.fingerprint) for r in going
+            if outcomes[r.raw.where].kind == "rejected"])
         # A repeat of a message of this batch: of an accepted one, a duplicate (or a reuse of
         # its key); of a rejected one, which opened nothing and kept no key, a message in its
         # own right, as it would be in a later batch (a corrected resend, or a copy that must
@@ -343,6 +350,33 @@ class KafkaIngress:
             for outcome in await self._decide(again, {}):
                 outcomes[outcome.where] = outcome
         return [outcomes[r.raw.where] for r in readings]
+
+    async def _reserve(self, fresh: Sequence[Readable],
+                       recalled: Mapping[tuple[str, str], Remembered],
+                       outcomes: dict[Where, Outcome]) -> list[Readable]:
+        """Take each key for its payload before anything is opened (``intake_requests``, as
+        an HTTP request does; one statement per batch): the messages that may go on. Two
+        messages with one key and different payloads on two partitions, read by two replicas
+        at once, each opened their own cases before; now the second finds the key taken and
+        is rejected as a reuse. A key already taken for the same payload and not finished (a
+        crash between reserving and recording, or another replica opening the same visit
+        now) goes on: the ids follow from the key, so the store keeps one set."""
+        def key_of(reading: Readable) -> tuple[str, str]:
+            return reading.scope, reading.submission.idempotency_key
+
+        held = dict(recalled) | await self.handler.idempotency.reserve_many(
+            [(*key_of(r), r.fingerprint) for r in fresh if key_of(r) not in recalled])
+        going = []
+        for reading in fresh:
+            holder = held[key_of(reading)]
+            if holder.receipt != PENDING:  # finished by another replica meanwhile
+                outcomes[reading.raw.where] = self._repeated(reading, holder)
+            elif holder.fingerprint != reading.fingerprint:
+                outcomes[reading.raw.where] = self._rejected(reading.raw, reading.source.id,
+                                                             (_KEY_REUSED,))
+            else:
+                going.append(reading)
+        return going
 
     async def _open_visits(self, visits: Sequence[Readable]) -> list[VisitReceipt | Refused]:
         requests = []

@@ -4,6 +4,7 @@ repeated idempotency key, whether the repeat comes in the same batch or a later 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import uuid
@@ -359,3 +360,86 @@ async def test_a_rejection_whose_offset_never_returns_is_published_by_the_sweep(
                                " WHERE published_at IS NULL") == 0
     assert await ingress.sweep(older_than_s=0) == 0  # published once
     assert ingress.stats.swept == 1 and len(rejected.sent) == 1
+
+
+def a_visit_of(key: str, service_code: str, seed: int = 7) -> dict[str, Any]:
+    payload = visit(key, seed=seed)
+    payload["services"] = [{"service_code": service_code, "documents": []}]
+    return payload
+
+
+async def test_one_key_with_two_payloads_on_two_replicas_at_once_opens_one_visit(
+    service: IntakeService, ingress: KafkaIngress, pool: asyncpg.Pool, rejected: Recorder,
+) -> None:
+    # Replica A reads a visit on partition 0 and is still opening it when replica B reads
+    # another visit with the same key (other services) on partition 1. Each replica's Turns
+    # only order its own batches. Before: both opened their cases (the ids follow from the
+    # key and the service, so other services gave other cases), two visits for one key.
+    other = build_ingress(service, rejected)  # type: ignore[arg-type]  # replica B
+    first = Topic(service).message(a_visit_of("app-77", SERVICE))
+    second = Topic(service).message(a_visit_of("app-77", "job_referral"))
+    second = RawMessage(second.topic, 1, second.offset, second.value, second.headers)
+    opening, go_on = asyncio.Event(), asyncio.Event()
+    real = ingress._open_visits
+
+    async def slow(visits: Sequence[Any]) -> Any:
+        opening.set()
+        await go_on.wait()  # A holds the key, has opened nothing yet
+        return await real(visits)
+
+    ingress._open_visits = slow  # type: ignore[method-assign]
+    replica_a = asyncio.create_task(ingress.handle([first]))
+    await asyncio.wait_for(opening.wait(), 10)
+    await other.handle([second])
+    go_on.set()
+    await replica_a
+    by_partition = await pool.fetch(
+        "SELECT partition, outcome FROM intake_messages ORDER BY partition")
+    assert [tuple(r) for r in by_partition] == [(0, "accepted"), (1, "rejected")]
+    assert [(r["partition"], r["reasons"][0]["code"]) for r in rejected.sent] == [
+        (1, "idempotency_key_reused")]
+    streams = await pool.fetchval("SELECT count(DISTINCT stream_id) FROM events"
+                                  " WHERE stream_id LIKE 'case-%'")
+    assert streams == 1
+    # the same payload again, on B: a duplicate of A's visit
+    again = Topic(service).message(a_visit_of("app-77", SERVICE))
+    await other.handle([RawMessage(again.topic, 2, again.offset, again.value, again.headers)])
+    assert await pool.fetchval("SELECT outcome FROM intake_messages WHERE partition = 2") == (
+        "duplicate")
+
+
+async def test_a_visit_reserved_before_a_crash_opens_when_delivered_again(
+    service: IntakeService, ingress: KafkaIngress, pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The key is reserved, then the replica dies before the visit is opened: the message is
+    # delivered again. It must open the visit (not count as a duplicate of nothing), and a
+    # message with the key and another payload must find it taken.
+    message = Topic(service).message(a_visit_of("app-9", SERVICE))
+
+    async def crash(*_: object) -> None:
+        raise ConnectionError("the replica died")
+
+    monkeypatch.setattr(ingress, "_open_visits", crash)
+    with pytest.raises(ConnectionError):
+        await ingress.handle([message])
+    assert await pool.fetchval("SELECT receipt::text FROM intake_requests") == "{}"
+    monkeypatch.undo()
+    await ingress.handle([message])
+    assert await outcomes(pool) == [("accepted", "")]
+    assert await pool.fetchval("SELECT count(*) FROM events WHERE type = 'CaseSubmitted'") == 1
+    assert await pool.fetchval("SELECT receipt::text FROM intake_requests") != "{}"
+    other = Topic(service)
+    other.offset = 5
+    await ingress.handle([other.message(a_visit_of("app-9", "job_referral"))])
+    assert (await outcomes(pool))[-1] == ("rejected", "idempotency_key_reused")
+
+
+async def test_a_refused_visit_gives_its_key_back_for_a_later_corrected_resend(
+    service: IntakeService, ingress: KafkaIngress, pool: asyncpg.Pool,
+) -> None:
+    topic = Topic(service)
+    await ingress.handle([topic.message(visit("v-1", station="530102999999"))])
+    assert await pool.fetchval("SELECT count(*) FROM intake_requests") == 0
+    await ingress.handle([topic.message(visit("v-1"))])
+    assert await outcomes(pool) == [("rejected", "unknown_station"), ("accepted", "")]
