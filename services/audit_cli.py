@@ -223,6 +223,9 @@ def describe_export(report: ExportReport) -> str:
             f"{report.checkpoints} signed checkpoints), {report.witnesses} witness events")
     if report.unanchored:
         text += f"; held by the chain only (after the last checkpoint): {report.unanchored}"
+    if report.completeness is not None:
+        text += (f"\n{'complete' if report.complete else 'completeness'} "
+                 f"({report.selection}): {report.completeness}")
     return text
 
 
@@ -319,8 +322,12 @@ def _cmd_export(settings: Settings, args: argparse.Namespace) -> int:
                                   reason=args.reason, case_id=args.case, unit=args.unit,
                                   start=args.start, end=args.end, ref=ref,
                                   witness=None if witnessed is None else Witness(witnessed)))
+    closed = ("" if done.window_closed is None else
+              "; a signed checkpoint closes the window" if done.window_closed else
+              "; no signed checkpoint closes the window yet: completeness will not verify")
     _out(f"wrote {done.path}: {done.events} events, {done.witnesses} witness events, "
-         f"{done.checkpoints} checkpoints{' (partly unanchored)' if done.unanchored else ''}")
+         f"{done.checkpoints} checkpoints{' (partly unanchored)' if done.unanchored else ''}"
+         f"{closed}")
     return 0
 
 

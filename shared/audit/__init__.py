@@ -21,7 +21,14 @@ from shared.audit.as_of import (
     queue_as_of,
     replay,
 )
-from shared.audit.export import ExportSummary, export_case, export_unit, plan_segments
+from shared.audit.export import (
+    COMMIT_MARGIN,
+    ExportSummary,
+    export_case,
+    export_unit,
+    plan_segments,
+    plan_window,
+)
 from shared.audit.history import CaseHistory, CaseNotFound, HistoryEntry, history_of
 from shared.audit.rebuild_compare import (
     CompareReport,
@@ -35,6 +42,7 @@ from shared.audit.service import AuditService
 from shared.audit.verify_export import ExportReport, ExportUnreadable, verify_export
 
 __all__ = [
+    "COMMIT_MARGIN",
     "AccessEntry",
     "AuditService",
     "CaseAsOf",
@@ -59,6 +67,7 @@ __all__ = [
     "history_of",
     "month_of",
     "plan_segments",
+    "plan_window",
     "position_at",
     "queue_as_of",
     "read_access_log",

@@ -4,26 +4,47 @@ checkpoints. ``verify_export`` (``shared.audit.verify_export``) checks such a fi
 
 File layout, one canonical JSON object a line:
 
-- ``{"kind": "header", "format": "yizhan-audit-export-v2", "selection": …, "events": n,
+- ``{"kind": "header", "format": "yizhan-audit-export-v3", "selection": …, "events": n,
   "segments": [{"from": p, "to": q, "checkpoint": q | null}, …], "head_position": …}``;
   the selection is ``{"case_id", "to_position"}`` or ``{"unit", "from", "to", "to_position"}``,
   ``to_position`` being the log's head when the events were chosen (or the position asked
-  for): the verifier holds every event to it, and every witness to not being one of it.
+  for; for a unit, the end of its run): the verifier holds every event to it, and every
+  witness to not being one of it. A unit export's header also gives ``start_checkpoint``
+  (below);
 - ``{"kind": "checkpoint", position, hash, signed_at, key_id, signature}``, plus ``format``,
   ``prev_position`` and ``prev_hash`` for a checkpoint of format 2 (which signs the checkpoint
   before it; v1 files hold only format 1 lines): the nearest signed checkpoint before the
-  first exported event, and the one closing each segment;
+  first exported event, and the one closing each segment (for a unit: every checkpoint its
+  run passes);
 - the chain, in position order: ``{"kind": "event", …envelope…}`` for each exported event and
-  ``{"kind": "witness", position, prev_hash, hash, canonical}`` for every other event between
-  an exported event and the checkpoint after it.
+  ``{"kind": "witness", position, prev_hash, hash, canonical}`` for every other event of a
+  segment.
 
 Why witnesses: ``hash = SHA-256(prev_hash ‖ canonical bytes)`` can only be recomputed from
 the full bytes, so tying an event at position p to the checkpoint signed at c needs the bytes
-of every event in (p, c]. A case's events are scattered over the global chain, so each
-segment runs from an exported event to the next signed checkpoint; witness events are other
-streams' events in the form the log hashes them (their applicant fields are ciphertexts, as in
-the log). Events recorded after the last checkpoint form an unanchored segment: held by the
-chain alone, which the verifier reports.
+of every event in (p, c]. Witness events are other streams' events in the form the log hashes
+them (their applicant fields are ciphertexts, as in the log).
+
+A case export: a case's events are scattered over the global chain, so each segment runs from
+an exported event to the next signed checkpoint; its versions 1..n show that none is missing.
+
+A unit export (v3) is one contiguous run of the global chain, every event from the one after a
+start checkpoint C0 to an end checkpoint C1, so that nothing can be left out of it unseen.
+Checkpoints bound the window by their signed times: an append sets ``recorded_at`` under the
+append lock, at most the database clock then, and commits before releasing it (positions are
+commit order, ``shared.eventstore.postgres``); a checkpoint reads the head and its clock after
+that commit. So every event at or before C was recorded no later than ``signed_at(C)``:
+``plan_window`` takes C0 = the last checkpoint signed before ``from`` (or genesis, position 0),
+so no event at or before C0 lies in the window; and C1 = the first checkpoint signed at or
+after ``to + COMMIT_MARGIN``, so every event recorded before ``to`` is at or before C1 unless
+its append held the append lock for longer than the margin (less the 2 s by which
+``recorded_at`` may precede the lock's clock, migration 0002). The cost: the file carries every
+event of (C0, C1] of every unit, as witnesses: a busy log's hour is that hour's whole log.
+While no checkpoint closes the window yet (``to + COMMIT_MARGIN`` is still ahead, or nothing
+was signed since), the run ends at the log's head, unanchored after the last checkpoint, and
+the verifier says the unit's events are not proven complete (sign a checkpoint later and
+export again). Events recorded after the last checkpoint in a case export form an unanchored
+segment too: held by the chain alone, which the verifier reports.
 """
 
 from __future__ import annotations
@@ -31,7 +52,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 from uuid import UUID
@@ -47,12 +68,20 @@ from shared.eventstore.postgres import PostgresEventStore
 from shared.logging import get_logger
 
 log = get_logger(__name__)
-FORMAT = "yizhan-audit-export-v2"
-FORMATS = ("yizhan-audit-export-v1", FORMAT)  # what verify_export reads
+FORMAT = "yizhan-audit-export-v3"
+FORMATS = ("yizhan-audit-export-v1", "yizhan-audit-export-v2", FORMAT)  # what verify_export reads
+CONTIGUOUS_FORMATS = (FORMAT,)  # unit exports of these formats are one run, proven complete
+# How long after a unit export's window ends its closing checkpoint must have been signed: an
+# append started (recorded_at) before the end but committed later than this would be missed.
+# Appends hold the append lock from their clock check to their commit, a few milliseconds
+# normally; every other append waits meanwhile, so a minute is far beyond any working append.
+COMMIT_MARGIN = timedelta(seconds=60)
+GENESIS = 0  # the start "checkpoint" before the log's first event (prev hash GENESIS_HASH)
 UNIT_FIELDS = ("unit", "from_unit", "to_unit", "station")
 _UNIT_RANGE = """
 SELECT position FROM events
-WHERE stream_id LIKE 'case-%' AND recorded_at >= $2 AND recorded_at < $3 AND position <= $4
+WHERE stream_id LIKE 'case-%' AND recorded_at >= $2 AND recorded_at < $3
+  AND position > $5 AND position <= $4
   AND (metadata->>'unit' = $1 OR data->'actor'->>'unit' = $1 OR data->>'unit' = $1
        OR data->>'from_unit' = $1 OR data->>'to_unit' = $1 OR data->>'station' = $1)
 ORDER BY position
@@ -98,17 +127,46 @@ class Segment:
 
 @dataclass(frozen=True)
 class ExportSummary:
-    """What was written."""
+    """What was written. ``window_closed`` (unit exports only, else None): a checkpoint signed
+    at or after the window's end plus ``COMMIT_MARGIN`` ends the run, so the file can prove
+    the unit's events complete; False while the run ends unanchored at the head."""
 
     path: Path
     events: int
     witnesses: int
     segments: tuple[Segment, ...]
     checkpoints: int
+    window_closed: bool | None = None
+    anchored_to: int | None = None
+    """Unit exports: the last position of the run a signed checkpoint in the file covers."""
 
     @property
     def unanchored(self) -> bool:
+        if self.anchored_to is not None:
+            return any(s.end > self.anchored_to for s in self.segments)
         return any(s.checkpoint is None for s in self.segments)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A unit export's run: every position after ``start`` (a checkpoint's, or ``GENESIS``)
+    through ``end`` (a checkpoint's; None: none closes the window yet)."""
+
+    start: int
+    end: int | None
+
+
+def plan_window(checkpoints: Sequence[Checkpoint], start: datetime, end: datetime,
+                margin: timedelta = COMMIT_MARGIN) -> Window:
+    """The run proving a unit's events recorded in ``[start, end)`` complete (pure; see the
+    module docstring): after the last checkpoint signed before ``start`` (strictly: an event
+    at a checkpoint's position may carry its very ``signed_at``), through the first signed at
+    or after ``end + margin`` that follows it. ``checkpoints`` are sorted by position."""
+    before = [cp.position for cp in checkpoints if cp.signed_at < start]
+    first = max(before, default=GENESIS)
+    closing = [cp.position for cp in checkpoints
+               if cp.position > first and cp.signed_at >= end + margin]
+    return Window(first, min(closing, default=None))
 
 
 def plan_segments(positions: Sequence[int], checkpoints: Sequence[int]) -> list[Segment]:
@@ -143,15 +201,22 @@ def _chain_line(event: RecordedEvent, exported: bool) -> str:
                            "canonical": event.canonical_bytes().decode()})
 
 
+_PROGRESS_EVERY = 100_000  # chain lines between two progress log lines
+
+
 async def _write_chain(store: PostgresEventStore, out: TextIO, segments: Sequence[Segment],
                        selected: set[int]) -> int:
-    witnesses = 0
+    witnesses = written = 0
+    total = sum(seg.end - seg.start + 1 for seg in segments)
     for seg in segments:
         async for batch in store.read_all(seg.start - 1, batch_size=5000, to_position=seg.end):
             for event in batch:
                 exported = event.position in selected
                 witnesses += not exported
                 out.write(_chain_line(event, exported) + "\n")
+                written += 1
+                if written % _PROGRESS_EVERY == 0:
+                    log.info("audit.export_progress", lines=written, of=total)
     return witnesses
 
 
@@ -159,11 +224,22 @@ async def _head(pool: asyncpg.Pool) -> int:
     return int(await pool.fetchval("SELECT coalesce(max(position), 0) FROM events"))
 
 
+async def _write_file(pool: asyncpg.Pool, path: Path, header: dict[str, Any],
+                      checkpoints: Sequence[Checkpoint], segments: Sequence[Segment],
+                      positions: Sequence[int]) -> int:
+    """Write header, checkpoints and the segments' chain lines; the number of witnesses."""
+    with path.open("w", encoding="utf-8") as out:
+        out.write(canonical_json(header) + "\n")
+        for cp in checkpoints:
+            out.write(canonical_json(_checkpoint_line(cp)) + "\n")
+        return await _write_chain(PostgresEventStore(pool), out, segments, set(positions))
+
+
 async def write_export(pool: asyncpg.Pool, positions: Sequence[int], selection: dict[str, Any],
                        path: Path, *, head: int | None = None) -> ExportSummary:
-    """Write the events at ``positions`` (sorted) with their chain segments and checkpoints.
+    """Write the events at ``positions`` (sorted) with their chain segments and checkpoints,
+    a segment from each to the next checkpoint (a case export's layout).
     ``head``: the log's head when the positions were chosen (default: now)."""
-    store = PostgresEventStore(pool)
     checkpoints = await read_checkpoints(pool)
     cp_positions = [c.position for c in checkpoints]
     segments = plan_segments(positions, cp_positions)
@@ -175,12 +251,9 @@ async def write_export(pool: asyncpg.Pool, positions: Sequence[int], selection: 
     header = {"kind": "header", "format": FORMAT, "selection": selection,
               "exported_at": iso(datetime.now(UTC)), "head_position": head,
               "events": len(positions), "segments": [s.as_dict() for s in segments]}
-    with path.open("w", encoding="utf-8") as out:
-        out.write(canonical_json(header) + "\n")
-        for cp in checkpoints:
-            if cp.position in wanted:
-                out.write(canonical_json(_checkpoint_line(cp)) + "\n")
-        witnesses = await _write_chain(store, out, segments, set(positions))
+    witnesses = await _write_file(pool, path, header,
+                                  [cp for cp in checkpoints if cp.position in wanted],
+                                  segments, positions)
     summary = ExportSummary(path, len(positions), witnesses, tuple(segments), len(wanted))
     log.info("audit.exported", path=str(path), events=summary.events, witnesses=witnesses,
              segments=len(segments), unanchored=summary.unanchored)
@@ -203,11 +276,34 @@ async def export_case(pool: asyncpg.Pool, case_id: UUID, path: Path, *,
 
 
 async def export_unit(pool: asyncpg.Pool, unit: str, start: datetime, end: datetime,
-                      path: Path) -> ExportSummary:
-    """Export the case events recorded in ``[start, end)`` (and by now: up to the log's head,
-    named in the selection) in which ``unit`` acted, held the case, or was a move's from- or
-    to-unit."""
-    head = await _head(pool)
-    rows = await pool.fetch(_UNIT_RANGE, unit, start, end, head)
-    selection = {"unit": unit, "from": iso(start), "to": iso(end), "to_position": head}
-    return await write_export(pool, [r[0] for r in rows], selection, path, head=head)
+                      path: Path, *, margin: timedelta = COMMIT_MARGIN) -> ExportSummary:
+    """Export the case events recorded in ``[start, end)`` in which ``unit`` acted, held the
+    case, or was a move's from- or to-unit, as one run of the chain (``plan_window``): from
+    the last checkpoint signed before ``start`` to the first signed at or after ``end +
+    margin``, every other event a witness. If no checkpoint closes the window yet, the run
+    ends at the log's head, unanchored after the last checkpoint (``window_closed`` False):
+    the verifier will not call the unit's events complete."""
+    checkpoints = await read_checkpoints(pool)
+    head = await _head(pool)  # after the checkpoints: at or past every one of them
+    window = plan_window(checkpoints, start, end, margin)
+    last = head if window.end is None else window.end
+    rows = await pool.fetch(_UNIT_RANGE, unit, start, end, last, window.start)
+    positions = [r[0] for r in rows]
+    segments = [Segment(window.start + 1, last, window.end)] if last > window.start else []
+    passed = [cp for cp in checkpoints if window.start <= cp.position <= last
+              and cp.position != GENESIS]
+    log.info("audit.export_window", unit=unit, start_checkpoint=window.start,
+             end_checkpoint=window.end, chain_events=last - window.start, events=len(positions))
+    selection = {"unit": unit, "from": iso(start), "to": iso(end), "to_position": last}
+    header = {"kind": "header", "format": FORMAT, "selection": selection,
+              "exported_at": iso(datetime.now(UTC)), "head_position": head,
+              "events": len(positions), "start_checkpoint": window.start,
+              "segments": [s.as_dict() for s in segments]}
+    witnesses = await _write_file(pool, path, header, passed, segments, positions)
+    summary = ExportSummary(path, len(positions), witnesses, tuple(segments), len(passed),
+                            window_closed=window.end is not None,
+                            anchored_to=max((cp.position for cp in passed), default=window.start))
+    log.info("audit.exported", path=str(path), events=summary.events, witnesses=witnesses,
+             segments=len(segments), unanchored=summary.unanchored,
+             window_closed=summary.window_closed)
+    return summary

@@ -14,10 +14,21 @@ What a file that passes proves (given SHA-256 and Ed25519):
   (recorded after the last checkpoint, or whose checkpoints were stripped) fails, verdict
   ``UNANCHORED``, unless the caller passes ``allow_unanchored=True``: then it passes and
   ``unanchored`` lists those segments, which hold by the chain alone (anyone can recompute a
-  chain, so they prove nothing on their own; sign a checkpoint and export again).
-What it does not prove: that the log held no later events of the selection than the file's
-segments cover (the header is not signed: a segment dropped whole, with its lines, from the end
-of the file leaves a shorter history that still holds).
+  chain, so they prove nothing on their own; sign a checkpoint and export again);
+- for a unit export of format v3, that the file holds every event of the selection: its chain
+  is one run without a gap from a start checkpoint C0 (or genesis) to an end checkpoint C1,
+  both signed, C0 before the window's start and C1 at least ``COMMIT_MARGIN`` after its end
+  (``shared.audit.export`` explains why that bounds the window), and no witness is of the
+  selection. ``complete`` is then True. A position missing anywhere in the run (an exported
+  event's lines dropped with its header count, a witness dropped) fails, ``TAMPERED`` at the
+  first missing position. A run no checkpoint closes yet (the window ends after the last
+  checkpoint, less the margin) fails as ``UNANCHORED``; with ``allow_unanchored`` it passes,
+  ``complete`` False.
+What it does not prove: that a case export, or a unit export of format v1 or v2 (``complete``
+False, "completeness not proven"), holds every event of its selection: the header is not
+signed, and a segment dropped whole, with its lines, leaves a shorter history that still holds
+(for a case, from the end of the file). Nor does it prove the window is the one asked for: the
+report names the selection the file claims, which the auditor compares with the request.
 """
 
 from __future__ import annotations
@@ -25,16 +36,29 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from shared.audit.export import FORMATS, Segment, unit_selects
+from shared.audit.export import (
+    COMMIT_MARGIN,
+    CONTIGUOUS_FORMATS,
+    FORMATS,
+    GENESIS,
+    Segment,
+    unit_selects,
+)
 from shared.contracts.cases import case_stream
-from shared.contracts.envelope import CANONICAL_FORMAT, RecordedEvent, chain_hash, iso
+from shared.contracts.envelope import (
+    CANONICAL_FORMAT,
+    GENESIS_HASH,
+    RecordedEvent,
+    chain_hash,
+    iso,
+)
 from shared.eventstore.checkpoints import Checkpoint, signature_problem
 
 
@@ -46,7 +70,11 @@ class ExportUnreadable(ValueError):
 class ExportReport:
     """The verdict. ``first_bad_position`` names where the file stops holding together;
     ``verdict`` is ``OK``, ``TAMPERED`` (the file does not hold) or ``UNANCHORED`` (it holds,
-    but some events are tied to no signed checkpoint, and that was not allowed)."""
+    but some events are tied to no signed checkpoint, or a unit's window is closed by none,
+    and that was not allowed). ``complete``: the file proves it holds every event of its
+    selection (unit exports of format v3); ``completeness`` says what was proven or why not
+    (None for a case export, whose versions 1..n are checked instead); ``selection``: what the
+    header says was exported."""
 
     ok: bool = True
     verdict: str = "OK"
@@ -57,6 +85,9 @@ class ExportReport:
     unanchored: list[tuple[int, int]] = field(default_factory=list)
     first_bad_position: int | None = None
     problem: str | None = None
+    complete: bool = False
+    completeness: str | None = None
+    selection: str | None = None
 
     def fail(self, position: int | None, problem: str, verdict: str = "TAMPERED") -> ExportReport:
         self.ok, self.first_bad_position, self.problem = False, position, problem
@@ -267,7 +298,8 @@ def _check_segment(seg: Segment, lines: Sequence[_Line], signed: dict[int, Check
     lines the selection holds (all events, no witness)."""
     what, belongs = selected
     before = signed.get(seg.start - 1)
-    prev = before.hash if before is not None else (lines[0].prev_hash if lines else "")
+    prev = (before.hash if before is not None else GENESIS_HASH if seg.start == 1
+            else lines[0].prev_hash if lines else "")
     for expected, line in enumerate(lines, seg.start):
         if line.position != expected:
             report.fail(expected, f"position {expected} is missing from the chain (found "
@@ -321,12 +353,13 @@ def _versions_ok(events: Sequence[_Line], header: dict[str, Any], report: Export
     return True
 
 
-def verify_export(path: Path, public_key: Ed25519PublicKey, *,
-                  allow_unanchored: bool = False) -> ExportReport:
+def verify_export(path: Path, public_key: Ed25519PublicKey, *, allow_unanchored: bool = False,
+                  margin: timedelta = COMMIT_MARGIN) -> ExportReport:
     """Check an export file offline (see the module docstring for what a pass proves).
     ``allow_unanchored``: pass a file whose events are not all anchored by a signed checkpoint
-    (``unanchored`` lists those segments); by default such a file fails, verdict
-    ``UNANCHORED``."""
+    (``unanchored`` lists those segments), or a unit export whose window no checkpoint closes
+    yet (``complete`` False); by default such a file fails, verdict ``UNANCHORED``.
+    ``margin``: how long after a unit window's end its closing checkpoint must be signed."""
     report = ExportReport()
     header, checkpoints, chain = read_export(path)
     for cp in checkpoints:
@@ -336,10 +369,17 @@ def verify_export(path: Path, public_key: Ed25519PublicKey, *,
         selected = _selection(header.get("selection"))
     except (ValueError, TypeError) as exc:
         return report.fail(None, f"the header's selection cannot be checked: {exc}")
+    report.selection = selected[0]
     report.checkpoints = len(checkpoints)
     signed = {cp.position: cp for cp in checkpoints}
     events = [line for line in chain if line.kind == "event"]
     report.events, report.witnesses = len(events), len(chain) - len(events)
+    if "case_id" not in header["selection"]:
+        if header["format"] in CONTIGUOUS_FORMATS:
+            return _verify_run(header, signed, chain, selected, report,
+                               allow_unanchored=allow_unanchored, margin=margin)
+        report.completeness = (f"not proven: a {header['format']} file is made of segments, "
+                               "one of which may have been dropped whole; export again")
     rest = list(chain)
     previous_end = 0
     for seg in _segments(header):
@@ -378,4 +418,82 @@ def verify_export(path: Path, public_key: Ed25519PublicKey, *,
                            "anchored by any signed checkpoint: the chain alone proves nothing "
                            "(anyone can recompute it). Sign a checkpoint and export again, or "
                            "accept unanchored events explicitly", verdict="UNANCHORED")
+    return report
+
+
+def _verify_run(header: dict[str, Any], signed: dict[int, Checkpoint], chain: Sequence[_Line],
+                selected: tuple[str, Belongs], report: ExportReport, *, allow_unanchored: bool,
+                margin: timedelta) -> ExportReport:
+    """A unit export of format v3: one run of the chain from the start checkpoint (or genesis)
+    to the end checkpoint, each bounding the window by its signed time."""
+    selection = header["selection"]
+    start = datetime.fromisoformat(str(selection["from"]))
+    end = datetime.fromisoformat(str(selection["to"]))
+    c0 = header.get("start_checkpoint")
+    if not isinstance(c0, int) or isinstance(c0, bool) or c0 < GENESIS:
+        return report.fail(None, f"the header's start_checkpoint is not a position: {c0!r:.80}")
+    segments = _segments(header)
+    if len(segments) > 1:
+        return report.fail(segments[0].end + 1, "a unit export of this format is one run of "
+                           f"the chain, the header declares {len(segments)} segments")
+    if c0 != GENESIS:
+        first = signed.get(c0)
+        if first is None:
+            return report.fail(c0, f"the run's start checkpoint at {c0} is not in the file")
+        if not first.signed_at < start:
+            return report.fail(c0 + 1, f"the run starts after the checkpoint at {c0}, signed "
+                               f"at {iso(first.signed_at)}, not before the window's start "
+                               f"{iso(start)}: events of the window may be left out before it")
+    seg = segments[0] if segments else Segment(c0 + 1, c0, None)
+    if segments:
+        if seg.start != c0 + 1:
+            return report.fail(c0 + 1, f"position {c0 + 1}, right after the start checkpoint, "
+                               f"is missing: the run begins at {seg.start}")
+        if seg.checkpoint is not None and seg.checkpoint != seg.end:
+            return report.fail(seg.end, f"the run {seg.start}..{seg.end} claims the checkpoint "
+                               f"at {seg.checkpoint}, not one at its end")
+        if seg.checkpoint is not None and seg.checkpoint not in signed:
+            return report.fail(seg.end, f"the run's checkpoint at {seg.end} is not in the file")
+        upto = selection.get("to_position")
+        if upto is not None and int(upto) < seg.end:
+            return report.fail(int(upto) + 1, f"the selection stops at position {upto}, before "
+                               f"the run's end at {seg.end}: the unit's events after it would "
+                               "pass as witnesses")
+    size = seg.end - seg.start + 1
+    if not _check_segment(seg, chain[:size], signed, selected, report):
+        return report
+    if len(chain) > size:
+        return report.fail(chain[size].position, "lines beyond the declared run")
+    if report.events != header["events"]:
+        return report.fail(None, f"the header counts {header['events']} events, the file "
+                           f"holds {report.events}")
+    anchor = max((p for p in signed if seg.start <= p <= seg.end), default=c0)
+    report.anchored_events = sum(line.kind == "event" and line.position <= anchor
+                                 for line in chain)
+    if anchor < seg.end:
+        report.unanchored.append((anchor + 1, seg.end))
+    closing = signed.get(seg.checkpoint) if seg.checkpoint is not None else None
+    since = "genesis" if c0 == GENESIS else (f"the checkpoint at {c0} (signed "
+                                              f"{iso(signed[c0].signed_at)})")
+    if closing is not None and closing.signed_at >= end + margin:
+        report.complete = True
+        report.completeness = (f"proven: the chain runs without a gap from {since} to the "
+                               f"checkpoint at {closing.position} (signed "
+                               f"{iso(closing.signed_at)}, at least {margin} after the "
+                               "window's end), and no witness is of the selection")
+        return report
+    why = ("no signed checkpoint closes the window: the run ends at position "
+           f"{seg.end}{', unanchored after ' + str(anchor) if anchor < seg.end else ''}"
+           if closing is None else
+           f"the run ends at the checkpoint at {closing.position}, signed "
+           f"{iso(closing.signed_at)}, less than {margin} after the window's end")
+    report.completeness = (f"not proven: {why}; events of the window may have been committed "
+                           "after it (sign a checkpoint once the margin has passed and export "
+                           "again)")
+    if not allow_unanchored:
+        loose = report.events - report.anchored_events
+        unsigned = (f"; {loose} of {report.events} events are anchored by no signed checkpoint"
+                    if loose else "")
+        return report.fail(anchor + 1, f"the unit's events are not proven complete: {why}"
+                           f"{unsigned}", verdict="UNANCHORED")
     return report

@@ -1,17 +1,19 @@
 """Shared pieces of the audit integration tests: simulated cases appended through the real
-store (commands of several cases interleaved), checkpoints, and a forger's insert."""
+store (commands of several cases interleaved), checkpoints (one dated later, as a checkpointer
+running then would sign it), and a forger's insert."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from bench.projections import metadata_of
-from shared.contracts.envelope import canonical_bytes, canonical_time, chain_hash
+from shared.contracts.envelope import NewEvent, canonical_bytes, canonical_time, chain_hash
 from shared.contracts.registry import to_new_event
-from shared.eventstore.checkpoints import CheckpointSigner, write_checkpoint
+from shared.eventstore.checkpoints import Checkpoint, CheckpointSigner, write_checkpoint
 from shared.eventstore.postgres import PostgresEventStore
 from shared.settings import DEV_SIGNING_KEY
 from tests.tamper import as_forger
@@ -38,6 +40,25 @@ async def seed(store: PostgresEventStore, admin: asyncpg.Pool, *, seed: int = 11
             await write_checkpoint(admin, SIGNER)
     await write_checkpoint(admin, SIGNER)
     return ids
+
+
+async def sign_at(store: PostgresEventStore, admin: asyncpg.Pool,
+                  signed_at: datetime) -> Checkpoint:
+    """Append one event (a note on a new case, of no unit) and sign a checkpoint over it dated
+    ``signed_at``, after the newest one: what the checkpointer would sign then (a unit export's
+    window is closed by a checkpoint signed a margin after it ends; tests do not wait)."""
+    await store.append(f"case-{uuid.uuid4()}", None, [NewEvent("Noted", {"i": 0})])
+    head = await admin.fetchrow("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
+    last = await admin.fetchrow(
+        "SELECT position, hash FROM event_checkpoints ORDER BY position DESC LIMIT 1")
+    assert head is not None and last is not None
+    cp = SIGNER.sign(head["position"], head["hash"], signed_at, last["position"], last["hash"])
+    await admin.execute(
+        "INSERT INTO event_checkpoints (position, hash, signed_at, key_id, signature, format, "
+        "prev_position, prev_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", cp.position,
+        cp.hash, cp.signed_at, cp.key_id, cp.signature, cp.format, cp.prev_position,
+        cp.prev_hash)
+    return cp
 
 
 async def forged_row(admin: asyncpg.Pool, position: int, prev_hash: str) -> tuple[Any, ...]:

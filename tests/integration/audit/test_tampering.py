@@ -15,12 +15,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shared.audit import export_case, export_unit, verify_export
+from shared.audit import COMMIT_MARGIN, export_case, export_unit, verify_export
 from shared.contracts.envelope import RecordedEvent, chain_hash
 from shared.eventstore.postgres import PostgresEventStore
 from shared.eventstore.verify import verify_log
 from tests import tamper
-from tests.integration.audit.support import SIGNER, insert_forged, seed
+from tests.integration.audit.support import SIGNER, insert_forged, seed, sign_at
 
 KEY = SIGNER.public_key
 
@@ -301,19 +301,21 @@ async def test_a_case_exported_up_to_a_position_has_its_later_events_as_witnesse
 
 
 @pytest.fixture
-async def unit_export(log: list[Any], pool: asyncpg.Pool, tmp_path: Path) -> tuple[Path, str]:
+async def unit_export(log: list[Any], pool: asyncpg.Pool, pg_store: PostgresEventStore,
+                      admin_pool: asyncpg.Pool, tmp_path: Path) -> tuple[Path, str]:
     unit = str(await pool.fetchval(
         "SELECT metadata->>'unit' FROM events WHERE stream_id LIKE 'case-%' "
         "GROUP BY 1 ORDER BY count(*) DESC LIMIT 1"))
     path, now = tmp_path / "unit.jsonl", datetime.now(UTC)
-    done = await export_unit(pool, unit, now - timedelta(hours=1), now + timedelta(hours=1), path)
-    assert done.events > 1 and done.witnesses > 0
+    await sign_at(pg_store, admin_pool, now + COMMIT_MARGIN)  # closes the window [now-1h, now)
+    done = await export_unit(pool, unit, now - timedelta(hours=1), now, path)
+    assert done.events > 1 and done.witnesses > 0 and done.window_closed
     return path, unit
 
 
 def test_an_untouched_unit_export_verifies(unit_export: tuple[Path, str]) -> None:
     report = verify_export(unit_export[0], KEY)
-    assert report.ok and report.unanchored == [], report
+    assert report.ok and report.unanchored == [] and report.complete, report
 
 
 def test_a_unit_export_relabelled_as_another_unit_is_refused(

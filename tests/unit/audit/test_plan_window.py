@@ -1,0 +1,58 @@
+"""A unit export's run (``plan_window``): after the last checkpoint signed before the window,
+through the first signed at least ``COMMIT_MARGIN`` after it; genesis when none was signed
+before; open (None) while none closes it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from shared.audit.export import COMMIT_MARGIN, GENESIS, Window, plan_window
+from shared.eventstore.checkpoints import Checkpoint
+
+T = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+
+
+def cps(*signed: tuple[int, int]) -> list[Checkpoint]:
+    """Checkpoints at (position, minutes after T)."""
+    return [Checkpoint(p, "0" * 64, T + timedelta(minutes=m), "k", "s") for p, m in signed]
+
+
+LOG = cps((10, 0), (20, 10), (30, 20), (40, 30))
+
+
+def window(start_min: float, end_min: float, checkpoints: list[Checkpoint] = LOG) -> Window:
+    return plan_window(checkpoints, T + timedelta(minutes=start_min),
+                       T + timedelta(minutes=end_min))
+
+
+def test_the_run_starts_at_the_last_checkpoint_signed_before_the_window() -> None:
+    assert window(15, 19) == Window(20, 30)
+
+
+def test_a_checkpoint_signed_at_the_windows_very_start_does_not_open_it() -> None:
+    """An event at a checkpoint's position may carry its very signed_at: strictly before."""
+    assert window(10, 12).start == 10
+    assert window(10.001, 12).start == 20
+
+
+def test_before_any_checkpoint_the_run_starts_at_genesis() -> None:
+    assert window(-5, 5) == Window(GENESIS, 20)
+    assert window(1, 2, []) == Window(GENESIS, None)
+
+
+def test_the_closing_checkpoint_is_signed_at_least_the_margin_after_the_end() -> None:
+    margin = COMMIT_MARGIN.total_seconds() / 60
+    assert window(0, 20 - margin).end == 30  # exactly the margin after: closes
+    assert window(0, 20 - margin + 0.001).end == 40
+    assert window(0, 30).end is None  # nothing signed a margin after 08:30 yet
+    assert plan_window(LOG, T, T + timedelta(minutes=20), timedelta(0)).end == 30
+
+
+def test_a_window_after_the_last_checkpoint_is_open() -> None:
+    assert window(35, 40) == Window(40, None)
+
+
+def test_the_closing_checkpoint_follows_the_start_even_if_clocks_disagree() -> None:
+    """A checkpoint at a lower position signed later (a clock set back) closes nothing."""
+    odd = cps((10, 50), (20, 0), (30, 60))
+    assert window(5, 10, odd) == Window(20, 30)
