@@ -80,8 +80,7 @@ GENESIS = 0  # the start "checkpoint" before the log's first event (prev hash GE
 UNIT_FIELDS = ("unit", "from_unit", "to_unit", "station")
 _UNIT_RANGE = """
 SELECT position FROM events
-WHERE stream_id LIKE 'case-%' AND recorded_at >= $2 AND recorded_at < $3
-  AND position > $5 AND position <= $4
+WHERE stream_id LIKE 'case-%' AND recorded_at >= $2 AND recorded_at < $3 AND position <= $4
   AND (metadata->>'unit' = $1 OR data->'actor'->>'unit' = $1 OR data->>'unit' = $1
        OR data->>'from_unit' = $1 OR data->>'to_unit' = $1 OR data->>'station' = $1)
 ORDER BY position
@@ -201,6 +200,23 @@ def _chain_line(event: RecordedEvent, exported: bool) -> str:
                            "canonical": event.canonical_bytes().decode()})
 
 
+def _widened(window: Window, positions: Sequence[int], checkpoints: Sequence[int]) -> Window:
+    """``window`` grown to hold every position of the selection the log has now (sorted):
+    none lies outside it unless the database clock went back, or an append held its lock for
+    longer than the margin; the verifier could not see that, so the exporter does."""
+    early = bool(positions) and positions[0] <= window.start
+    late = bool(positions) and window.end is not None and positions[-1] > window.end
+    if not (early or late):
+        return window
+    log.warning("audit.export_window_widened", start_checkpoint=window.start,
+                end_checkpoint=window.end, first=positions[0], last=positions[-1])
+    start = (max((c for c in checkpoints if c < positions[0]), default=GENESIS) if early
+             else window.start)
+    end = (min((c for c in checkpoints if c >= positions[-1]), default=None) if late
+           else window.end)
+    return Window(start, end)
+
+
 _PROGRESS_EVERY = 100_000  # chain lines between two progress log lines
 
 
@@ -282,13 +298,15 @@ async def export_unit(pool: asyncpg.Pool, unit: str, start: datetime, end: datet
     the last checkpoint signed before ``start`` to the first signed at or after ``end +
     margin``, every other event a witness. If no checkpoint closes the window yet, the run
     ends at the log's head, unanchored after the last checkpoint (``window_closed`` False):
-    the verifier will not call the unit's events complete."""
+    the verifier will not call the unit's events complete. Should the log hold an event of
+    the selection outside the planned run (``_widened``), the run grows to take it in."""
     checkpoints = await read_checkpoints(pool)
     head = await _head(pool)  # after the checkpoints: at or past every one of them
     window = plan_window(checkpoints, start, end, margin)
+    positions = [r[0] for r in await pool.fetch(_UNIT_RANGE, unit, start, end, head)]
+    window = _widened(window, positions, [cp.position for cp in checkpoints])
     last = head if window.end is None else window.end
-    rows = await pool.fetch(_UNIT_RANGE, unit, start, end, last, window.start)
-    positions = [r[0] for r in rows]
+    positions = [p for p in positions if p <= last]
     segments = [Segment(window.start + 1, last, window.end)] if last > window.start else []
     passed = [cp for cp in checkpoints if window.start <= cp.position <= last
               and cp.position != GENESIS]

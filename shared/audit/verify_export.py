@@ -449,6 +449,8 @@ def _verify_run(header: dict[str, Any], signed: dict[int, Checkpoint], chain: Se
         if seg.start != c0 + 1:
             return report.fail(c0 + 1, f"position {c0 + 1}, right after the start checkpoint, "
                                f"is missing: the run begins at {seg.start}")
+        if seg.end < seg.start:
+            return report.fail(seg.start, f"the run {seg.start}..{seg.end} runs backwards")
         if seg.checkpoint is not None and seg.checkpoint != seg.end:
             return report.fail(seg.end, f"the run {seg.start}..{seg.end} claims the checkpoint "
                                f"at {seg.checkpoint}, not one at its end")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from shared.audit.export import COMMIT_MARGIN, GENESIS, Window, plan_window
+from shared.audit.export import COMMIT_MARGIN, GENESIS, Window, _widened, plan_window
 from shared.eventstore.checkpoints import Checkpoint
 
 T = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
@@ -56,3 +56,17 @@ def test_the_closing_checkpoint_follows_the_start_even_if_clocks_disagree() -> N
     """A checkpoint at a lower position signed later (a clock set back) closes nothing."""
     odd = cps((10, 50), (20, 0), (30, 60))
     assert window(5, 10, odd) == Window(20, 30)
+
+
+def test_the_exporter_widens_a_run_its_selection_does_not_fit() -> None:
+    """An event of the window found at or before the start checkpoint (a clock set back) or
+    after the closing one (an append that held its lock past the margin): the run grows to
+    the checkpoints around it, or to the head when none follows."""
+    signed = [10, 20, 30, 40]
+    assert _widened(Window(20, 30), [21, 30], signed) == Window(20, 30)
+    assert _widened(Window(20, 30), [], signed) == Window(20, 30)
+    assert _widened(Window(20, 30), [20, 25], signed) == Window(10, 30)
+    assert _widened(Window(20, 30), [5, 25], signed) == Window(GENESIS, 30)
+    assert _widened(Window(20, 30), [25, 31], signed) == Window(20, 40)
+    assert _widened(Window(20, 30), [25, 41], signed) == Window(20, None)
+    assert _widened(Window(20, None), [25, 99], signed) == Window(20, None)
