@@ -4,7 +4,7 @@
     yizhan audit as-of CASE --by USER --reason TEXT [--at ISO | --position N]
     yizhan audit queue-as-of UNIT --by USER --reason TEXT [--at ISO | --position N]
     yizhan audit export (--case ID | --unit CODE --from ISO --to ISO) -o FILE --by --reason
-    yizhan audit verify-export FILE [--public-key B64]          offline, no database
+    yizhan audit verify-export FILE [--public-key B64] [--allow-unanchored]  offline, no database
     yizhan audit rebuild-compare                                 needs the admin connection
     yizhan audit access-log --month YYYY-MM --by USER --reason TEXT [--user U] [--case ID]
 
@@ -215,7 +215,8 @@ def verify_export_file(path: Path, settings: Settings, public_key_b64: str | Non
 def describe_export(report: ExportReport) -> str:
     """One line for people."""
     if not report.ok:
-        hint = (" (--allow-unanchored accepts events no signed checkpoint covers yet)"
+        hint = (" (--allow-unanchored accepts events no signed checkpoint covers yet, and a "
+                "unit's window none closes yet, as not proven complete)"
                 if report.verdict == "UNANCHORED" else "")
         return (f"{report.verdict} at position {report.first_bad_position}: "
                 f"{report.problem}{hint}")
@@ -435,7 +436,8 @@ def add_audit_commands(audit: Any) -> None:
     p.add_argument("--public-key", help="base64 Ed25519 public key (default: from settings)")
     p.add_argument("--allow-unanchored", action="store_true",
                    help="pass events that no signed checkpoint covers yet (exported after the "
-                        "last checkpoint): they are held by the hash chain only")
+                        "last checkpoint): they are held by the hash chain only; and a unit's "
+                        "window no checkpoint closes yet, reported as not proven complete")
     p.set_defaults(fn=_cmd_verify_export)
     p = audit.add_parser(
         "rebuild-compare", help="rebuild read models aside and compare",

@@ -4,7 +4,8 @@ record who looked.
 - ``history``: a case's steps (JSON data, text, printable HTML via ``render``);
 - ``as_of``: a case or a unit's queue as of a position or moment, replayed with the domain's
   ``evolve`` (handed in by the caller: ``shared`` imports no service);
-- ``export`` / ``verify_export``: portable evidence files, checked offline with the public key;
+- ``export`` / ``verify_export``: portable evidence files, checked offline with the public key
+  (a unit's, over a window two signed checkpoints close, proven complete);
 - ``rebuild_compare``: read models rebuilt into a scratch schema and compared with the live ones;
 - ``access``: every audit read recorded in the log (``audit-access-<yyyy-mm>``);
 - ``service.AuditService``: the reads, each recorded first.
