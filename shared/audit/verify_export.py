@@ -475,20 +475,21 @@ def _verify_run(header: dict[str, Any], signed: dict[int, Checkpoint], chain: Se
     if anchor < seg.end:
         report.unanchored.append((anchor + 1, seg.end))
     closing = signed.get(seg.checkpoint) if seg.checkpoint is not None else None
+    secs = f"{margin.total_seconds():g} s"
     since = "genesis" if c0 == GENESIS else (f"the checkpoint at {c0} (signed "
                                               f"{iso(signed[c0].signed_at)})")
     if closing is not None and closing.signed_at >= end + margin:
         report.complete = True
         report.completeness = (f"proven: the chain runs without a gap from {since} to the "
                                f"checkpoint at {closing.position} (signed "
-                               f"{iso(closing.signed_at)}, at least {margin} after the "
+                               f"{iso(closing.signed_at)}, at least {secs} after the "
                                "window's end), and no witness is of the selection")
         return report
     why = ("no signed checkpoint closes the window: the run ends at position "
            f"{seg.end}{', unanchored after ' + str(anchor) if anchor < seg.end else ''}"
            if closing is None else
            f"the run ends at the checkpoint at {closing.position}, signed "
-           f"{iso(closing.signed_at)}, less than {margin} after the window's end")
+           f"{iso(closing.signed_at)}, less than {secs} after the window's end")
     report.completeness = (f"not proven: {why}; events of the window may have been committed "
                            "after it (sign a checkpoint once the margin has passed and export "
                            "again)")
