@@ -148,4 +148,3 @@ async def test_an_export_for_a_unit_that_does_not_exist_is_one_line_and_exit_cod
                                   AUDITOR, "--reason", WHY)
     assert (code, out, err) == (2, "", "error: no unit 53010200100 in the organisation\n")
     assert not out_file.exists()
-
