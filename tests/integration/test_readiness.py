@@ -26,6 +26,7 @@ from tests.integration.test_streaming import (
     PARTITIONS,
     append_many,
     relaying,
+    table,  # noqa: F401 - the fixture
     wait_for,
     write_rows,
 )
@@ -40,15 +41,6 @@ async def answer_becomes(check: Callable[[], Awaitable[str | None]],
             raise AssertionError(f"readiness never {what}; last answer {got!r}")
         await asyncio.sleep(0.1)
     return got
-
-
-@pytest.fixture
-async def table(admin_pool: asyncpg.Pool) -> None:
-    await admin_pool.execute(
-        "CREATE TABLE applied (seq bigint GENERATED ALWAYS AS IDENTITY, position bigint"
-        " PRIMARY KEY, stream_id text NOT NULL, version int NOT NULL);"
-        " GRANT ALL ON applied TO yizhan_app;"
-        " GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO yizhan_app")
 
 
 async def test_the_broker_probe_names_a_missing_topic_and_keeps_its_answer_for_a_while(
@@ -102,8 +94,9 @@ async def test_a_database_that_does_not_answer_in_time_is_not_ready(
         await held.close()
 
 
+@pytest.mark.usefixtures("table")
 async def test_an_agent_is_ready_once_in_its_group_and_not_while_a_batch_fails_too_long(
-    pg_store: PostgresEventStore, pool: asyncpg.Pool, table: None, kafka_bootstrap: str,
+    pg_store: PostgresEventStore, pool: asyncpg.Pool, kafka_bootstrap: str,
 ) -> None:
     topic = f"case.events.{uuid.uuid4().hex[:8]}"
     await ensure_topics(kafka_bootstrap, {topic: PARTITIONS})

@@ -308,6 +308,22 @@ async def test_a_visit_redelivered_after_a_restart_with_another_duty_clerk_is_ac
     assert await outcomes(pool) == [("accepted", "")]
 
 
+async def handled_while_the_broker_is_down(ingress: KafkaIngress, rejected: Recorder,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           message: RawMessage) -> None:
+    """Handle ``message`` while publishing to intake.rejected fails: its outcome is recorded,
+    the batch fails (nothing acked), and the publisher works again after."""
+    real = rejected.publish
+
+    async def down(_: object) -> None:
+        raise ConnectionError("the broker went away")
+
+    monkeypatch.setattr(rejected, "publish", down)
+    with pytest.raises(ConnectionError):
+        await ingress.handle([message])
+    monkeypatch.setattr(rejected, "publish", real)
+
+
 async def test_a_rejection_recorded_before_the_broker_lost_its_log_is_still_published(
     service: IntakeService, ingress: KafkaIngress, pool: asyncpg.Pool, rejected: Recorder,
     monkeypatch: pytest.MonkeyPatch,
@@ -316,17 +332,8 @@ async def test_a_rejection_recorded_before_the_broker_lost_its_log_is_still_publ
     # embedded mode the memory broker goes with it). The broker comes back empty, so the
     # message is never delivered again; its offset is handed to a new message. Before: the
     # old rejection stayed unpublished for ever (a rejected message never on intake.rejected).
-    bad = visit("v-1", station="530102999999")
-    first = Topic(service).message(bad)
-    real = rejected.publish
-
-    async def down(_: object) -> None:
-        raise ConnectionError("the broker went away")
-
-    monkeypatch.setattr(rejected, "publish", down)
-    with pytest.raises(ConnectionError):
-        await ingress.handle([first])
-    monkeypatch.setattr(rejected, "publish", real)
+    first = Topic(service).message(visit("v-1", station="530102999999"))
+    await handled_while_the_broker_is_down(ingress, rejected, monkeypatch, first)
     after = Topic(service).message(visit("v-2", station="530102999999", seed=2))
     assert after.where == first.where and after.digest != first.digest
     await ingress.handle([after])
@@ -341,15 +348,7 @@ async def test_a_rejection_whose_offset_never_returns_is_published_by_the_sweep(
 ) -> None:
     # As above, but nothing ever takes the lost offset: only the sweep publishes it
     lost = Topic(service).message(visit("v-1", station="530102999999"))
-    real = rejected.publish
-
-    async def down(_: object) -> None:
-        raise ConnectionError("the broker went away")
-
-    monkeypatch.setattr(rejected, "publish", down)
-    with pytest.raises(ConnectionError):
-        await ingress.handle([lost])
-    monkeypatch.setattr(rejected, "publish", real)
+    await handled_while_the_broker_is_down(ingress, rejected, monkeypatch, lost)
     assert await ingress.sweep(older_than_s=3600) == 0  # too young: its batch may yet retry
     assert rejected.sent == []
 
