@@ -9,6 +9,8 @@
     yizhan demo [--days N]         realistic casework through the real interfaces, then dashboards
     yizhan token USER              a bearer token for a user of the staff directory
     yizhan status [--check] [--json]   how far each part of the pipeline has got (from PostgreSQL)
+    yizhan consumers repartition   move consumers' positions to a new partition count (relay
+                                   stopped, consumers caught up: README "Scaling out")
     yizhan audit checkpoint        sign a checkpoint at the log's head now
     yizhan audit verify [--from-checkpoint] [--public-key B64] [--witness FILE]
 """
@@ -57,6 +59,7 @@ from shared.kafka import ensure_topics, topic_specs
 from shared.logging import bind_process, configure_logging, get_logger
 from shared.reference import ReferenceDataError
 from shared.relay import Relay, RelayConfig
+from shared.repartition import ConsumerHasNotCaughtUp, OldPartitionCountUnknown, RelayStillLeads
 from shared.runtime import SERVICE_ROLE
 from shared.service import serve_http, tuned_gc
 from shared.settings import Settings, get_settings
@@ -72,8 +75,9 @@ SETTINGS_CLASSES: dict[str, type[BaseSettings]] = {
 # unknown case, a reader who is no auditor or gives no reason, a file that is no export, a
 # mistyped public key. Anything else is a bug and keeps its traceback.
 USER_MISTAKES: tuple[type[Exception], ...] = (
-    CaseNotFound, ErasureRefused, ExportUnreadable, InvalidPublicKey, NotAnAuditor,
-    PositionBeyondLog, ReasonRequired, ReplayFailed, UnknownUnit, WitnessUnreadable)
+    CaseNotFound, ConsumerHasNotCaughtUp, ErasureRefused, ExportUnreadable, InvalidPublicKey,
+    NotAnAuditor, OldPartitionCountUnknown, PositionBeyondLog, ReasonRequired, RelayStillLeads,
+    ReplayFailed, UnknownUnit, WitnessUnreadable)
 
 
 async def prepare_database(ep: Endpoints) -> list[str]:
@@ -433,7 +437,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             await prepare_database(ep)
         conn = await asyncpg.connect(ep.service_url)
         try:
-            status = await read_status(conn, stale_after_s=args.stale_after)
+            status = await read_status(conn, stale_after_s=args.stale_after,
+                                       partitions=topic_specs(settings))
         except asyncpg.UndefinedTableError as exc:
             print(f"the database has no Yizhan tables yet ({exc}): run `yizhan db migrate`",
                   file=sys.stderr)
@@ -441,10 +446,41 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         finally:
             await conn.close()
         print(status.as_json() if args.json else render(status))
-        return 1 if args.check and status.stalled else 0
+        return 1 if args.check and (status.stalled or status.problems) else 0
 
     with endpoints(settings, kafka=False) as ep:
         return asyncio.run(go(ep))
+
+
+def cmd_repartition(settings: Settings, args: argparse.Namespace) -> int:
+    """Move every consumer of the topic to the new partition count (``shared.repartition``)."""
+    import asyncpg
+
+    from shared.repartition import repartition
+
+    topic = args.topic or settings.topic_case_events
+    partitions = args.partitions or settings.topic_partitions
+
+    async def go(ep: Endpoints) -> None:
+        if ep.embedded:  # the embedded default's own database; elsewhere `yizhan db migrate`
+            await prepare_database(ep)
+        conn = await asyncpg.connect(ep.service_url)
+        try:
+            done = await repartition(conn, topic, partitions, old_partitions=args.old_partitions)
+        finally:
+            await conn.close()
+        for line in done:
+            print(line.describe())
+        if not done:
+            print(f"no consumer has positions on {topic}: nothing to move")
+        elif any(line.changed for line in done):
+            print(f"start the relay and the services with YIZHAN_TOPIC_PARTITIONS={partitions}"
+                  f" (the relay recreates {topic} with {partitions} partitions and publishes "
+                  "the log again; the consumers skip what they applied)")
+
+    with endpoints(settings, kafka=False) as ep:
+        asyncio.run(go(ep))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -477,12 +513,25 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(fn=cmd_token)
     status = sub.add_parser("status", help="how far each part of the pipeline has got")
     status.add_argument("--check", action="store_true",
-                        help="exit 1 if a part is stalled (for a health probe or cron job)")
+                        help="exit 1 if a part is stalled or has a problem (for a health "
+                             "probe or cron job)")
     status.add_argument("--json", action="store_true", help="one JSON object")
     status.add_argument("--stale-after", type=float, default=60.0, metavar="S",
                         help="a part is stalled when work waited for it longer than S seconds "
                              "and it did not move meanwhile (default 60)")
     status.set_defaults(fn=cmd_status)
+    consumers = sub.add_parser("consumers", help="the idempotent consumers' positions"
+                               ).add_subparsers(dest="consumers", required=True)
+    repartition = consumers.add_parser(
+        "repartition", help="move consumers' positions to a new partition count (relay "
+        "stopped, consumers caught up and stopped)")
+    repartition.add_argument("--topic", help="default: YIZHAN_TOPIC_CASE_EVENTS")
+    repartition.add_argument("--partitions", type=int, metavar="N",
+                             help="the new count (default: YIZHAN_TOPIC_PARTITIONS)")
+    repartition.add_argument("--old-partitions", type=int, metavar="N",
+                             help="the count positions kept before counts were recorded "
+                                  "were kept for")
+    repartition.set_defaults(fn=cmd_repartition)
     db = sub.add_parser("db", help="database").add_subparsers(dest="db", required=True)
     db.add_parser("migrate", help="apply pending migrations").set_defaults(fn=cmd_migrate)
     audit = sub.add_parser("audit", help="audit the log").add_subparsers(dest="audit",

@@ -7,22 +7,26 @@ says in one screen whether each consumer of the log keeps up with it:
 - each relay name's published position (the log → Kafka hop);
 - signed checkpoints: how much of the log they do not cover yet;
 - each idempotent consumer (the SLA clock's agent, the projections' agent, …): its furthest
-  position over its scopes, and when it last moved;
+  position over its scopes, and when it last moved; a **problem** if its positions on a topic
+  were kept for another partition count than the topic's (``partitions``, from settings): its
+  agent refuses to start until `yizhan consumers repartition` moves them;
 - the read models: active set, watermark, lag, parked events;
 - the SLA clock: timers due longer ago than a tick or two that have not fired;
 - intake: rejected messages whose dead letter is not yet on ``intake.rejected``.
 
 A part is **stalled** when work has waited for it longer than ``stale_after_s`` and it has not
 moved for as long (an idle part is not stalled). ``check`` (``--check``) makes the command exit
-1 when any part is stalled, for a cron job or a container health probe; ``--json`` prints the
-same as one JSON object."""
+1 when any part is stalled or has a problem, for a cron job or a container health probe;
+``--json`` prints the same as one JSON object."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
+from shared.consumer import PositionsKeptForAnotherPartitionCount, layout_to_record, partition_of
 from shared.eventstore.postgres import Conn
 
 _HEAD = """
@@ -44,6 +48,8 @@ class Part:
     """How long the oldest work it has not done has waited (None: none waits)."""
     detail: str
     stalled: bool = False
+    problem: str | None = None
+    """Something that stops the part whether work waits or not (None: nothing)."""
 
 
 @dataclass(frozen=True)
@@ -56,9 +62,14 @@ class Status:
     def stalled(self) -> list[Part]:
         return [p for p in self.parts if p.stalled]
 
+    @property
+    def problems(self) -> list[Part]:
+        return [p for p in self.parts if p.problem is not None]
+
     def as_json(self) -> str:
         return json.dumps({"head": self.head, "last_recorded_at": self.last_recorded_at,
                            "stalled": [p.name for p in self.stalled],
+                           "problems": {p.name: p.problem for p in self.problems},
                            "parts": [asdict(p) for p in self.parts]},
                           default=str, ensure_ascii=False)
 
@@ -91,8 +102,34 @@ def _stalled(waiting_s: float | None, moved_at: datetime | None, now: datetime,
     return moved_at is None or (now - moved_at).total_seconds() > stale_after_s
 
 
-async def read_status(conn: Conn, *, stale_after_s: float = 60.0) -> Status:
-    """Everything ``yizhan status`` reports, from one connection (read only)."""
+async def _layout_problems(conn: Conn, partitions: Mapping[str, int]) -> dict[str, str]:
+    """Per consumer, why its positions on a topic of ``partitions`` do not fit its count."""
+    if not partitions or not await _table_exists(conn, "consumer_partition_counts"):
+        return {}
+    recorded = {(r["consumer"], r["topic"]): r["partitions"] for r in await conn.fetch(
+        "SELECT consumer, topic, partitions FROM consumer_partition_counts")}
+    used: dict[tuple[str, str], set[int]] = {}
+    for consumer, scope in await conn.fetch(
+            "SELECT consumer, scope FROM consumer_positions WHERE position > 0"):
+        for topic in partitions:
+            if (p := partition_of(scope, topic)) is not None:
+                used.setdefault((consumer, topic), set()).add(p)
+    problems: dict[str, str] = {}
+    for consumer, topic in sorted(set(used) | set(recorded)):
+        if topic not in partitions:
+            continue
+        try:
+            layout_to_record(consumer, topic, recorded.get((consumer, topic)),
+                             used.get((consumer, topic), set()), partitions[topic])
+        except PositionsKeptForAnotherPartitionCount as problem:
+            problems.setdefault(consumer, str(problem))
+    return problems
+
+
+async def read_status(conn: Conn, *, stale_after_s: float = 60.0,
+                      partitions: Mapping[str, int] | None = None) -> Status:
+    """Everything ``yizhan status`` reports, from one connection (read only). ``partitions``:
+    each topic's partition count (settings), against which consumers' positions are held."""
     row = await conn.fetchrow(_HEAD)
     assert row is not None
     head, last_at, now = int(row["head"]), row["last_at"], row["now"]
@@ -115,6 +152,7 @@ async def read_status(conn: Conn, *, stale_after_s: float = 60.0) -> Status:
                       f"signed up to {signed:,} {_age(now, cp['signed_at'])} "
                       f"(key {cp['key_id']})"))
 
+    layout = await _layout_problems(conn, partitions or {})
     for consumer, position, scopes, moved in await conn.fetch(
             "SELECT consumer, max(position), count(*), max(updated_at) "
             "FROM consumer_positions GROUP BY consumer ORDER BY consumer"):
@@ -122,7 +160,7 @@ async def read_status(conn: Conn, *, stale_after_s: float = 60.0) -> Status:
         parts.append(Part(f"consumer {consumer}", position, head - position, waiting,
                           f"furthest position {position:,} over {scopes} scope(s); "
                           f"moved {_age(now, moved)}",
-                          _stalled(waiting, moved, now, stale_after_s)))
+                          _stalled(waiting, moved, now, stale_after_s), layout.get(consumer)))
 
     active = (await conn.fetchval("SELECT active_schema FROM projections.state")
               if await _table_exists(conn, "projections.state") else None)
@@ -181,6 +219,12 @@ def render(status: Status) -> str:
         behind = "" if part.behind is None else f"  [{part.behind:,} behind]"
         flag = "  STALLED" if part.stalled else ""
         lines.append(f"{part.name:<28} {part.detail}{behind}{flag}")
+        if part.problem is not None:
+            lines.append(f"{'':<28} PROBLEM: {part.problem}")
+    problems = status.problems
+    if problems:
+        lines.append(f"problems: {', '.join(p.name for p in problems)} (cannot run as they "
+                     "are; see PROBLEM above)")
     stalled = status.stalled
     lines.append("all parts keep up" if not stalled else
                  f"stalled: {', '.join(p.name for p in stalled)} (waited longer than allowed "

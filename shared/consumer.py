@@ -9,11 +9,21 @@ positions interleave across partitions, so a live consumer uses one scope per to
 (``scope_for(topic, partition)``); a rebuild that reads the store in order uses ``"all"``.
 ``apply_scopes`` applies several scopes' batches in one transaction (one commit for what a
 worker fetched from all its partitions).
+
+Per-partition positions mean something only for the partition count they were kept for: a
+stream's partition is murmur2(stream id) % partitions, so with another count its events land
+on a partition whose stored position belongs to other streams (events at or below it skipped
+as applied, lost; others applied twice; a stream's old and new partitions read out of order).
+The count is recorded per consumer and topic (``consumer_partition_counts``);
+``check_partition_count`` (every agent, as it starts) records it for a consumer without
+positions on the topic and refuses (``PositionsKeptForAnotherPartitionCount``) one whose
+positions were kept for another count. ``shared.repartition`` (`yizhan consumers
+repartition`) moves them safely.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 import asyncpg
 
@@ -26,6 +36,66 @@ ALL = "all"
 
 def scope_for(topic: str, partition: int) -> str:
     return f"{topic}/{partition}"
+
+
+def partition_of(scope: str, topic: str) -> int | None:
+    """The partition a scope of ``topic`` names (None: a scope of something else)."""
+    prefix = f"{topic}/"
+    if not scope.startswith(prefix):
+        return None
+    rest = scope[len(prefix):]
+    return int(rest) if rest.isdigit() else None
+
+
+REPARTITION_COMMAND = "yizhan consumers repartition --topic {topic} --partitions {partitions}"
+
+
+class PositionsKeptForAnotherPartitionCount(RuntimeError):
+    """A consumer's positions on a topic were kept for another partition count than the topic
+    has: applying with them would skip or repeat events. Move them first (`yizhan consumers
+    repartition`, README "Scaling out")."""
+
+    def __init__(self, consumer: str, topic: str, recorded: int | None, actual: int,
+                 *, at_least: int | None = None) -> None:
+        self.consumer, self.topic, self.recorded, self.actual = consumer, topic, recorded, actual
+        kept = f"{recorded}" if recorded is not None else f"at least {at_least}"
+        command = REPARTITION_COMMAND.format(topic=topic, partitions=actual)
+        super().__init__(
+            f"consumer {consumer!r} kept its positions on {topic} for {kept} partitions, but "
+            f"the topic has {actual}: a stream's events would land on a partition whose stored "
+            f"position belongs to other streams (skipped as applied, or applied twice). Stop "
+            f"the relay, let every consumer catch up (`yizhan status`), stop the services, "
+            f"then run `{command}` (README, \"Scaling out\")")
+
+
+def layout_to_record(consumer: str, topic: str, recorded: int | None,
+                     partitions_with_positions: Iterable[int], actual: int) -> bool:
+    """Whether to record ``actual`` as the consumer's partition count on ``topic`` (True),
+    keep what is recorded (False), or refuse (raises ``PositionsKeptForAnotherPartitionCount``).
+
+    Without positions there, any count is fine (recorded anew). Positions kept before counts
+    were recorded (``recorded`` None) are taken to be for ``actual``, unless they name a
+    partition beyond it."""
+    used = set(partitions_with_positions)
+    if recorded == actual:
+        return False
+    if not used:
+        return True
+    if recorded is None:
+        if max(used) < actual:
+            return True
+        raise PositionsKeptForAnotherPartitionCount(consumer, topic, None, actual,
+                                                    at_least=max(used) + 1)
+    raise PositionsKeptForAnotherPartitionCount(consumer, topic, recorded, actual)
+
+
+async def topic_positions(conn: Conn, consumer: str, topic: str) -> dict[int, int]:
+    """The consumer's positions on ``topic`` above 0, by partition."""
+    rows = await conn.fetch(
+        "SELECT scope, position FROM consumer_positions WHERE consumer = $1"
+        " AND left(scope, $3) = $2 AND position > 0", consumer, f"{topic}/", len(topic) + 1)
+    found = {partition_of(r["scope"], topic): int(r["position"]) for r in rows}
+    return {p: position for p, position in found.items() if p is not None}
 
 
 class IdempotentConsumer:
@@ -48,6 +118,22 @@ class IdempotentConsumer:
             "SELECT scope, position FROM consumer_positions WHERE consumer = $1", self.name
         )
         return {r["scope"]: r["position"] for r in rows}
+
+    async def check_partition_count(self, topic: str, partitions: int) -> None:
+        """Refuse (``PositionsKeptForAnotherPartitionCount``) if this consumer's positions on
+        ``topic`` were kept for another partition count than ``partitions`` (the topic's);
+        else record ``partitions`` for it (``layout_to_record``)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            recorded = await conn.fetchval(
+                "SELECT partitions FROM consumer_partition_counts"
+                " WHERE consumer = $1 AND topic = $2 FOR UPDATE", self.name, topic)
+            used = await topic_positions(conn, self.name, topic)
+            if layout_to_record(self.name, topic, recorded, used, partitions):
+                await conn.execute(
+                    "INSERT INTO consumer_partition_counts AS c (consumer, topic, partitions)"
+                    " VALUES ($1, $2, $3) ON CONFLICT (consumer, topic) DO UPDATE"
+                    " SET partitions = EXCLUDED.partitions, updated_at = now()",
+                    self.name, topic, partitions)
 
     async def apply(
         self, scope: str, events: Sequence[RecordedEvent], apply: Apply

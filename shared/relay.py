@@ -115,6 +115,12 @@ def correlation_id(metadata_json: str) -> str | None:
     return None if value is None else str(value)
 
 
+def partition_for(stream_id: str, partitions: int) -> int:
+    """The partition of ``stream_id``'s events on a topic of ``partitions`` partitions: the
+    producer's default partitioner (murmur2 of the key, as Kafka's Java client)."""
+    return int((murmur2(stream_id.encode()) & 0x7FFFFFFF) % partitions)
+
+
 class Partitioner:
     """The producer's default partitioner (murmur2 of the key, as Kafka's Java client), with
     each stream's partition remembered: a stream's events come in runs, and murmur2 in pure
@@ -129,7 +135,7 @@ class Partitioner:
         if partition is None:
             if len(self._known) >= self.remember:
                 self._known.clear()
-            partition = (murmur2(stream_id.encode()) & 0x7FFFFFFF) % self.partitions
+            partition = partition_for(stream_id, self.partitions)
             self._known[stream_id] = partition
         return partition
 

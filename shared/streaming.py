@@ -35,6 +35,11 @@ Correctness comes from PostgreSQL, never from Kafka (see DESIGN, "Known pitfalls
 - ``running_app`` checks the agents' topics exist first: ``topic_allow_declare=False`` stops
   Faust's own topic creation, but the consumer's subscription still names the topic in a
   metadata request, and the embedded broker creates a missing one with 4 partitions.
+- It then checks each idempotent agent's consumer kept its positions for the partition count
+  the topic has (``IdempotentConsumer.check_partition_count``): positions are per partition,
+  and a stream's partition depends on the count, so after a change they would skip or repeat
+  events. ``PositionsKeptForAnotherPartitionCount`` names the consumer, both counts and the
+  command that moves the positions (`yizhan consumers repartition`).
 """
 
 from __future__ import annotations
@@ -175,15 +180,18 @@ async def running_app(
     """Start ``app`` on the running loop and stop it on exit (``app.start()``/``app.stop()``
     through ``faust.contrib.asgi.faust_app_running``). A stopped app cannot be started again:
     build a new one with ``make_app``. For FastAPI, ``faust.contrib.asgi.faust_lifespan(app)``
-    does the same from the ASGI lifespan (call ``await check_agent_topics(app)`` first).
+    does the same from the ASGI lifespan (call ``await check_partition_counts(app, await
+    check_agent_topics(app))`` first).
 
     With ``check_topics``, refuses to start (``TopicMisconfigured``) when a topic an agent reads
     is missing or has another partition count: the consumer's subscription would otherwise name
     it in a metadata request, and the embedded broker would create it with 4 partitions.
     A topic being recreated (the relay does so when it finds a broker that lost its log) is
-    waited for, up to ``topics_wait_s``."""
+    waited for, up to ``topics_wait_s``. Then every idempotent agent's consumer is checked
+    against the topic's partition count (``check_partition_counts``)."""
     if check_topics:
-        await wait_for_agent_topics(app, topics_wait_s)
+        counts = await wait_for_agent_topics(app, topics_wait_s)
+        await check_partition_counts(app, counts)
     async with faust_app_running(app, stop_timeout=stop_timeout):
         yield app
 
@@ -240,6 +248,25 @@ async def stop_on_crash(app: Any, stop: asyncio.Event) -> AsyncIterator[None]:
             await watcher
     if app.crashed:
         raise AppCrashed(repr(app.crash_reason))
+
+
+_EVENT_AGENTS = "_yizhan_event_agents"
+
+
+def event_agents(app: faust.App) -> list[EventAgent]:
+    """The idempotent agents declared on ``app`` (``idempotent_agent``)."""
+    return list(getattr(app, _EVENT_AGENTS, ()))
+
+
+async def check_partition_counts(app: faust.App, counts: dict[str, int]) -> None:
+    """Refuse to start (``PositionsKeptForAnotherPartitionCount``) an idempotent agent whose
+    consumer kept its positions on its topic for another partition count than ``counts`` (as
+    the broker has them: ``check_agent_topics``); record the count for one without
+    positions there."""
+    for agent in event_agents(app):
+        partitions = counts.get(agent.topic_name)
+        if partitions is not None:
+            await agent.consumer.check_partition_count(agent.topic_name, partitions)
 
 
 def bootstrap_of(app: faust.App) -> str:
@@ -436,6 +463,7 @@ class EventAgent:
             value_serializer="raw", partitions=app.conf.topic_partitions, internal=False,
         )
         self.agent = app.agent(self.topic, name=name, concurrency=1)(self._run)
+        setattr(app, _EVENT_AGENTS, [*event_agents(app), self])
         self._revoked: set[str] = set()  # scopes taken away (and not given back)
         app.on_partitions_revoked.connect(self._forget_revoked)
         app.on_partitions_assigned.connect(self._note_assigned)
