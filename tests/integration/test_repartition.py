@@ -246,3 +246,25 @@ async def test_after_a_partition_change_an_agent_refuses_until_repartitioned_the
         assert versions == list(range(1, len(versions) + 1)), stream
     assert agent.stats.applied == 200  # type: ignore[attr-defined]
     assert await counts(pool, topic) == {CONSUMER: 4}
+
+
+async def test_the_command_refuses_in_one_line_while_a_relay_leads(
+    pg_store: PostgresEventStore, pool: asyncpg.Pool, admin_pool: asyncpg.Pool, database: Db,
+) -> None:
+    await append_many(pg_store, 50)
+    await keep(admin_pool, "a", await caught_up_positions(pool, 3), 3)
+    env = {**os.environ, "DATABASE_URL": database.service_dsn, "YIZHAN_TOPIC_PARTITIONS": "4",
+           "YIZHAN_MIGRATE_ON_START": "false", "YIZHAN_LOG_LEVEL": "warning"}
+    async with pool.acquire() as relay:
+        assert await relay.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK)
+        command = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "from services.cli import main; main()", "consumers",
+            "repartition", env=env, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(command.communicate(), 120)
+        await relay.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
+    assert command.returncode == 2, (out, err)
+    assert err.decode().strip().splitlines() == [
+        "error: a relay leads (holds the relay lock): stop every `yizhan relay` first, then "
+        "run this again"]
+    assert await counts(pool) == {"a": 3}

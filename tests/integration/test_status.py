@@ -128,3 +128,32 @@ def test_the_command_exits_1_on_a_stalled_part_with_check_and_prints_json(
                              text=True, timeout=120)
     assert checked.returncode == 1, checked.stderr
     assert json.loads(checked.stdout)["stalled"] == ["intake dead letters"]
+
+
+async def test_a_consumer_kept_for_another_partition_count_is_a_problem(
+    pool: asyncpg.Pool, admin_pool: asyncpg.Pool, pg_store: PostgresEventStore,
+) -> None:
+    head = await log_of(pg_store, 2)
+    await admin_pool.execute(
+        "INSERT INTO consumer_positions (consumer, scope, position) VALUES "
+        "('kept-for-3', 'case.events/0', $1), ('fits', 'case.events/0', $1), "
+        "('unrecorded-wider', 'case.events/7', $1), ('unrecorded', 'case.events/2', $1)", head)
+    await admin_pool.execute(
+        "INSERT INTO consumer_partition_counts (consumer, topic, partitions) VALUES "
+        "('kept-for-3', 'case.events', 3), ('fits', 'case.events', 6)")
+    async with pool.acquire() as conn:
+        status = await read_status(conn, stale_after_s=60, partitions={"case.events": 6})
+        unchecked = await read_status(conn, stale_after_s=60)
+    problems = {p.name: p.problem for p in status.problems}
+    assert set(problems) == {"consumer kept-for-3", "consumer unrecorded-wider"}
+    assert "for 3 partitions, but the topic has 6" in problems["consumer kept-for-3"]
+    assert "--partitions 6" in problems["consumer kept-for-3"]
+    assert "at least 8 partitions" in problems["consumer unrecorded-wider"]
+    assert status.stalled == []
+    report = render(status)
+    assert "PROBLEM: consumer 'kept-for-3' kept its positions" in report
+    assert report.splitlines()[-2].startswith("problems: consumer kept-for-3, consumer "
+                                              "unrecorded-wider")
+    assert report.endswith("all parts keep up")  # nothing stalled: a problem is no stall
+    assert set(json.loads(status.as_json())["problems"]) == set(problems)
+    assert unchecked.problems == []  # without the topics' counts nothing is held against them
