@@ -42,6 +42,7 @@ from shared.audit import (
     ReasonRequired,
     ReplayFailed,
 )
+from shared.consumer import PositionsKeptForAnotherPartitionCount
 from shared.eventstore.checkpoints import (
     CheckpointSigner,
     InvalidPublicKey,
@@ -73,11 +74,13 @@ SETTINGS_CLASSES: dict[str, type[BaseSettings]] = {
     cls.__name__: cls for cls in (Settings, IntakeSettings)}
 # Mistakes of the person at the command line that the domain reports with a clear message: an
 # unknown case, a reader who is no auditor or gives no reason, a file that is no export, a
-# mistyped public key. Anything else is a bug and keeps its traceback.
+# mistyped public key; a service started on a partition count its consumers' positions were not
+# kept for, or a repartition refused. Anything else is a bug and keeps its traceback.
 USER_MISTAKES: tuple[type[Exception], ...] = (
     CaseNotFound, ConsumerHasNotCaughtUp, ErasureRefused, ExportUnreadable, InvalidPublicKey,
-    NotAnAuditor, OldPartitionCountUnknown, PositionBeyondLog, ReasonRequired, RelayStillLeads,
-    ReplayFailed, UnknownUnit, WitnessUnreadable)
+    NotAnAuditor, OldPartitionCountUnknown, PositionBeyondLog,
+    PositionsKeptForAnotherPartitionCount, ReasonRequired, RelayStillLeads, ReplayFailed,
+    UnknownUnit, WitnessUnreadable)
 
 
 async def prepare_database(ep: Endpoints) -> list[str]:

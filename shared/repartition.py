@@ -69,8 +69,9 @@ class Repartitioned:
             return (f"{self.consumer}: positions on {self.topic} already kept for {self.new} "
                     "partitions, unchanged")
         if self.position is None:
+            was = "" if self.old is None else f"{self.old} → "
             return (f"{self.consumer}: no positions on {self.topic}; partition count "
-                    f"{self.old} → {self.new} recorded")
+                    f"{was}{self.new} recorded")
         return (f"{self.consumer}: every event up to position {self.position:,} applied; "
                 f"{self.topic} partitions 0–{self.new - 1} now at {self.position:,} "
                 f"(kept for {self.old} partitions before, now {self.new})")

@@ -357,3 +357,26 @@ def test_up_stops_on_broken_reference_data_before_any_server(
     code, _, err = yizhan(capsys, "up")
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("configuration error: ") and "nothing-here" in err
+
+
+def test_a_service_on_positions_kept_for_another_partition_count_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shared.consumer import PositionsKeptForAnotherPartitionCount
+
+    def refused(*_: Any) -> int:
+        raise PositionsKeptForAnotherPartitionCount("projections", "case.events", 3, 4)
+
+    monkeypatch.setattr(cli, "cmd_serve", refused)  # the parser binds it when main builds it
+    args = cli.build_parser().parse_args(["consumers", "repartition", "--partitions", "4"])
+    assert (args.fn, args.partitions, args.topic) == (cli.cmd_repartition, 4, None)
+    code, _, err = yizhan(capsys, "serve", "projections")
+    assert code == 2
+    assert err.splitlines() == [
+        "error: consumer 'projections' kept its positions on case.events for 3 partitions, "
+        "but the topic has 4: a stream's events would land on a partition whose stored "
+        "position belongs to other streams (skipped as applied, or applied twice). Stop the "
+        "relay, let every consumer catch up (`yizhan status`), stop the services, then run "
+        "`yizhan consumers repartition --topic case.events --partitions 4` (README, \"Scaling "
+        "out\")"]
+
