@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from services.cli import build_parser
 from services.intake.settings import IntakeSettings
 from shared.eventstore.migrate import MIN_SERVER_MAJOR
 from shared.settings import Settings
 
-yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).resolve().parents[2]
 YIZHAN = ("migrate", "relay", "intake", "cases", "projections")
 HTTP = {"intake": "intake_http_port", "cases": "cases_port", "projections": "projections_port",
