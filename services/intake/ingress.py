@@ -303,7 +303,22 @@ class KafkaIngress:
 
     async def _decide(self, readings: Sequence[Readable | Unreadable],
                       recalled: Mapping[tuple[str, str], Remembered]) -> list[Outcome]:
+        """Every reading's outcome. Repeats of a refused message are decided again, as
+        messages in their own right, round after round: in a loop, not by recursion, since a
+        source resending one refused message may put hundreds of copies in one batch (each
+        round decides one of them), and a recursion that deep fails the batch for ever."""
         outcomes: dict[Where, Outcome] = {}
+        pending: Sequence[Readable | Unreadable] = readings
+        while pending:
+            pending = await self._decide_round(pending, recalled, outcomes)
+            recalled = {}  # a later round's keys were given back: reserved afresh
+        return [outcomes[r.raw.where] for r in readings]
+
+    async def _decide_round(self, readings: Sequence[Readable | Unreadable],
+                            recalled: Mapping[tuple[str, str], Remembered],
+                            outcomes: dict[Where, Outcome]) -> list[Readable]:
+        """Decide the first message of each key and its repeats into ``outcomes``; the repeats
+        of a refused first message, to be decided in the next round."""
         first_of: dict[tuple[str, str], Readable] = {}
         repeats: list[Readable] = []
         fresh: list[Readable] = []
@@ -336,7 +351,7 @@ class KafkaIngress:
         # its key); of a rejected one, which opened nothing and kept no key, a message in its
         # own right, as it would be in a later batch (a corrected resend, or a copy that must
         # reach intake.rejected with its reasons too).
-        again = []
+        again: list[Readable] = []
         for reading in repeats:
             first = first_of[(reading.scope, reading.submission.idempotency_key)]
             if outcomes[first.raw.where].kind == "rejected":
@@ -346,10 +361,7 @@ class KafkaIngress:
             if outcome.kind == "duplicate":
                 outcome.case_ids = list(outcomes[first.raw.where].case_ids)
             outcomes[reading.raw.where] = outcome
-        if again:
-            for outcome in await self._decide(again, {}):
-                outcomes[outcome.where] = outcome
-        return [outcomes[r.raw.where] for r in readings]
+        return again
 
     async def _reserve(self, fresh: Sequence[Readable],
                        recalled: Mapping[tuple[str, str], Remembered],

@@ -442,3 +442,18 @@ async def test_a_refused_visit_gives_its_key_back_for_a_later_corrected_resend(
     assert await pool.fetchval("SELECT count(*) FROM intake_requests") == 0
     await ingress.handle([topic.message(visit("v-1"))])
     assert await outcomes(pool) == [("rejected", "unknown_station"), ("accepted", "")]
+
+
+async def test_a_refused_message_sent_a_thousand_times_in_one_batch_does_not_fail_it(
+    service: IntakeService, ingress: KafkaIngress, pool: asyncpg.Pool, rejected: Recorder,
+) -> None:
+    # A source resending one refused message puts many copies in one batch; each copy is
+    # decided again once the one before it is refused. Before, each round was a level of
+    # recursion: past Python's limit the batch raised RecursionError, and was retried (and
+    # failed) for ever, a poison batch holding its partition.
+    topic = Topic(service)
+    copies = [topic.message(visit("v-1", station="530102999999")) for _ in range(1100)]
+    await ingress.handle(copies)
+    assert await outcomes(pool) == [("rejected", "unknown_station")] * 1100
+    assert len(rejected.sent) == 1100
+    assert await pool.fetchval("SELECT count(*) FROM intake_requests") == 0
