@@ -205,12 +205,17 @@ def consumer_ready(
     later rebalances do not flip it, so a replica stays in its load balancer while partitions
     move) and has not held a failing batch for ``stuck_after_s`` or longer (``failing_since``:
     wall time of the first failure in a row, or None). What is missing, or None; the error
-    itself is in the log (``/readyz`` needs no login)."""
+    itself is in the log (``/readyz`` needs no login).
+
+    "Joined" is a rebalance that has ended (Faust's recovery ``completed``, set at the end of
+    every rebalance and never cleared), not a count of rebalances begun: a first join that
+    is interrupted (another replica joins meanwhile) begins a second rebalance before the
+    first ends, and a count would call the consumer joined while it never was."""
 
     async def check() -> str | None:
         if app.should_stop:  # crashed, or stopping
             return f"{name}: stopped"
-        if app.rebalancing_count == 0 or (app.rebalancing_count == 1 and app.rebalancing):
+        if not app.tables.recovery.completed.is_set():
             return f"{name}: joining its consumer group"
         since = failing_since()
         if since is not None and (held := time.time() - since) >= stuck_after_s:

@@ -81,15 +81,22 @@ def test_readyz_does_not_hang_on_a_database_that_never_answers() -> None:
     assert answer.json()["detail"] == "database: no answer within 0.2 s"
 
 
-def faust_app(*, rebalances: int = 1, rebalancing: bool = False,
+def faust_app(*, rebalances: int = 1, rebalancing: bool = False, ended: int | None = None,
               should_stop: bool = False) -> Any:
+    """``rebalances`` begun, ``ended`` of them ended (default: all but one in progress)."""
+    ended = rebalances - rebalancing if ended is None else ended
+    completed = SimpleNamespace(is_set=lambda: ended > 0)
     return SimpleNamespace(rebalancing_count=rebalances, rebalancing=rebalancing,
-                           should_stop=should_stop)
+                           should_stop=should_stop,
+                           tables=SimpleNamespace(recovery=SimpleNamespace(completed=completed)))
 
 
 @pytest.mark.parametrize(("app", "failing_for", "missing"), [
     (faust_app(rebalances=0), None, "agent: joining its consumer group"),
     (faust_app(rebalancing=True), None, "agent: joining its consumer group"),
+    # a first join interrupted by another replica's: a second rebalance, none ended yet
+    (faust_app(rebalances=2, rebalancing=True, ended=0), None,
+     "agent: joining its consumer group"),
     (faust_app(), None, None),
     (faust_app(rebalances=3, rebalancing=True), None, None),  # partitions moving: still ready
     (faust_app(), 5.0, None),  # a batch retried for a while is not an outage yet
