@@ -69,11 +69,18 @@ class SubmissionAgent:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.failures = 0
-        self.failing_since: float | None = None  # wall time of the first failure in a row
+        self._failing: dict[object, float] = {}  # each held batch: its first failure's time
         self.topic = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                                value_serializer="raw", partitions=app.conf.topic_partitions,
                                internal=False)
         self.agent = app.agent(self.topic, name=f"intake.{topic}", concurrency=1)(self._run)
+
+    @property
+    def failing_since(self) -> float | None:
+        """Wall time of the first failure of the batch held failing longest, or None. Per
+        batch: with batches in flight, another batch's success says nothing of one still
+        failing, and a batch cancelled (stopping) is failing no more."""
+        return min(self._failing.values(), default=None)
 
     async def _run(self, stream: StreamT[bytes]) -> None:
         # noack_take yields the buffered *events* and never acks them itself: acking is ours
@@ -103,21 +110,23 @@ class SubmissionAgent:
 
     async def _handle_until_done(self, messages: list[RawMessage]) -> None:
         delay = self.retry_initial_s
-        while True:
-            try:
-                await self.ingress.handle(messages)
-                self.failing_since = None
-                return
-            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:  # held and retried: an offset never passes an outcome
-                self.failures += 1
-                if self.failing_since is None:
-                    self.failing_since = time.time()
-                log.error("intake.batch_failed", messages=len(messages), error=repr(exc),
-                          retry_in_s=delay, attempt=self.failures)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max_s)
+        batch = object()
+        try:
+            while True:
+                try:
+                    await self.ingress.handle(messages)
+                    return
+                except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as exc:  # held and retried: an offset never passes an outcome
+                    self.failures += 1
+                    self._failing.setdefault(batch, time.time())
+                    log.error("intake.batch_failed", messages=len(messages), error=repr(exc),
+                              retry_in_s=delay, attempt=self.failures)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.retry_max_s)
+        finally:
+            self._failing.pop(batch, None)
 
 
 class _Pipeline:

@@ -232,3 +232,39 @@ async def _until(condition: Any, timeout: float = 2.0) -> None:
             await asyncio.sleep(0.005)
 
     await asyncio.wait_for(poll(), timeout)
+
+
+class FailingIngress:
+    """``handle`` fails for the batches named in ``failing`` (by their first offset)."""
+
+    def __init__(self) -> None:
+        self.failing: set[int] = set()
+
+    async def handle(self, messages: Sequence[RawMessage]) -> None:
+        if messages[0].offset in self.failing:
+            raise ConnectionError("the database went away")
+
+
+async def test_a_batch_held_failing_is_reported_whatever_the_batches_beside_it_do() -> None:
+    # /readyz reads failing_since. Before, it was one value: a batch in flight beside a
+    # failing one cleared it by succeeding, and a failing batch cancelled left it set.
+    ingress = FailingIngress()
+    worker = SubmissionAgent(make_app("intake-unit", bootstrap_servers="127.0.0.1:1",
+                                      partitions=1),
+                             topic="t", ingress=ingress,  # type: ignore[arg-type]
+                             batch_size=1, max_wait_s=0.01, depth=2, retry_initial_s=0.01,
+                             retry_max_s=0.01)
+    ingress.failing = {0, 1}
+    held = asyncio.ensure_future(worker._handle_until_done([RawMessage("t", 0, 0, b"x", {})]))
+    other = asyncio.ensure_future(worker._handle_until_done([RawMessage("t", 0, 1, b"y", {})]))
+    await _until(lambda: worker.failures >= 4)
+    since = worker.failing_since
+    assert since is not None
+    ingress.failing = {0}  # the other batch goes through, the first still fails
+    await other
+    await asyncio.sleep(0.05)
+    assert worker.failing_since is not None and worker.failing_since <= since
+    held.cancel()  # stopping: nothing is failing any more
+    with pytest.raises(asyncio.CancelledError):
+        await held
+    assert worker.failing_since is None
