@@ -200,21 +200,28 @@ def _chain_line(event: RecordedEvent, exported: bool) -> str:
                            "canonical": event.canonical_bytes().decode()})
 
 
-def _widened(window: Window, positions: Sequence[int], checkpoints: Sequence[int]) -> Window:
+def _widened(window: Window, positions: Sequence[int], checkpoints: Sequence[Checkpoint],
+             start: datetime, end: datetime, margin: timedelta = COMMIT_MARGIN) -> Window:
     """``window`` grown to hold every position of the selection the log has now (sorted):
     none lies outside it unless the database clock went back, or an append held its lock for
-    longer than the margin; the verifier could not see that, so the exporter does."""
+    longer than the margin; the verifier could not see that, so the exporter does. The new
+    bounds are checkpoints the verifier accepts as such (``plan_window``'s rule): a start
+    signed before ``start``, an end signed at or after ``end + margin``. With a clock set
+    back, the checkpoint right before the event may have been signed after ``start``: a run
+    from it would fail verification as tampered, so the run starts at an earlier one."""
     early = bool(positions) and positions[0] <= window.start
     late = bool(positions) and window.end is not None and positions[-1] > window.end
     if not (early or late):
         return window
     log.warning("audit.export_window_widened", start_checkpoint=window.start,
                 end_checkpoint=window.end, first=positions[0], last=positions[-1])
-    start = (max((c for c in checkpoints if c < positions[0]), default=GENESIS) if early
-             else window.start)
-    end = (min((c for c in checkpoints if c >= positions[-1]), default=None) if late
-           else window.end)
-    return Window(start, end)
+    first = (max((c.position for c in checkpoints
+                  if c.position < positions[0] and c.signed_at < start), default=GENESIS)
+             if early else window.start)
+    last = (min((c.position for c in checkpoints
+                 if c.position >= positions[-1] and c.signed_at >= end + margin), default=None)
+            if late else window.end)
+    return Window(first, last)
 
 
 _PROGRESS_EVERY = 100_000  # chain lines between two progress log lines
@@ -304,7 +311,7 @@ async def export_unit(pool: asyncpg.Pool, unit: str, start: datetime, end: datet
     head = await _head(pool)  # after the checkpoints: at or past every one of them
     window = plan_window(checkpoints, start, end, margin)
     positions = [r[0] for r in await pool.fetch(_UNIT_RANGE, unit, start, end, head)]
-    window = _widened(window, positions, [cp.position for cp in checkpoints])
+    window = _widened(window, positions, checkpoints, start, end, margin)
     last = head if window.end is None else window.end
     positions = [p for p in positions if p <= last]
     segments = [Segment(window.start + 1, last, window.end)] if last > window.start else []

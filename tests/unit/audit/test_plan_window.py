@@ -58,15 +58,35 @@ def test_the_closing_checkpoint_follows_the_start_even_if_clocks_disagree() -> N
     assert window(5, 10, odd) == Window(20, 30)
 
 
+def widened(window: Window, positions: list[int], checkpoints: list[Checkpoint] = LOG,
+            start_min: float = 15, end_min: float = 19) -> Window:
+    return _widened(window, positions, checkpoints, T + timedelta(minutes=start_min),
+                    T + timedelta(minutes=end_min))
+
+
 def test_the_exporter_widens_a_run_its_selection_does_not_fit() -> None:
     """An event of the window found at or before the start checkpoint (a clock set back) or
     after the closing one (an append that held its lock past the margin): the run grows to
     the checkpoints around it, or to the head when none follows."""
-    signed = [10, 20, 30, 40]
-    assert _widened(Window(20, 30), [21, 30], signed) == Window(20, 30)
-    assert _widened(Window(20, 30), [], signed) == Window(20, 30)
-    assert _widened(Window(20, 30), [20, 25], signed) == Window(10, 30)
-    assert _widened(Window(20, 30), [5, 25], signed) == Window(GENESIS, 30)
-    assert _widened(Window(20, 30), [25, 31], signed) == Window(20, 40)
-    assert _widened(Window(20, 30), [25, 41], signed) == Window(20, None)
-    assert _widened(Window(20, None), [25, 99], signed) == Window(20, None)
+    assert window(15, 19) == Window(20, 30)
+    assert widened(Window(20, 30), [21, 30]) == Window(20, 30)
+    assert widened(Window(20, 30), []) == Window(20, 30)
+    assert widened(Window(20, 30), [20, 25]) == Window(10, 30)
+    assert widened(Window(20, 30), [5, 25]) == Window(GENESIS, 30)
+    assert widened(Window(20, 30), [25, 31]) == Window(20, 40)
+    assert widened(Window(20, 30), [25, 41]) == Window(20, None)
+    assert widened(Window(20, None), [25, 99]) == Window(20, None)
+
+
+def test_a_widened_run_starts_and_ends_at_checkpoints_the_verifier_accepts() -> None:
+    """A clock set back: the checkpoint at 20 was signed after the window's start (08:15), the
+    one at 30 before it. The planned run starts at 30; an event of the window lies at 25.
+    Before, the run grew to 20, and the verifier refused the honest file as tampered (its
+    start checkpoint not signed before the window); it grows to 10 now. Likewise the end:
+    the checkpoint at 50 was signed before 08:20 (the window's end plus the margin), so the
+    run ends at 60, which proves the window complete, not at 50, which does not."""
+    odd = cps((10, 0), (20, 16), (30, 14), (40, 30), (50, 18), (60, 40))
+    assert window(15, 19, odd) == Window(30, 40)
+    assert widened(Window(30, 40), [25, 35], odd) == Window(10, 40)
+    assert widened(Window(30, 40), [35, 45], odd) == Window(30, 60)
+    assert widened(Window(30, 40), [35, 61], odd) == Window(30, None)
