@@ -108,27 +108,28 @@ class IdempotencyLog:
     async def reserve(self, scope: str, key: str, fingerprint: str) -> Remembered:
         """Take the key for this payload (an empty receipt: ``PENDING``) unless it is taken;
         what the key holds now (first wins)."""
-        await self.pool.execute(
-            "INSERT INTO intake_requests (scope, key, fingerprint, receipt)"
-            " VALUES ($1, $2, $3, '{}'::jsonb) ON CONFLICT DO NOTHING", scope, key, fingerprint)
-        kept = await self.recall([(scope, key)])
-        return kept[(scope, key)]
+        return (await self.reserve_many([(scope, key, fingerprint)]))[(scope, key)]
 
     async def reserve_many(self, entries: Sequence[tuple[str, str, str]]
                            ) -> dict[tuple[str, str], Remembered]:
         """``reserve`` for many (scope, key, fingerprint) at once: one statement, and a recall
-        only of keys another holder had taken first."""
-        if not entries:
-            return {}
-        won = {(r["scope"], r["key"]) for r in await self.pool.fetch(
-            "INSERT INTO intake_requests (scope, key, fingerprint, receipt)"
-            " SELECT s, k, f, '{}'::jsonb FROM unnest($1::text[], $2::text[], $3::text[])"
-            " AS w(s, k, f) ON CONFLICT DO NOTHING RETURNING scope, key",
-            [s for s, _, _ in entries], [k for _, k, _ in entries],
-            [f for _, _, f in entries])}
-        held = {(s, k): Remembered(f, PENDING) for s, k, f in entries if (s, k) in won}
-        lost = [(s, k) for s, k, _ in entries if (s, k) not in won]
-        return held | await self.recall(lost)
+        only of keys another holder had taken first. A key its holder gave back between the
+        two (refused, ``release``) is gone from the recall: it is tried again, never left out
+        (the caller looks every key up)."""
+        held: dict[tuple[str, str], Remembered] = {}
+        todo = list(entries)
+        while todo:
+            won = {(r["scope"], r["key"]) for r in await self.pool.fetch(
+                "INSERT INTO intake_requests (scope, key, fingerprint, receipt)"
+                " SELECT s, k, f, '{}'::jsonb FROM unnest($1::text[], $2::text[], $3::text[])"
+                " AS w(s, k, f) ON CONFLICT DO NOTHING RETURNING scope, key",
+                [s for s, _, _ in todo], [k for _, k, _ in todo], [f for _, _, f in todo])}
+            held |= {(s, k): Remembered(f, PENDING) for s, k, f in todo if (s, k) in won}
+            lost = [(s, k, f) for s, k, f in todo if (s, k) not in won]
+            kept = await self.recall([(s, k) for s, k, _ in lost])
+            held |= kept
+            todo = [(s, k, f) for s, k, f in lost if (s, k) not in kept]
+        return held
 
     async def release_many(self, entries: Sequence[tuple[str, str, str]]) -> None:
         """``release`` for many (scope, key, fingerprint) at once."""

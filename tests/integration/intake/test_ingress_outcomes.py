@@ -16,6 +16,7 @@ import pytest
 
 from services.intake.bootstrap import IntakeService, bootstrap, build_ingress
 from services.intake.domain.ids import case_id, visit_id
+from services.intake.handlers import PENDING, Remembered
 from services.intake.ingress import KafkaIngress
 from services.intake.messages import SIGNATURE_HEADER, SOURCE_HEADER, RawMessage
 from shared.reference import Reference
@@ -457,3 +458,53 @@ async def test_a_refused_message_sent_a_thousand_times_in_one_batch_does_not_fai
     assert await outcomes(pool) == [("rejected", "unknown_station")] * 1100
     assert len(rejected.sent) == 1100
     assert await pool.fetchval("SELECT count(*) FROM intake_requests") == 0
+
+
+async def test_a_key_given_back_between_reserving_and_recalling_is_taken_not_lost(
+    service: IntakeService, ingress: KafkaIngress, pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another replica holds the key; this one's insert finds it taken; the holder is refused
+    # and gives it back; only then does this one recall the key, and finds nothing. Before,
+    # the key was left out of the answer: the Kafka batch failed with a KeyError (retried,
+    # logged as a failure), an HTTP request with a 500.
+    log = service.handler.idempotency
+    await log.reserve_many([("source:pension", "k-1", "fp-a")])
+    real = log.recall
+
+    async def given_back_meanwhile(keys: Sequence[tuple[str, str]]) -> Any:
+        monkeypatch.setattr(log, "recall", real)
+        await log.release_many([("source:pension", "k-1", "fp-a")])  # its holder: refused
+        return await real(keys)
+
+    monkeypatch.setattr(log, "recall", given_back_meanwhile)
+    held = await log.reserve_many([("source:pension", "k-1", "fp-b")])
+    assert held == {("source:pension", "k-1"): Remembered("fp-b", PENDING)}
+    assert await pool.fetchval("SELECT fingerprint FROM intake_requests") == "fp-b"
+
+    # and over Kafka: another replica takes the key just after this batch's recall, and gives
+    # it back just before reserve_many's: the message opens its visit
+    monkeypatch.setattr(log, "recall", taken_then_given_back(log, monkeypatch, "app-5"))
+    await ingress.handle([Topic(service).message(a_visit_of("app-5", SERVICE))])
+    assert await outcomes(pool) == [("accepted", "")]
+
+
+def taken_then_given_back(log: Any, monkeypatch: pytest.MonkeyPatch, key: str) -> Any:
+    real = log.recall
+    other = [("source:pension", key, "fp-other")]
+    calls = 0
+
+    async def recall(keys: Sequence[tuple[str, str]]) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the batch's own recall: the key is free; then another takes it
+            found = await real(keys)
+            await log.pool.execute(  # (not reserve_many: it would call this recall)
+                "INSERT INTO intake_requests (scope, key, fingerprint, receipt)"
+                " VALUES ($1, $2, $3, '{}'::jsonb)", *other[0])
+            return found
+        monkeypatch.setattr(log, "recall", real)  # reserve_many's: the other gave it back
+        await log.release_many(other)
+        return await real(keys)
+
+    return recall
