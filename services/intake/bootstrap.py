@@ -144,9 +144,9 @@ async def running_worker(
                 yield agent
             finally:
                 if sweeping is not None:
-                    sweeping.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await sweeping
+                    sweeping.cancel()  # gathered: its CancelledError is returned, and one
+                    # cancelling this task while it waits still propagates
+                    await asyncio.gather(sweeping, return_exceptions=True)
     finally:
         gc.set_threshold(*previous_gc)
         gc.unfreeze()

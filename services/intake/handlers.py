@@ -115,9 +115,10 @@ class IdempotencyLog:
         """``reserve`` for many (scope, key, fingerprint) at once: one statement, and a recall
         only of keys another holder had taken first. A key its holder gave back between the
         two (refused, ``release``) is gone from the recall: it is tried again, never left out
-        (the caller looks every key up)."""
+        (the caller looks every key up). Keys go in sorted, as in ``release_many`` and the
+        ingress's record: two replicas taking the same keys in opposite orders could deadlock."""
         held: dict[tuple[str, str], Remembered] = {}
-        todo = list(entries)
+        todo = sorted(entries)
         while todo:
             won = {(r["scope"], r["key"]) for r in await self.pool.fetch(
                 "INSERT INTO intake_requests (scope, key, fingerprint, receipt)"
@@ -132,8 +133,10 @@ class IdempotencyLog:
         return held
 
     async def release_many(self, entries: Sequence[tuple[str, str, str]]) -> None:
-        """``release`` for many (scope, key, fingerprint) at once."""
+        """``release`` for many (scope, key, fingerprint) at once (sorted, see
+        ``reserve_many``)."""
         if entries:
+            entries = sorted(entries)
             await self.pool.execute(
                 "DELETE FROM intake_requests r USING unnest($1::text[], $2::text[],"
                 " $3::text[]) AS w(s, k, f) WHERE r.scope = w.s AND r.key = w.k"

@@ -132,7 +132,9 @@ class OutcomeLog:
 
     async def record(self, outcomes: Sequence[Outcome]) -> None:
         """Every outcome and every receipt to remember, in one transaction."""
-        remembered = [o.remember for o in outcomes if o.remember is not None]
+        # sorted by key: replicas filling the same reservations in opposite orders could
+        # deadlock (as in ``IdempotencyLog.reserve_many``)
+        remembered = sorted(o.remember for o in outcomes if o.remember is not None)
         async with self.pool.acquire() as conn, conn.transaction():
             if remembered:
                 await conn.execute(  # fills this payload's reservation; first receipt wins

@@ -81,6 +81,26 @@ def test_readyz_does_not_hang_on_a_database_that_never_answers() -> None:
     assert answer.json()["detail"] == "database: no answer within 0.2 s"
 
 
+def test_readyz_runs_its_checks_at_once() -> None:
+    # each check may wait up to its own timeout: one after another, a probe waited for their
+    # sum. Here the first check can only pass once the second has started.
+    second_started = asyncio.Event()
+
+    async def first() -> str | None:
+        try:
+            await asyncio.wait_for(second_started.wait(), 5)
+        except TimeoutError:
+            return "ran alone"
+        return None
+
+    async def second() -> str | None:
+        second_started.set()
+        return None
+
+    answer = TestClient(create_app("t", [], state={}, readiness=[first, second])).get("/readyz")
+    assert answer.status_code == 200, answer.text
+
+
 def faust_app(*, rebalances: int = 1, rebalancing: bool = False, ended: int | None = None,
               should_stop: bool = False) -> Any:
     """``rebalances`` begun, ``ended`` of them ended (default: all but one in progress)."""
