@@ -172,6 +172,8 @@ def _parse(raw: str, number: int) -> tuple[dict[str, Any], list[str]]:
         value = json.loads(raw, object_pairs_hook=pairs)
     except json.JSONDecodeError as exc:
         raise ExportUnreadable(f"line {number} is not JSON: {exc}") from exc
+    except RecursionError as exc:  # nested deeper than any line we write
+        raise ExportUnreadable(f"line {number} is nested too deeply to read") from exc
     if not isinstance(value, dict) or "kind" not in value:
         raise ExportUnreadable(f"line {number} has no kind")
     return value, twice

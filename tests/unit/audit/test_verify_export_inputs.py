@@ -56,3 +56,11 @@ def test_a_damaged_line_is_named_not_a_traceback(tmp_path: Path, objs: list[Any]
         verify_export(path, KEY)
     for word in words:
         assert word in str(refused.value), str(refused.value)
+
+
+def test_a_line_nested_beyond_reading_is_named_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "deep.jsonl"
+    deep = '{"kind": "witness", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    path.write_text(json.dumps(HEADER) + "\n" + deep + "\n", "utf-8")
+    with pytest.raises(ExportUnreadable, match="line 2 is nested too deeply to read"):
+        verify_export(path, KEY)
