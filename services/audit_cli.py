@@ -327,7 +327,8 @@ def _cmd_export(settings: Settings, args: argparse.Namespace) -> int:
               "; a signed checkpoint closes the window" if done.window_closed else
               "; no signed checkpoint closes the window yet: completeness will not verify")
     _out(f"wrote {done.path}: {done.events} events, {done.witnesses} witness events, "
-         f"{done.checkpoints} checkpoints{' (partly unanchored)' if done.unanchored else ''}"
+         f"{done.checkpoints} checkpoint{'' if done.checkpoints == 1 else 's'}"
+         f"{' (partly unanchored)' if done.unanchored else ''}"
          f"{closed}")
     return 0
 

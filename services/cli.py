@@ -13,6 +13,8 @@
                                    stopped, consumers caught up: README "Scaling out")
     yizhan audit checkpoint        sign a checkpoint at the log's head now
     yizhan audit verify [--from-checkpoint] [--public-key B64] [--witness FILE]
+    yizhan audit history|as-of|queue-as-of|export|verify-export|rebuild-compare|access-log
+                                   an auditor's reads (`yizhan audit --help`)
 """
 
 from __future__ import annotations

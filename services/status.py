@@ -226,7 +226,7 @@ def render(status: Status) -> str:
         lines.append(f"problems: {', '.join(p.name for p in problems)} (cannot run as they "
                      "are; see PROBLEM above)")
     stalled = status.stalled
-    lines.append("all parts keep up" if not stalled else
+    lines.append(("nothing stalled" if problems else "all parts keep up") if not stalled else
                  f"stalled: {', '.join(p.name for p in stalled)} (waited longer than allowed "
                  "and did not move meanwhile)")
     return "\n".join(lines)
