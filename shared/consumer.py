@@ -58,7 +58,8 @@ class PositionsKeptForAnotherPartitionCount(RuntimeError):
     def __init__(self, consumer: str, topic: str, recorded: int | None, actual: int,
                  *, at_least: int | None = None) -> None:
         self.consumer, self.topic, self.recorded, self.actual = consumer, topic, recorded, actual
-        kept = f"{recorded}" if recorded is not None else f"at least {at_least}"
+        kept = (f"{recorded}" if recorded is not None else f"at least {at_least}"
+                if at_least is not None else "another count of")
         command = REPARTITION_COMMAND.format(topic=topic, partitions=actual)
         super().__init__(
             f"consumer {consumer!r} kept its positions on {topic} for {kept} partitions, but "
@@ -87,6 +88,21 @@ def layout_to_record(consumer: str, topic: str, recorded: int | None,
         raise PositionsKeptForAnotherPartitionCount(consumer, topic, None, actual,
                                                     at_least=max(used) + 1)
     raise PositionsKeptForAnotherPartitionCount(consumer, topic, recorded, actual)
+
+
+async def misplaced_positions(conn: Conn, positions: Mapping[int, int],
+                              partitions: int) -> dict[int, int]:
+    """The stored positions (by partition) whose event's stream is on another partition of a
+    ``partitions``-partition topic: positions kept for another count. A partition's position
+    is the last event applied from it, so for the count it was kept for, that event's stream
+    is on that partition (a position not in the log proves nothing and is left out)."""
+    from shared.relay import partition_for  # shared.relay is heavier (aiokafka's producer)
+
+    rows = await conn.fetch("SELECT position, stream_id FROM events WHERE position = ANY($1)",
+                            sorted(set(positions.values())))
+    stream = {int(r["position"]): r["stream_id"] for r in rows}
+    return {p: position for p, position in sorted(positions.items())
+            if position in stream and partition_for(stream[position], partitions) != p}
 
 
 async def topic_positions(conn: Conn, consumer: str, topic: str) -> dict[int, int]:
@@ -128,7 +144,13 @@ class IdempotentConsumer:
                 "SELECT partitions FROM consumer_partition_counts"
                 " WHERE consumer = $1 AND topic = $2 FOR UPDATE", self.name, topic)
             used = await topic_positions(conn, self.name, topic)
-            if layout_to_record(self.name, topic, recorded, used, partitions):
+            record = layout_to_record(self.name, topic, recorded, used, partitions)
+            if record and recorded is None and used and await misplaced_positions(
+                    conn, used, partitions):
+                # kept before counts were recorded, for another count that happens to be
+                # larger than every partition they name (e.g. 6 -> 12 with the upgrade)
+                raise PositionsKeptForAnotherPartitionCount(self.name, topic, None, partitions)
+            if record:
                 await conn.execute(
                     "INSERT INTO consumer_partition_counts AS c (consumer, topic, partitions)"
                     " VALUES ($1, $2, $3) ON CONFLICT (consumer, topic) DO UPDATE"

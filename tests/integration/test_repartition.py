@@ -90,6 +90,26 @@ async def test_an_agent_records_the_count_and_refuses_positions_kept_for_another
     assert "wider" not in await counts(pool)
 
 
+async def test_positions_kept_before_counts_were_recorded_are_checked_against_the_log(
+    pg_store: PostgresEventStore, pool: asyncpg.Pool, admin_pool: asyncpg.Pool,
+) -> None:
+    # An upgrade that also grows the topic (3 -> 4 here; the relay recreates it): the old
+    # positions name partitions 0-2 only, all below 4, yet were kept for 3. Each stored
+    # position is the last event applied from its partition, whose stream is on that
+    # partition for the count they were kept for, not (here) for 4.
+    await append_many(pg_store, 300)
+    last = await caught_up_positions(pool, 3)
+    streams = {r[0]: r[1] for r in await pool.fetch(
+        "SELECT position, stream_id FROM events WHERE position = ANY($1)", list(last.values()))}
+    assert any(partition_for(streams[pos], 4) != p for p, pos in last.items())
+    await keep(admin_pool, "upgraded", last, None)
+    with pytest.raises(PositionsKeptForAnotherPartitionCount, match="another count"):
+        await IdempotentConsumer(pool, "upgraded").check_partition_count(TOPIC, 4)
+    assert "upgraded" not in await counts(pool)
+    await IdempotentConsumer(pool, "upgraded").check_partition_count(TOPIC, 3)  # theirs
+    assert (await counts(pool))["upgraded"] == 3
+
+
 async def test_repartition_refuses_while_a_relay_leads_or_a_consumer_lags(
     pg_store: PostgresEventStore, pool: asyncpg.Pool, admin_pool: asyncpg.Pool,
 ) -> None:
