@@ -163,9 +163,12 @@ async def _move(conn: Conn, consumer: str, topic: str, old: int | None,
             f"consumer {consumer!r} has applied {topic} up to position {top:,}, the relay "
             f"published up to {published:,}: with the relay stopped, let the consumers catch "
             "up (`yizhan status`), stop them, then run this again")
+    # An event at or below every old partition's position is applied wherever it is: only
+    # the events above the lowest one are read (not the whole log up to ``top``, per consumer)
+    lowest = min(positions.get(p, 0) for p in range(old))
     streams = await conn.fetch(
-        "SELECT stream_id, max(position) AS last FROM events WHERE position <= $1"
-        " GROUP BY stream_id", top)
+        "SELECT stream_id, max(position) AS last FROM events WHERE position > $1"
+        " AND position <= $2 GROUP BY stream_id", lowest, top)
     missing = unapplied(positions, last_per_partition(
         ((r["stream_id"], int(r["last"])) for r in streams), old))
     if missing:
