@@ -26,7 +26,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from shared.consumer import PositionsKeptForAnotherPartitionCount, layout_to_record, partition_of
+from shared.consumer import (
+    PositionsKeptForAnotherPartitionCount,
+    layout_to_record,
+    misplaced_positions,
+    partition_of,
+    topic_positions,
+)
 from shared.eventstore.postgres import Conn
 
 _HEAD = """
@@ -118,9 +124,15 @@ async def _layout_problems(conn: Conn, partitions: Mapping[str, int]) -> dict[st
     for consumer, topic in sorted(set(used) | set(recorded)):
         if topic not in partitions:
             continue
+        count = recorded.get((consumer, topic))
         try:
-            layout_to_record(consumer, topic, recorded.get((consumer, topic)),
-                             used.get((consumer, topic), set()), partitions[topic])
+            layout_to_record(consumer, topic, count, used.get((consumer, topic), set()),
+                             partitions[topic])
+            if count is None and (consumer, topic) in used and await misplaced_positions(
+                    conn, await topic_positions(conn, consumer, topic), partitions[topic]):
+                # as check_partition_count: kept before counts were recorded, for another
+                raise PositionsKeptForAnotherPartitionCount(consumer, topic, None,
+                                                            partitions[topic])
         except PositionsKeptForAnotherPartitionCount as problem:
             problems.setdefault(consumer, str(problem))
     return problems

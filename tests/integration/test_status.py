@@ -15,6 +15,7 @@ from services.projections.bootstrap import prepare_tables
 from services.status import read_status, render
 from shared.contracts.envelope import NewEvent
 from shared.eventstore.postgres import PostgresEventStore
+from shared.relay import partition_for
 from tests.conftest import Db
 
 STALE = 0.2  # seconds; the parts below are made to wait a little longer than this
@@ -134,10 +135,16 @@ async def test_a_consumer_kept_for_another_partition_count_is_a_problem(
     pool: asyncpg.Pool, admin_pool: asyncpg.Pool, pg_store: PostgresEventStore,
 ) -> None:
     head = await log_of(pg_store, 2)
+    # kept before counts were recorded: the stored position's stream is on its partition for
+    # the count they were kept for ('unrecorded': 6; 'unrecorded-misplaced': another count)
+    on = partition_for(await pool.fetchval(
+        "SELECT stream_id FROM events WHERE position = $1", head), 6)
     await admin_pool.execute(
         "INSERT INTO consumer_positions (consumer, scope, position) VALUES "
         "('kept-for-3', 'case.events/0', $1), ('fits', 'case.events/0', $1), "
-        "('unrecorded-wider', 'case.events/7', $1), ('unrecorded', 'case.events/2', $1)", head)
+        "('unrecorded-wider', 'case.events/7', $1), ('unrecorded', $2, $1),"
+        " ('unrecorded-misplaced', $3, $1)", head, f"case.events/{on}",
+        f"case.events/{(on + 1) % 6}")
     await admin_pool.execute(
         "INSERT INTO consumer_partition_counts (consumer, topic, partitions) VALUES "
         "('kept-for-3', 'case.events', 3), ('fits', 'case.events', 6)")
@@ -145,7 +152,10 @@ async def test_a_consumer_kept_for_another_partition_count_is_a_problem(
         status = await read_status(conn, stale_after_s=60, partitions={"case.events": 6})
         unchecked = await read_status(conn, stale_after_s=60)
     problems = {p.name: p.problem for p in status.problems}
-    assert set(problems) == {"consumer kept-for-3", "consumer unrecorded-wider"}
+    assert set(problems) == {"consumer kept-for-3", "consumer unrecorded-misplaced",
+                             "consumer unrecorded-wider"}
+    assert "for another count of partitions, but the topic has 6" in problems[
+        "consumer unrecorded-misplaced"]
     assert "for 3 partitions, but the topic has 6" in problems["consumer kept-for-3"]
     assert "--partitions 6" in problems["consumer kept-for-3"]
     assert "at least 8 partitions" in problems["consumer unrecorded-wider"]
@@ -153,7 +163,7 @@ async def test_a_consumer_kept_for_another_partition_count_is_a_problem(
     report = render(status)
     assert "PROBLEM: consumer 'kept-for-3' kept its positions" in report
     assert report.splitlines()[-2].startswith("problems: consumer kept-for-3, consumer "
-                                              "unrecorded-wider")
+                                              "unrecorded-misplaced, consumer unrecorded-wider")
     # a problem is no stall, but "all parts keep up" under a list of problems read as a
     # contradiction
     assert report.endswith("nothing stalled")
