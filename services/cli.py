@@ -488,6 +488,17 @@ def cmd_repartition(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def partition_count(text: str) -> int:
+    """A partition count given at the command line: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a partition count is at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="yizhan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -531,9 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
         "repartition", help="move consumers' positions to a new partition count (relay "
         "stopped, consumers caught up and stopped)")
     repartition.add_argument("--topic", help="default: YIZHAN_TOPIC_CASE_EVENTS")
-    repartition.add_argument("--partitions", type=int, metavar="N",
+    repartition.add_argument("--partitions", type=partition_count, metavar="N",
                              help="the new count (default: YIZHAN_TOPIC_PARTITIONS)")
-    repartition.add_argument("--old-partitions", type=int, metavar="N",
+    repartition.add_argument("--old-partitions", type=partition_count, metavar="N",
                              help="the count positions kept before counts were recorded "
                                   "were kept for")
     repartition.set_defaults(fn=cmd_repartition)

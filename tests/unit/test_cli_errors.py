@@ -380,3 +380,17 @@ def test_a_service_on_positions_kept_for_another_partition_count_is_one_line(
         "`yizhan consumers repartition --topic case.events --partitions 4` (README, \"Scaling "
         "out\")"]
 
+
+@pytest.mark.parametrize("flag", ["--partitions", "--old-partitions"])
+@pytest.mark.parametrize("value", ["0", "-3", "six"])
+def test_repartition_refuses_a_partition_count_below_one_at_the_command_line(
+    capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    # --partitions 0 fell back to YIZHAN_TOPIC_PARTITIONS (`or`), a negative one raised a
+    # ValueError traceback, --old-partitions 0 was taken for a count
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser().parse_args(["consumers", "repartition", flag, value])
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert f"argument {flag}: " in last
+    assert ("not a whole number" if value == "six" else "a partition count is at least 1") in last
