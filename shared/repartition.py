@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from shared.consumer import REPARTITION_COMMAND, topic_positions
+from shared.consumer import REPARTITION_COMMAND, misplaced_positions, topic_positions
 from shared.eventstore.postgres import Conn
 from shared.relay import RELAY_LOCK, partition_for
 
@@ -129,7 +129,7 @@ async def repartition(conn: Conn, topic: str, partitions: int, *,
                         "SELECT max(position) FROM relay_partition_offsets WHERE topic = $1",
                         topic)
                 top = await _move(conn, consumer, topic, before or old_partitions, positions,
-                                  partitions, int(published or 0))
+                                  partitions, int(published or 0), given=before is None)
             else:
                 top = None
             await conn.execute(
@@ -143,9 +143,13 @@ async def repartition(conn: Conn, topic: str, partitions: int, *,
 
 
 async def _move(conn: Conn, consumer: str, topic: str, old: int | None,
-                positions: dict[int, int], partitions: int, published: int) -> int:
+                positions: dict[int, int], partitions: int, published: int, *,
+                given: bool) -> int:
     """Check ``consumer`` applied everything up to its furthest position and set every new
-    partition's position to it; that position."""
+    partition's position to it; that position. ``given``: ``old`` is the operator's
+    ``--old-partitions`` (no count recorded), checked against the stored positions' events
+    (``misplaced_positions``; a recorded count's positions may all be one position, as the
+    command leaves them)."""
     command = REPARTITION_COMMAND.format(topic=topic, partitions=partitions)
     if old is None:
         raise OldPartitionCountUnknown(
@@ -157,6 +161,14 @@ async def _move(conn: Conn, consumer: str, topic: str, old: int | None,
             f"consumer {consumer!r} has positions on partition {max(positions)} of {topic}, "
             f"beyond the {old} partitions given or recorded for it: give the count its "
             f"positions were kept for, `{command} --old-partitions N`")
+    if given and (misplaced := await misplaced_positions(conn, positions, old)):
+        p, position = next(iter(misplaced.items()))
+        raise OldPartitionCountUnknown(
+            f"consumer {consumer!r}'s positions on {topic} were not kept for the {old} "
+            f"partitions given: partition {p}'s position {position:,} is an event of a stream "
+            f"on another partition of {old}; give the count its positions were kept for, "
+            f"`{command} --old-partitions N` (the YIZHAN_TOPIC_PARTITIONS its service last "
+            "ran with)")
     top = max(positions.values())
     if top < published:
         raise ConsumerHasNotCaughtUp(

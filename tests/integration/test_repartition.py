@@ -19,7 +19,12 @@ from shared.consumer import IdempotentConsumer, PositionsKeptForAnotherPartition
 from shared.eventstore.postgres import PostgresEventStore
 from shared.kafka import ensure_topics, recreate_topic
 from shared.relay import RELAY_LOCK, Relay, RelayConfig, partition_for
-from shared.repartition import ConsumerHasNotCaughtUp, RelayStillLeads, repartition
+from shared.repartition import (
+    ConsumerHasNotCaughtUp,
+    OldPartitionCountUnknown,
+    RelayStillLeads,
+    repartition,
+)
 from shared.streaming import idempotent_agent, make_app, running_app
 from tests.conftest import Db
 from tests.integration.test_streaming import (
@@ -108,6 +113,23 @@ async def test_positions_kept_before_counts_were_recorded_are_checked_against_th
     assert "upgraded" not in await counts(pool)
     await IdempotentConsumer(pool, "upgraded").check_partition_count(TOPIC, 3)  # theirs
     assert (await counts(pool))["upgraded"] == 3
+
+
+async def test_repartition_checks_a_given_old_count_against_the_stored_positions(
+    pg_store: PostgresEventStore, pool: asyncpg.Pool, admin_pool: asyncpg.Pool,
+) -> None:
+    await append_many(pg_store, 300)
+    last = await caught_up_positions(pool, 3)
+    streams = {r[0]: r[1] for r in await pool.fetch(
+        "SELECT position, stream_id FROM events WHERE position = ANY($1)", list(last.values()))}
+    assert any(partition_for(streams[pos], 4) != p for p, pos in last.items())
+    await keep(admin_pool, "unrecorded", last, None)  # kept for 3, before counts were recorded
+    async with pool.acquire() as conn:
+        with pytest.raises(OldPartitionCountUnknown, match="not kept for the 4 partitions"):
+            await repartition(conn, TOPIC, 5, old_partitions=4)
+        done = await repartition(conn, TOPIC, 5, old_partitions=3)
+    assert [(d.consumer, d.old, d.new, d.position) for d in done] == [
+        ("unrecorded", 3, 5, 300)]
 
 
 async def test_repartition_refuses_while_a_relay_leads_or_a_consumer_lags(
