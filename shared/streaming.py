@@ -263,6 +263,11 @@ def event_agents(app: faust.App) -> list[EventAgent]:
     return list(getattr(app, _EVENT_AGENTS, ()))
 
 
+class PartitionCountChanged(RuntimeError):
+    """A running idempotent agent received messages from a partition beyond the count its
+    consumer's positions were checked for at start."""
+
+
 async def check_partition_counts(app: faust.App, counts: dict[str, int]) -> None:
     """Refuse to start (``PositionsKeptForAnotherPartitionCount``) an idempotent agent whose
     consumer kept its positions on its topic for another partition count than ``counts`` (as
@@ -272,6 +277,7 @@ async def check_partition_counts(app: faust.App, counts: dict[str, int]) -> None
         partitions = counts.get(agent.topic_name)
         if partitions is not None:
             await agent.consumer.check_partition_count(agent.topic_name, partitions)
+            agent.partitions = partitions
 
 
 def bootstrap_of(app: faust.App) -> str:
@@ -461,6 +467,9 @@ class EventAgent:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.stats = StreamStats()
+        self.partitions: int | None = None
+        """The topic's partition count the consumer's positions were checked against as the
+        app started (``check_partition_counts``; None: not checked)."""
         self.on_applied: Callable[[], None] | None = None
         """Called after a batch is applied and acked (e.g. to wake readers in this process)."""
         self.topic = app.topic(
@@ -536,7 +545,19 @@ class EventAgent:
         return groups
 
     async def apply_groups(self, stream: StreamT[bytes], groups: Groups) -> None:
-        """Apply every partition's events in one transaction (in position order), then ack."""
+        """Apply every partition's events in one transaction (in position order), then ack.
+
+        A partition beyond the count checked at start (the topic recreated or grown under a
+        running agent: a relay started with another ``YIZHAN_TOPIC_PARTITIONS``) is refused
+        (``PartitionCountChanged``): its stored position, if any, belongs to another layout.
+        The batch is held, retried and logged like any failing one, nothing applied."""
+        if self.partitions is not None and (beyond := sorted(
+                tp.partition for tp in groups if tp.partition >= self.partitions)):
+            raise PartitionCountChanged(
+                f"{self.name}: messages on partition {beyond[-1]} of {self.topic_name}, which "
+                f"had {self.partitions} partitions when this agent started: the topic's "
+                "partition count changed under it. Stop the services and follow README "
+                "\"Scaling out\" (`yizhan consumers repartition`)")
         pending = {scope_for(tp.topic, tp.partition): tp for tp in groups}
         fresh_by_scope = await self._apply_until_done(pending, {
             scope: [groups[tp][1][p] for p in sorted(groups[tp][1])]

@@ -158,3 +158,37 @@ async def test_a_batch_applied_while_its_partition_is_revoked_reports_no_positio
     consumer.release.set()
     await agent.apply_groups(Stream(), batch)  # type: ignore[arg-type]
     assert agent.stats.positions == {"case.events/0": recorded.position}
+
+
+async def test_an_agent_refuses_a_partition_beyond_the_count_checked_at_start(
+    recorded: RecordedEvent, tmp_path
+) -> None:
+    # The topic recreated with more partitions under a running agent (a relay restarted with
+    # another count): a new partition's events would be applied from position 0, again.
+    from faust.types import TP
+
+    from shared.streaming import PartitionCountChanged, idempotent_agent
+
+    class Consumer:
+        name = "c"
+        calls = 0
+
+        async def apply_scopes(self, batches: dict, apply: object) -> dict:
+            self.calls += 1
+            return {scope: list(events) for scope, events in batches.items()}
+
+    class Stream:
+        async def ack(self, event: object) -> None: ...
+
+    app = make_app("svc", bootstrap_servers="127.0.0.1:9", datadir=tmp_path)
+    consumer = Consumer()
+    agent = idempotent_agent(app, topic="case.events", consumer=consumer,  # type: ignore[arg-type]
+                             apply=lambda conn, events: None)  # type: ignore[arg-type,return-value]
+    agent.partitions = 3  # as check_partition_counts leaves it
+    with pytest.raises(PartitionCountChanged, match=r"partition 4 of case\.events, which had 3"):
+        await agent.apply_groups(Stream(), {  # type: ignore[arg-type]
+            TP("case.events", 4): ([object()], {recorded.position: recorded})})
+    assert consumer.calls == 0
+    await agent.apply_groups(Stream(), {  # type: ignore[arg-type]
+        TP("case.events", 2): ([object()], {recorded.position: recorded})})
+    assert consumer.calls == 1
