@@ -30,22 +30,13 @@ from tests.conftest import Db
 from tests.integration.test_streaming import (
     CONSUMER,
     append_many,
+    table,  # noqa: F401 - the fixture
     wait_for,
     wait_for_db,
     write_rows,
 )
 
 TOPIC = "case.events"
-
-
-@pytest.fixture
-async def table(admin_pool: asyncpg.Pool) -> None:
-    await admin_pool.execute(
-        "CREATE TABLE applied (seq bigint GENERATED ALWAYS AS IDENTITY, position bigint"
-        " PRIMARY KEY, stream_id text NOT NULL, version int NOT NULL);"
-        " GRANT ALL ON applied TO yizhan_app;"
-        " GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO yizhan_app"
-    )
 
 
 async def counts(pool: asyncpg.Pool, topic: str = TOPIC) -> dict[str, int]:
@@ -95,6 +86,18 @@ async def test_an_agent_records_the_count_and_refuses_positions_kept_for_another
     assert "wider" not in await counts(pool)
 
 
+async def kept_for_3_misplaced_for_4(store: PostgresEventStore,
+                                     pool: asyncpg.Pool) -> dict[int, int]:
+    """300 events, and the positions a caught-up consumer keeps on 3 partitions: some stored
+    position's stream is on another partition for 4 (what the guard must see)."""
+    await append_many(store, 300)
+    last = await caught_up_positions(pool, 3)
+    streams = {r[0]: r[1] for r in await pool.fetch(
+        "SELECT position, stream_id FROM events WHERE position = ANY($1)", list(last.values()))}
+    assert any(partition_for(streams[pos], 4) != p for p, pos in last.items())
+    return last
+
+
 async def test_positions_kept_before_counts_were_recorded_are_checked_against_the_log(
     pg_store: PostgresEventStore, pool: asyncpg.Pool, admin_pool: asyncpg.Pool,
 ) -> None:
@@ -102,11 +105,7 @@ async def test_positions_kept_before_counts_were_recorded_are_checked_against_th
     # positions name partitions 0-2 only, all below 4, yet were kept for 3. Each stored
     # position is the last event applied from its partition, whose stream is on that
     # partition for the count they were kept for, not (here) for 4.
-    await append_many(pg_store, 300)
-    last = await caught_up_positions(pool, 3)
-    streams = {r[0]: r[1] for r in await pool.fetch(
-        "SELECT position, stream_id FROM events WHERE position = ANY($1)", list(last.values()))}
-    assert any(partition_for(streams[pos], 4) != p for p, pos in last.items())
+    last = await kept_for_3_misplaced_for_4(pg_store, pool)
     await keep(admin_pool, "upgraded", last, None)
     with pytest.raises(PositionsKeptForAnotherPartitionCount, match="another count"):
         await IdempotentConsumer(pool, "upgraded").check_partition_count(TOPIC, 4)
@@ -118,11 +117,7 @@ async def test_positions_kept_before_counts_were_recorded_are_checked_against_th
 async def test_repartition_checks_a_given_old_count_against_the_stored_positions(
     pg_store: PostgresEventStore, pool: asyncpg.Pool, admin_pool: asyncpg.Pool,
 ) -> None:
-    await append_many(pg_store, 300)
-    last = await caught_up_positions(pool, 3)
-    streams = {r[0]: r[1] for r in await pool.fetch(
-        "SELECT position, stream_id FROM events WHERE position = ANY($1)", list(last.values()))}
-    assert any(partition_for(streams[pos], 4) != p for p, pos in last.items())
+    last = await kept_for_3_misplaced_for_4(pg_store, pool)
     await keep(admin_pool, "unrecorded", last, None)  # kept for 3, before counts were recorded
     async with pool.acquire() as conn:
         with pytest.raises(OldPartitionCountUnknown, match="not kept for the 4 partitions"):
@@ -197,8 +192,9 @@ async def test_repartition_moves_caught_up_consumers_once(
         scope_for(TOPIC, p): 300 for p in range(4)}
 
 
+@pytest.mark.usefixtures("table")
 async def test_after_a_partition_change_an_agent_refuses_until_repartitioned_then_applies_once(
-    pg_store: PostgresEventStore, pool: asyncpg.Pool, database: Db, table: None,
+    pg_store: PostgresEventStore, pool: asyncpg.Pool, database: Db,
     kafka_bootstrap: str,
 ) -> None:
     topic = f"case.events.{uuid.uuid4().hex[:8]}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 from mode import Service
@@ -119,14 +120,29 @@ async def test_a_crashed_app_stops_the_process_and_leaves_it_with_an_error() -> 
     assert not untouched.is_set()
 
 
+class AckingStream:
+    """A stream whose acks go nowhere (the agent acks what it applied)."""
+
+    async def ack(self, event: object) -> None: ...
+
+
+def agent_on(consumer: object, tmp_path: Any) -> tuple[Any, Any]:
+    """An app (its broker never contacted) and an idempotent agent applying through
+    ``consumer``, a stand-in for IdempotentConsumer."""
+    from shared.streaming import idempotent_agent
+
+    app = make_app("svc", bootstrap_servers="127.0.0.1:9", datadir=tmp_path)
+    agent = idempotent_agent(app, topic="case.events", consumer=consumer,  # type: ignore[arg-type]
+                             apply=lambda conn, events: None)  # type: ignore[arg-type,return-value]
+    return app, agent
+
+
 async def test_a_batch_applied_while_its_partition_is_revoked_reports_no_position(
     recorded: RecordedEvent, tmp_path
 ) -> None:
     """The batch in flight when a rebalance takes its partition away finishes after the
     revocation: its position must not come back as a frozen per-partition metric."""
     from faust.types import TP
-
-    from shared.streaming import idempotent_agent
 
     class Consumer:  # an IdempotentConsumer whose transaction is under way
         name = "c"
@@ -139,16 +155,11 @@ async def test_a_batch_applied_while_its_partition_is_revoked_reports_no_positio
             await self.release.wait()
             return {scope: list(events) for scope, events in batches.items()}
 
-    class Stream:
-        async def ack(self, event: object) -> None: ...
-
-    app = make_app("svc", bootstrap_servers="127.0.0.1:9", datadir=tmp_path)
     consumer = Consumer()
-    agent = idempotent_agent(app, topic="case.events", consumer=consumer,  # type: ignore[arg-type]
-                             apply=lambda conn, events: None)  # type: ignore[arg-type,return-value]
+    app, agent = agent_on(consumer, tmp_path)
     tp = TP("case.events", 0)
     batch = {tp: ([object()], {recorded.position: recorded})}
-    applying = asyncio.create_task(agent.apply_groups(Stream(), batch))  # type: ignore[arg-type]
+    applying = asyncio.create_task(agent.apply_groups(AckingStream(), batch))  # type: ignore[arg-type]
     await consumer.entered.wait()
     await app.on_partitions_revoked.send({tp})
     consumer.release.set()
@@ -156,7 +167,7 @@ async def test_a_batch_applied_while_its_partition_is_revoked_reports_no_positio
     assert agent.stats.positions == {} and agent.stats.applied == 1
     await app.on_partitions_assigned.send({tp})  # back to this worker: reported again
     consumer.release.set()
-    await agent.apply_groups(Stream(), batch)  # type: ignore[arg-type]
+    await agent.apply_groups(AckingStream(), batch)  # type: ignore[arg-type]
     assert agent.stats.positions == {"case.events/0": recorded.position}
 
 
@@ -167,7 +178,7 @@ async def test_an_agent_refuses_a_partition_beyond_the_count_checked_at_start(
     # another count): a new partition's events would be applied from position 0, again.
     from faust.types import TP
 
-    from shared.streaming import PartitionCountChanged, idempotent_agent
+    from shared.streaming import PartitionCountChanged
 
     class Consumer:
         name = "c"
@@ -177,18 +188,13 @@ async def test_an_agent_refuses_a_partition_beyond_the_count_checked_at_start(
             self.calls += 1
             return {scope: list(events) for scope, events in batches.items()}
 
-    class Stream:
-        async def ack(self, event: object) -> None: ...
-
-    app = make_app("svc", bootstrap_servers="127.0.0.1:9", datadir=tmp_path)
     consumer = Consumer()
-    agent = idempotent_agent(app, topic="case.events", consumer=consumer,  # type: ignore[arg-type]
-                             apply=lambda conn, events: None)  # type: ignore[arg-type,return-value]
+    _, agent = agent_on(consumer, tmp_path)
     agent.partitions = 3  # as check_partition_counts leaves it
     with pytest.raises(PartitionCountChanged, match=r"partition 4 of case\.events, which had 3"):
-        await agent.apply_groups(Stream(), {  # type: ignore[arg-type]
+        await agent.apply_groups(AckingStream(), {  # type: ignore[arg-type]
             TP("case.events", 4): ([object()], {recorded.position: recorded})})
     assert consumer.calls == 0
-    await agent.apply_groups(Stream(), {  # type: ignore[arg-type]
+    await agent.apply_groups(AckingStream(), {  # type: ignore[arg-type]
         TP("case.events", 2): ([object()], {recorded.position: recorded})})
     assert consumer.calls == 1
