@@ -66,7 +66,7 @@ from faust.types import TP, EventT, StreamT
 
 from shared.consumer import Apply, IdempotentConsumer, scope_for
 from shared.contracts.envelope import HashMismatch, RecordedEvent
-from shared.kafka import TopicMisconfigured, broker_state
+from shared.kafka import BrokerProbe, TopicMisconfigured, broker_state
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -225,6 +225,16 @@ def consumer_ready(
     return check
 
 
+def agent_readiness(
+    app: Any, name: str, failing_since: Callable[[], float | None], *, bootstrap: str,
+    topics: Sequence[str],
+) -> list[Callable[[], Awaitable[str | None]]]:
+    """The ``/readyz`` checks of a service whose agent reads Kafka, beside its database's:
+    the broker answers and holds ``topics`` (``BrokerProbe``), and the agent's consumer is
+    ready (``consumer_ready``)."""
+    return [BrokerProbe(bootstrap, topics), consumer_ready(app, name, failing_since)]
+
+
 class AppCrashed(RuntimeError):
     """The Faust app crashed (an agent or timer raised past its supervisor): its consumers and
     timers have stopped for good, so the process must end and be started again."""
@@ -345,10 +355,14 @@ class StreamStats:
     batches: int = 0
     apply_errors: int = 0
     last_position: int = 0
-    retrying: bool = False
     retrying_since: float | None = None  # wall time the batch held now first failed
     positions: dict[str, int] = field(default_factory=dict)
     last_parked: deque[ParkedMessage] = field(default_factory=lambda: deque(maxlen=PARKED_KEPT))
+
+    @property
+    def retrying(self) -> bool:
+        """A failing batch is held and retried now."""
+        return self.retrying_since is not None
 
 
 class NotAnEnvelope(ValueError):
@@ -582,6 +596,14 @@ class EventAgent:
         """Apply, retrying with backoff until it succeeds (the fresh events per scope). A
         partition no longer assigned to this worker while retrying is dropped from the batch
         (nothing of it acked: it is redelivered to its new worker)."""
+        try:
+            return await self._apply_with_retries(tps, batches)
+        finally:  # applied, released, or stopping: no batch held failing any more
+            self.stats.retrying_since = None
+
+    async def _apply_with_retries(
+        self, tps: dict[str, TP], batches: dict[str, list[RecordedEvent]]
+    ) -> dict[str, list[RecordedEvent]]:
         delay = self.retry_initial_s
         attempt = 0
         while batches:
@@ -590,7 +612,6 @@ class EventAgent:
             except Exception as exc:  # retried: the batch is held, never skipped
                 attempt += 1
                 self.stats.apply_errors += 1
-                self.stats.retrying = True
                 if self.stats.retrying_since is None:
                     self.stats.retrying_since = time.time()
                 first = min(events[0].position for events in batches.values() if events)
@@ -609,9 +630,7 @@ class EventAgent:
                     log.warning("streaming.batch_released", agent=self.name, scope=scope,
                                 reason="partition revoked while retrying")
             else:
-                self.stats.retrying, self.stats.retrying_since = False, None
                 return fresh
-        self.stats.retrying, self.stats.retrying_since = False, None
         return {}
 
     def _park(self, topic: str, partition: int, offset: int, reason: str) -> None:

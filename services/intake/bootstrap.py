@@ -17,7 +17,7 @@ from services.cases.handlers import CaseCommands
 from services.intake.agents import KafkaRejectionPublisher, SubmissionAgent
 from services.intake.api import MAX_BODY_BYTES, operations, router
 from services.intake.handlers import Clock, IdempotencyLog, IntakeHandler
-from services.intake.ingress import KafkaIngress, OutcomeLog
+from services.intake.ingress import SWEEP_BATCH, KafkaIngress, OutcomeLog
 from services.intake.privacy import KeyVault, Privacy, Sealer
 from services.intake.quarantine import Quarantine
 from services.intake.settings import IntakeSettings
@@ -30,7 +30,6 @@ from shared.settings import Settings
 from shared.streaming import make_app, running_app
 
 log = get_logger(__name__)
-SWEEP_BATCH = 500  # dead letters published per request by the sweep
 
 
 def system_clock() -> datetime:

@@ -15,13 +15,13 @@ from shared.contracts.registry import to_new_event
 from shared.eventstore.errors import WrongExpectedVersion
 from shared.eventstore.port import NO_STREAM
 from shared.eventstore.postgres import PostgresEventStore, create_pool
-from shared.kafka import BrokerProbe, ensure_topics, topic_specs
+from shared.kafka import ensure_topics, topic_specs
 from shared.logging import current_correlation_id, get_logger, new_correlation_id
 from shared.reference import Reference, load_reference
 from shared.service import serve_http
 from shared.settings import Settings
 from shared.stack import Endpoints
-from shared.streaming import consumer_ready, stop_on_crash
+from shared.streaming import agent_readiness, stop_on_crash
 
 log = get_logger(__name__)
 
@@ -38,10 +38,10 @@ async def serve(settings: Settings, endpoints: Endpoints, stop: asyncio.Event, *
     try:
         async with running_worker(service, endpoints.kafka_bootstrap) as worker, \
                 stop_on_crash(worker.app, stop):
-            topics = [settings.topic_intake_submissions, settings.topic_intake_rejected]
-            app = build_app(service, readiness=[
-                BrokerProbe(endpoints.kafka_bootstrap, topics),
-                consumer_ready(worker.app, "submissions agent", lambda: worker.failing_since)])
+            app = build_app(service, readiness=agent_readiness(
+                worker.app, "submissions agent", lambda: worker.failing_since,
+                bootstrap=endpoints.kafka_bootstrap,
+                topics=[settings.topic_intake_submissions, settings.topic_intake_rejected]))
             app.state.submission_agent = worker  # its counters, for /metrics
             await serve_http(app, intake.http_host, intake.http_port, stop, name="intake")
     finally:

@@ -55,6 +55,7 @@ from shared.logging import correlation, get_logger
 from shared.reference import Role
 
 log = get_logger(__name__)
+SWEEP_BATCH = 500  # dead letters the sweep publishes per request
 Where = tuple[str, int, int]
 OutcomeKind = Literal["accepted", "duplicate", "rejected"]
 
@@ -469,7 +470,7 @@ class KafkaIngress:
         return Outcome(raw.where, raw.digest, "rejected", source, None, reasons=tuple(reasons),
                        rejection=rejection)
 
-    async def sweep(self, *, older_than_s: float, limit: int = 500) -> int:
+    async def sweep(self, *, older_than_s: float, limit: int = SWEEP_BATCH) -> int:
         """Publish the rejections recorded at least ``older_than_s`` ago and still not
         published (``limit`` at a time); how many. Their message is not coming back to
         publish them: the broker lost its log (a restarted memory broker, a recreated topic)

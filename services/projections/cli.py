@@ -16,12 +16,12 @@ from services.projections.projectors import UnitPaths
 from services.projections.rebuild import RebuildProgress, RebuildReport
 from services.projections.rebuild import rebuild as rebuild_tables
 from shared.eventstore.postgres import create_pool
-from shared.kafka import BrokerProbe, ensure_topics, topic_specs
+from shared.kafka import ensure_topics, topic_specs
 from shared.logging import get_logger
 from shared.reference import Reference, load_reference
-from shared.service import ReadinessCheck, serve_http, tuned_gc
+from shared.service import serve_http, tuned_gc
 from shared.settings import Settings
-from shared.streaming import consumer_ready, stop_on_crash
+from shared.streaming import agent_readiness, stop_on_crash
 
 log = get_logger("yizhan.projections")
 
@@ -43,10 +43,9 @@ async def serve(
     try:
         with tuned_gc():  # after start-up: what is loaded now is frozen
             async with running(worker, service.pool), stop_on_crash(worker.app, stop):
-                readiness: list[ReadinessCheck] = [
-                    BrokerProbe(bootstrap_servers, [settings.topic_case_events]),
-                    consumer_ready(worker.app, "projections agent",
-                                   lambda: worker.agent.stats.retrying_since)]
+                readiness = agent_readiness(
+                    worker.app, "projections agent", lambda: worker.agent.stats.retrying_since,
+                    bootstrap=bootstrap_servers, topics=[settings.topic_case_events])
                 await serve_http(build_app(service, readiness=readiness), host, port, stop,
                                  name="projections")
     finally:
