@@ -28,8 +28,7 @@ from datetime import datetime
 
 from shared.consumer import (
     PositionsKeptForAnotherPartitionCount,
-    layout_to_record,
-    misplaced_positions,
+    judge_layout,
     partition_of,
     topic_positions,
 )
@@ -114,25 +113,18 @@ async def _layout_problems(conn: Conn, partitions: Mapping[str, int]) -> dict[st
         return {}
     recorded = {(r["consumer"], r["topic"]): r["partitions"] for r in await conn.fetch(
         "SELECT consumer, topic, partitions FROM consumer_partition_counts")}
-    used: dict[tuple[str, str], set[int]] = {}
+    used: set[tuple[str, str]] = set()
     for consumer, scope in await conn.fetch(
             "SELECT consumer, scope FROM consumer_positions WHERE position > 0"):
-        for topic in partitions:
-            if (p := partition_of(scope, topic)) is not None:
-                used.setdefault((consumer, topic), set()).add(p)
+        used |= {(consumer, topic) for topic in partitions
+                 if partition_of(scope, topic) is not None}
     problems: dict[str, str] = {}
-    for consumer, topic in sorted(set(used) | set(recorded)):
+    for consumer, topic in sorted(used | set(recorded)):
         if topic not in partitions:
             continue
-        count = recorded.get((consumer, topic))
         try:
-            layout_to_record(consumer, topic, count, used.get((consumer, topic), set()),
-                             partitions[topic])
-            if count is None and (consumer, topic) in used and await misplaced_positions(
-                    conn, await topic_positions(conn, consumer, topic), partitions[topic]):
-                # as check_partition_count: kept before counts were recorded, for another
-                raise PositionsKeptForAnotherPartitionCount(consumer, topic, None,
-                                                            partitions[topic])
+            await judge_layout(conn, consumer, topic, recorded.get((consumer, topic)),
+                               await topic_positions(conn, consumer, topic), partitions[topic])
         except PositionsKeptForAnotherPartitionCount as problem:
             problems.setdefault(consumer, str(problem))
     return problems

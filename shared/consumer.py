@@ -105,6 +105,20 @@ async def misplaced_positions(conn: Conn, positions: Mapping[int, int],
             if position in stream and partition_for(stream[position], partitions) != p}
 
 
+async def judge_layout(conn: Conn, consumer: str, topic: str, recorded: int | None,
+                       positions: Mapping[int, int], actual: int) -> bool:
+    """``layout_to_record`` (True: record ``actual``), and for positions kept before counts
+    were recorded, also that each stored position's event is on its partition for ``actual``
+    (``misplaced_positions``): kept for another count that happens to be larger than every
+    partition they name (e.g. 6 -> 12 with the upgrade), they are refused too. What the agent
+    checks at start and `yizhan status` reports."""
+    record = layout_to_record(consumer, topic, recorded, positions, actual)
+    if record and recorded is None and positions and await misplaced_positions(
+            conn, positions, actual):
+        raise PositionsKeptForAnotherPartitionCount(consumer, topic, None, actual)
+    return record
+
+
 async def topic_positions(conn: Conn, consumer: str, topic: str) -> dict[int, int]:
     """The consumer's positions on ``topic`` above 0, by partition."""
     rows = await conn.fetch(
@@ -144,13 +158,7 @@ class IdempotentConsumer:
                 "SELECT partitions FROM consumer_partition_counts"
                 " WHERE consumer = $1 AND topic = $2 FOR UPDATE", self.name, topic)
             used = await topic_positions(conn, self.name, topic)
-            record = layout_to_record(self.name, topic, recorded, used, partitions)
-            if record and recorded is None and used and await misplaced_positions(
-                    conn, used, partitions):
-                # kept before counts were recorded, for another count that happens to be
-                # larger than every partition they name (e.g. 6 -> 12 with the upgrade)
-                raise PositionsKeptForAnotherPartitionCount(self.name, topic, None, partitions)
-            if record:
+            if await judge_layout(conn, self.name, topic, recorded, used, partitions):
                 await conn.execute(
                     "INSERT INTO consumer_partition_counts AS c (consumer, topic, partitions)"
                     " VALUES ($1, $2, $3) ON CONFLICT (consumer, topic) DO UPDATE"
