@@ -363,7 +363,10 @@ async def measure_limit_read(pool: Any, head: int) -> float:
     return head / (time.perf_counter() - started)
 
 
-async def measure_rebuild(pool: Any, paths: Any) -> tuple[float, Any]:
+async def measure_rebuild(pool: Any, dsn: str, paths: Any, processes: int,
+                          ) -> tuple[float, Any]:
+    """``yizhan projections rebuild``'s own call: folding in ``processes`` processes (by
+    default the setting's default, the cores available)."""
     from services.projections.rebuild import rebuild
 
     last = [0.0]
@@ -374,8 +377,10 @@ async def measure_rebuild(pool: Any, paths: Any) -> tuple[float, Any]:
             log.info("bench.rebuild.progress", done=p.done, total=p.total,
                      eps=round(p.events_per_s), eta_s=round(p.eta_s))
 
-    report = await rebuild(pool, paths, batch_size=5000, progress=progress)
-    log.info("bench.rebuild.done", eps=round(report.events_per_s), phases=report.phases)
+    report = await rebuild(pool, paths, batch_size=5000, progress=progress,
+                           processes=processes, dsn=dsn)
+    log.info("bench.rebuild.done", eps=round(report.events_per_s), phases=report.phases,
+             processes=report.processes)
     return report.events_per_s, report
 
 
@@ -574,8 +579,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
             await prepare_tables(pool)
             figures["limit_read_eps"] = await measure_limit_read(pool, head)
             log.info("bench.limit_read.done", eps=round(figures["limit_read_eps"]))
-            figures["rebuild_eps"], report = await measure_rebuild(pool, paths)
+            figures["rebuild_eps"], report = await measure_rebuild(
+                pool, service_dsn, paths, args.rebuild_processes or Settings().rebuild_processes)
             notes["rebuild_phases_s"] = {k: round(v, 2) for k, v in report.phases.items()}
+            notes["rebuild_processes"] = report.processes
             service = await bootstrap(Settings(), service_dsn, ref=ref)
             try:
                 p50, p99 = await measure_county_queries(service, ref, args.queries)
@@ -606,7 +613,8 @@ TARGETS = (("live_eps", 5_000, True), ("rebuild_eps", 50_000, True),
 def report_table(figures: dict[str, float], notes: dict[str, Any]) -> dict[str, float]:
     result = {k: round(figures[k], 1) for k in RESULT_KEYS}
     lines = [f"cases {notes['cases']:,}, events {notes['events']:,}; "
-             f"rebuild phases {notes.get('rebuild_phases_s')}", ""]
+             f"rebuild in {notes.get('rebuild_processes')} process(es), "
+             f"phases {notes.get('rebuild_phases_s')}", ""]
     for key in RESULT_KEYS:
         lines.append(f"{key:<22}{result[key]:>14,.1f}")
     lines.append("")
@@ -631,6 +639,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="processes generating the workload")
     parser.add_argument("--queries", type=int, default=400, help="county queries timed")
+    parser.add_argument("--rebuild-processes", type=int, default=0,
+                        help="processes the rebuild folds in (default: YIZHAN_REBUILD_PROCESSES, "
+                             "else the cores available; a log under 100,000 events uses one)")
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--no-fsync", action="store_true",
                         help="embedded PostgreSQL without fsync (CPU-bound ceiling)")

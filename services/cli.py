@@ -319,9 +319,11 @@ def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
 
     with endpoints(settings, kafka=False) as ep:
         asyncio.run(prepare_database(ep))
-        report = asyncio.run(projections.rebuild(settings, ep.service_url))
+        report = asyncio.run(projections.rebuild(settings, ep.service_url,
+                                                 processes=args.processes))
     print(f"rebuilt the read models from the log: {report.events:,} events, {report.cases:,} "
-          f"cases in {report.seconds:.1f} s ({report.events_per_s:,.0f} events/s); "
+          f"cases in {report.seconds:.1f} s ({report.events_per_s:,.0f} events/s, "
+          f"{report.processes} {'process' if report.processes == 1 else 'processes'}); "
           f"{report.schema} (generation {report.generation}) is now active, "
           f"{report.previous} kept as it was until the next rebuild")
     return 0
@@ -488,15 +490,21 @@ def cmd_repartition(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def partition_count(text: str) -> int:
-    """A partition count given at the command line: a whole number, at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a partition count is at least 1, not {value}")
-    return value
+def at_least_one(what: str) -> Callable[[str], int]:
+    """An argument type: a whole number, at least 1, named ``what`` when refused."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{what} is at least 1, not {value}")
+        return value
+
+    return parse
+
+
+partition_count = at_least_one("a partition count")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -517,8 +525,13 @@ def build_parser() -> argparse.ArgumentParser:
     erase.set_defaults(fn=cmd_erase)
     proj = sub.add_parser("projections", help="read models").add_subparsers(dest="projections",
                                                                            required=True)
-    proj.add_parser("rebuild", help="rebuild every read model from the log (blue/green)"
-                    ).set_defaults(fn=cmd_rebuild)
+    rebuild = proj.add_parser("rebuild",
+                              help="rebuild every read model from the log (blue/green)")
+    rebuild.add_argument("--processes", type=at_least_one("a number of processes"),
+                         default=None, metavar="N",
+                         help="fold the log in this many processes (default: "
+                              "YIZHAN_REBUILD_PROCESSES, else the cores available, at most 8)")
+    rebuild.set_defaults(fn=cmd_rebuild)
     from services.demo.cli import add_arguments, demo_command
 
     demo = sub.add_parser("demo", help="drive realistic casework through the running stack")

@@ -67,13 +67,18 @@ POSTGRES_MARKER = b"postgres"
 BROKER_MARKER = b"--advertised-listener-url"  # one of the arguments EmbeddedKafka starts it with
 
 
+def end_with_parent(sig: int) -> None:
+    """Have the kernel send this process ``sig`` when its parent dies (Linux)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, sig)
+
+
 def die_with_parent(sig: int) -> Callable[[], None]:
     """A ``preexec_fn`` giving the child its own session and ``sig`` when its parent dies."""
 
     def preexec() -> None:
         os.setsid()
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, sig)
+        end_with_parent(sig)
 
     return preexec
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
@@ -111,6 +112,12 @@ class Settings(BaseSettings):
         "two, one batch is planned and sent while the one before is in the database "
         "(measured: +60% appends/s with 64 concurrent writers, server CPU per event about the "
         "same). Intake always uses one (its batches are already pipelined).")
+
+    rebuild_processes: int = Field(
+        default_factory=lambda: min(len(os.sched_getaffinity(0)), 8), ge=1, le=64,
+        description="Processes a rebuild of the read models folds the log in (each a share "
+        "of the cases, see services/projections/rebuild.py): default, the cores this process "
+        "may run on, at most 8. A log under 100,000 events is folded in one.")
 
     relay_batch_size: int = Field(default=1000, ge=1)
     relay_poll_interval_s: float = Field(default=0.5, gt=0)

@@ -37,8 +37,8 @@ class ProjectionsService:
         await self.pool.close()
 
 
-async def upgrade_tables(pool: asyncpg.Pool, service_url: str, paths: UnitPaths,
-                         ) -> RebuildReport | None:
+async def upgrade_tables(pool: asyncpg.Pool, service_url: str, paths: UnitPaths, *,
+                         processes: int = 1) -> RebuildReport | None:
     """Rebuild the read models from the log and swap them in if the active set was made by
     code of another table layout (``schema.LAYOUT``): its tables lack a column or key this code
     writes, and its rows what only the log holds. The service serves once it is done. Under
@@ -47,7 +47,7 @@ async def upgrade_tables(pool: asyncpg.Pool, service_url: str, paths: UnitPaths,
     process starting meanwhile waits, then finds the set current; a ``yizhan projections
     rebuild`` started meanwhile waits, then rebuilds. An event the projectors do not know
     stops it, and the start, as it stops any rebuild: the old set cannot take this code's
-    writes."""
+    writes. ``processes``: the rebuild's (``Settings.rebuild_processes``)."""
     async with pool.acquire() as conn:
         if not await outdated(conn):
             return None
@@ -59,7 +59,8 @@ async def upgrade_tables(pool: asyncpg.Pool, service_url: str, paths: UnitPaths,
                 if not await outdated(conn):
                     return None
                 log.warning("projections.layout_outdated", layout=LAYOUT, action="rebuild")
-                return await rebuild(own, paths, lock_held=True)
+                return await rebuild(own, paths, lock_held=True, processes=processes,
+                                     dsn=service_url)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", REBUILD_LOCK)
     finally:
@@ -81,7 +82,7 @@ async def bootstrap(settings: Settings, service_url: str, *, ref: Reference | No
                              max_size=settings.db_pool_max)
     reference = ref or load_reference()
     paths = UnitPaths(reference.org)
-    await upgrade_tables(pool, service_url, paths)
+    await upgrade_tables(pool, service_url, paths, processes=settings.rebuild_processes)
     await prepare_tables(pool)
     reader = Reader(pool, reference.org, reference.staff, reference.catalogue,
                     max_wait_s=max_wait_s, live=live)

@@ -65,16 +65,18 @@ def print_progress(p: RebuildProgress) -> None:
 async def rebuild(
     settings: Settings, service_url: str, *, ref: Reference | None = None,
     progress: Callable[[RebuildProgress], None] | None = print_progress,
-    batch_size: int = 5000, swap: bool = True,
+    batch_size: int = 5000, swap: bool = True, processes: int | None = None,
 ) -> RebuildReport:
     """Rebuild every read model from the event store into the inactive table set and swap it
-    in. Fails (nothing swapped) on an event the projectors do not know."""
+    in, folding in ``processes`` processes (default: ``settings.rebuild_processes``). Fails
+    (nothing swapped) on an event the projectors do not know."""
     pool = await create_pool(service_url, min_size=2, max_size=8)
     try:
         await prepare_tables(pool)
         paths = UnitPaths((ref or load_reference()).org)
-        report = await rebuild_tables(pool, paths, batch_size=batch_size, progress=progress,
-                                      swap=swap)
+        report = await rebuild_tables(
+            pool, paths, batch_size=batch_size, progress=progress, swap=swap,
+            processes=processes or settings.rebuild_processes, dsn=service_url)
     finally:
         await pool.close()
     if progress is print_progress:

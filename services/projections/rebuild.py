@@ -29,17 +29,25 @@ import asyncio
 import contextlib
 import functools
 import gc
+import multiprocessing
+import os
 import re
+import signal
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnContext
+from multiprocessing.synchronize import Event as EventType
+from typing import Any, NamedTuple, cast
 
 import asyncpg
 
 from services.projections.projectors import (
     TABLES,
     CaseFolder,
+    CountKey,
     Gap,
     RawEvent,
     ReadModel,
@@ -57,7 +65,9 @@ from services.projections.schema import (
     recreate_tables,
 )
 from services.projections.writer import RAW_COLUMNS, apply_batch
+from shared.eventstore.postgres import create_pool
 from shared.logging import get_logger
+from shared.runtime import end_with_parent
 
 log = get_logger(__name__)
 
@@ -136,6 +146,7 @@ class RebuildReport:
     bulk_seconds: float
     generation: int
     phases: dict[str, float] = field(default_factory=dict)
+    processes: int = 1
 
     @property
     def events_per_s(self) -> float:
@@ -162,17 +173,37 @@ class _Rate:
         self.callback(RebuildProgress(self.phase, done, self.total, rate, max(eta, 0.0)))
 
 
-async def _ranges(pool: asyncpg.Pool, after: int, upto: int,
-                  size: int) -> AsyncIterator[list[RawEvent]]:
-    """Event ranges in order, the next one read while the caller works on this one."""
+class Shard(NamedTuple):
+    """The cases whose stream id hashes (PostgreSQL's ``hashtext``) to ``number`` modulo
+    ``of``: every event of a case falls in one shard, so shards fold independently."""
+
+    number: int = 0
+    of: int = 1
+
+
+WHOLE = Shard()
+PARALLEL_FROM = 100_000
+"""A shorter log is folded in one process, whatever the rebuild is given: it takes about two
+seconds there, and starting another process costs a quarter to half a second of a core."""
+_IN_SHARD = " AND (hashtext(stream_id) & 2147483647) % $3 = $4 ORDER BY"
+
+
+async def _ranges(pool: asyncpg.Pool, after: int, upto: int, size: int,
+                  shard: Shard = WHOLE) -> AsyncIterator[list[RawEvent]]:
+    """The shard's events in ranges of positions, in order, the next range read while the
+    caller works on this one."""
     queue: asyncio.Queue[list[RawEvent] | None] = asyncio.Queue(maxsize=3)
+    extra: tuple[int, ...]
+    query, extra = _BULK_RANGE, ()
+    if shard.of > 1:
+        query, extra = _BULK_RANGE.replace(" ORDER BY", _IN_SHARD), (shard.of, shard.number)
 
     async def read() -> None:
         start, step = after, min(size, FIRST_RANGE)  # folding starts sooner
         async with pool.acquire() as conn:
             while start < upto:
                 end = min(start + step, upto)
-                rows = await conn.fetch(_BULK_RANGE, start, end)
+                rows = await conn.fetch(query, start, end, *extra)
                 await queue.put([RawEvent(p, s, v, t, sv, read_stored(data), at)
                                  for p, s, v, t, sv, data, at in rows])
                 start, step = end, min(step * 2, size)
@@ -257,28 +288,30 @@ async def _index_table(conn: Any, schema: str, table: str) -> None:
         await conn.execute(";\n".join(statements))
 
 
-async def bulk_fold(pool: asyncpg.Pool, schema: str, paths: UnitPaths, upto: int, *,
-                    batch_size: int, progress: ProgressCallback | None,
-                    index: bool = False, phases: dict[str, float] | None = None,
-                    tables: Awaitable[None] | None = None) -> CaseFolder:
-    """Fold events 1..``upto`` into memory and COPY every read model into ``schema``. With
-    ``index``, each table but those of ``INDEXED_FIRST`` (whose indexes the caller made with
-    the tables) is indexed and analysed as soon as it is written. ``phases`` gets the seconds
-    of "bulk" (read and fold, the timeline COPYed meanwhile) and "index" (the rest of the
-    timeline and the other tables COPYed, indexed and analysed). ``tables``: awaited before
-    the first COPY (they may still be being made while the first ranges are folded)."""
-    started = time.perf_counter()
+OnBatch = Callable[[int, bool], None]
+"""Called after every range with the events folded so far, and ``True`` once all are."""
+
+
+async def _fold(pool: asyncpg.Pool, schema: str, paths: UnitPaths, upto: int, *,
+                batch_size: int, shard: Shard, on_batch: OnBatch,
+                tables: Awaitable[None] | None,
+                then: Callable[[CaseFolder, ReadModel], Awaitable[None]],
+                ) -> tuple[CaseFolder, ReadModel]:
+    """Fold ``shard``'s events 1..``upto`` into memory, strictly, with the live path's
+    projectors; each range's timeline rows are COPYed into ``schema`` by a writer task on its
+    own connection while the next range is folded. Then ``then`` (which writes the rest),
+    while the writer COPYs the last of the timeline. ``tables``: awaited before the first COPY
+    (the tables may still be being made while the first ranges are folded)."""
     with gc_paused():
         folder = CaseFolder(paths, strict=True)
         # the case rows are the folder's; the timeline holds one range's rows for the sink
         model = ReadModel(keep_cases=False)
         sink = _TimelineSink(pool, schema, tables)
-        rate = _Rate(upto, progress, "bulk")
         done = 0
         offer, changes, apply = folder.offer, folder.changes, model.apply
         batch: list[RawEvent] = []
         try:
-            async for batch in _ranges(pool, 0, upto, batch_size):
+            async for batch in _ranges(pool, 0, upto, batch_size, shard):
                 for at in range(0, len(batch), YIELD_EVERY):
                     for event in batch[at:at + YIELD_EVERY]:
                         if isinstance(offer(event), Gap):
@@ -291,25 +324,49 @@ async def bulk_fold(pool: asyncpg.Pool, schema: str, paths: UnitPaths, upto: int
                 lines, model.timeline = model.timeline, []
                 await sink.put(lines)
                 done += len(batch)
-                rate.report(done)
-            rate.report(done, force=True)
-            folded = time.perf_counter()
+                on_batch(done, False)
+            batch = []
+            on_batch(done, True)
             if tables is not None:
                 await tables
-
-            def copied() -> None:  # what only the COPYs needed goes while the server indexes
-                batch.clear()
-                model.counts.clear()
-                model.sla.clear()
-                model.breaches.clear()
-                model.moves.clear()
-
-            await _together(sink.close(), _copy_model(pool, schema, folder, model, paths,
-                                                      index, copied))
+            await _together(sink.close(), then(folder, model))
         except BaseException:
             sink.task.cancel()
             await asyncio.gather(sink.task, return_exceptions=True)
             raise
+    return folder, model
+
+
+async def bulk_fold(pool: asyncpg.Pool, schema: str, paths: UnitPaths, upto: int, *,
+                    batch_size: int, progress: ProgressCallback | None,
+                    index: bool = False, phases: dict[str, float] | None = None,
+                    tables: Awaitable[None] | None = None) -> CaseFolder:
+    """Fold events 1..``upto`` in this process and COPY every read model into ``schema``
+    (see ``_fold``). With ``index``, each table but those of ``INDEXED_FIRST`` (whose indexes
+    the caller made with the tables) is indexed and analysed as soon as it is written.
+    ``phases`` gets the seconds of "bulk" (read and fold, the timeline COPYed meanwhile) and
+    "index" (the rest of the timeline and the other tables COPYed, indexed and analysed)."""
+    started = folded = time.perf_counter()
+    rate = _Rate(upto, progress, "bulk")
+
+    def on_batch(done: int, last: bool) -> None:
+        nonlocal folded
+        rate.report(done, force=last)
+        if last:
+            folded = time.perf_counter()
+
+    def copy(folder: CaseFolder, model: ReadModel) -> Awaitable[None]:
+        def copied() -> None:  # what only the COPYs needed goes while the server indexes
+            model.counts.clear()
+            model.sla.clear()
+            model.breaches.clear()
+            model.moves.clear()
+
+        return _copy_model(pool, schema, _rows_of(folder, model, paths), index=index,
+                           copied=copied)
+
+    folder, _ = await _fold(pool, schema, paths, upto, batch_size=batch_size, shard=WHOLE,
+                            on_batch=on_batch, tables=tables, then=copy)
     if phases is not None:
         phases["bulk"] = folded - started
         phases["index"] = time.perf_counter() - folded
@@ -325,17 +382,23 @@ COPY_GROUPS = (("case_summary",), ("sla_facts", "sla_breaches"),
                ("moves", "subtree_counts", "unit_counts"))
 """The tables written after the fold, one connection and transaction per group, the groups
 concurrently (with the timeline's writer, four connections: a pool's usual minimum)."""
+COUNT_TABLES = ("subtree_counts", "unit_counts")
+"""Sums over all cases. Folded in several processes (``parallel_fold``), each process writes
+the rows of its own cases, and sends its counts for the rebuild to write their sums."""
+CASE_GROUPS = tuple(group for group in (
+    tuple(table for table in tables if table not in COUNT_TABLES) for tables in COPY_GROUPS)
+    if group)
+"""``COPY_GROUPS`` but the counts: what each fold process writes after its fold."""
+
+Rows = Callable[[str], list[Any]]
+"""The rows to COPY into a table (none: nothing to COPY)."""
 
 
-async def _copy_model(pool: asyncpg.Pool, schema: str, folder: CaseFolder, model: ReadModel,
-                      paths: UnitPaths, index: bool = False,
-                      copied: Callable[[], None] | None = None) -> None:
-    """COPY the case rows and ``model`` (all but the timeline), by ``COPY_GROUPS``; with
-    ``index``, each table's indexes and statistics right after its COPY. ``copied`` is called
-    once every table's COPY is done."""
+def _rows_of(folder: CaseFolder | None, model: ReadModel, paths: UnitPaths) -> Rows:
+    """The rows of the case rows of ``folder`` and of ``model`` (all but the timeline)."""
     def rows(table: str) -> list[Any]:
         if table == "case_summary":
-            return list(folder.rows.values())
+            return [] if folder is None else list(folder.rows.values())
         if table == "unit_counts":
             return [(*k, n) for k, n in model.own_counts().items()]
         if table == "subtree_counts":
@@ -346,7 +409,16 @@ async def _copy_model(pool: asyncpg.Pool, schema: str, folder: CaseFolder, model
             return list(model.breaches.values())
         return list(model.moves.values())
 
-    waiting = sum(len(group) for group in COPY_GROUPS)
+    return rows
+
+
+async def _copy_model(pool: asyncpg.Pool, schema: str, rows: Rows, *,
+                      groups: tuple[tuple[str, ...], ...] = COPY_GROUPS, index: bool = False,
+                      copied: Callable[[], None] | None = None) -> None:
+    """COPY ``rows`` of each table of ``groups`` (one connection and transaction per group, the
+    groups concurrently); with ``index``, each table's indexes and statistics right after its
+    COPY. ``copied`` is called once every table's COPY is done."""
+    waiting = sum(len(group) for group in groups)
 
     async def copy(tables: tuple[str, ...]) -> None:
         nonlocal waiting
@@ -365,19 +437,187 @@ async def _copy_model(pool: asyncpg.Pool, schema: str, folder: CaseFolder, model
                 if index:
                     await _index_table(conn, schema, table)
 
-    await _together(*(copy(group) for group in COPY_GROUPS))
+    await _together(*(copy(group) for group in groups))
 
 
-async def _together(*steps: Awaitable[None]) -> None:
-    """Run ``steps`` concurrently; if one fails, cancel the others and raise its error."""
+async def _together(*steps: Awaitable[Any]) -> list[Any]:
+    """Run ``steps`` concurrently and return their results; if one fails, cancel the others
+    and raise its error."""
     tasks = [asyncio.ensure_future(step) for step in steps]
     try:
-        await asyncio.gather(*tasks)
+        return await asyncio.gather(*tasks)
     except BaseException:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+# ------------------------------------------------------------ the fold in several processes
+
+
+class _Folded(NamedTuple):
+    """What one shard's fold leaves besides its rows, written already: its number of cases
+    and its cases' own counts."""
+
+    cases: int
+    counts: dict[CountKey, int]
+
+
+async def _fold_shard(pool: asyncpg.Pool, schema: str, paths: UnitPaths, upto: int,
+                      shard: Shard, *, batch_size: int, on_batch: OnBatch,
+                      tables: Awaitable[None] | None) -> _Folded:
+    """Fold ``shard`` and write every row of its cases (``CASE_GROUPS``, not indexed)."""
+    def copy(folder: CaseFolder, model: ReadModel) -> Awaitable[None]:
+        return _copy_model(pool, schema, _rows_of(folder, model, paths), groups=CASE_GROUPS)
+
+    folder, model = await _fold(pool, schema, paths, upto, batch_size=batch_size, shard=shard,
+                                on_batch=on_batch, tables=tables, then=copy)
+    return _Folded(len(folder.rows), model.own_counts())
+
+
+PROGRESS_EVERY_S = 0.25
+
+
+def _fold_process(pipe: Connection, ready: EventType, parent: int, dsn: str, schema: str,
+                  paths: UnitPaths, upto: int, shard: Shard, batch_size: int) -> None:
+    """A fold process (spawned by ``parallel_fold``): fold ``shard``, write its rows once
+    ``ready`` is set (the tables exist), and send ``("progress", done)`` now and then,
+    ``("folded", done)``, then ``("done", _Folded)`` or ``("failed", exception)``. It is
+    killed if the rebuild's process dies."""
+    end_with_parent(signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        return
+    message: tuple[str, Any]
+    try:
+        message = ("done", asyncio.run(_run_fold_process(
+            pipe, ready, dsn, schema, paths, upto, shard, batch_size)))
+    except BaseException as exc:  # sent to the rebuild, which raises it
+        message = ("failed", exc)
+    try:
+        pipe.send(message)
+    except Exception:  # an error that does not pickle
+        pipe.send(("failed", RebuildFailed(f"fold process {shard.number}: {message[1]!r}")))
+    finally:
+        pipe.close()
+
+
+async def _run_fold_process(pipe: Connection, ready: EventType, dsn: str, schema: str,
+                            paths: UnitPaths, upto: int, shard: Shard,
+                            batch_size: int) -> _Folded:
+    pool = await create_pool(dsn, min_size=1, max_size=len(CASE_GROUPS) + 2)
+    last = 0.0
+
+    def on_batch(done: int, folded: bool) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if folded or now - last >= PROGRESS_EVERY_S:
+            last = now
+            pipe.send(("folded" if folded else "progress", done))
+
+    async def made() -> None:  # a wait on ``ready`` that a cancel ends within half a second
+        while not await asyncio.to_thread(ready.wait, 0.5):
+            pass
+
+    try:
+        return await _fold_shard(pool, schema, paths, upto, shard, batch_size=batch_size,
+                                 on_batch=on_batch, tables=asyncio.ensure_future(made()))
+    finally:
+        await pool.close()
+
+
+class _FoldProcess:
+    """A fold process, seen from the rebuild."""
+
+    def __init__(self, context: SpawnContext, ready: EventType, dsn: str, schema: str,
+                 paths: UnitPaths, upto: int, shard: Shard, batch_size: int) -> None:
+        self.shard = shard
+        self.pipe, sender = context.Pipe(duplex=False)
+        self.process = context.Process(
+            target=_fold_process, name=f"yizhan-rebuild-fold-{shard.number}", daemon=True,
+            args=(sender, ready, os.getpid(), dsn, schema, paths, upto, shard, batch_size))
+        self.process.start()
+        sender.close()
+
+    async def result(self, on_batch: OnBatch) -> _Folded:
+        """Its result, once it has written its rows; ``on_batch`` meanwhile."""
+        while True:
+            try:
+                kind, value = await asyncio.to_thread(self.pipe.recv)
+            except EOFError:
+                await asyncio.to_thread(self.process.join)
+                raise RebuildFailed(
+                    f"fold process {self.shard.number} of {self.shard.of} ended (exit code "
+                    f"{self.process.exitcode}) before it had written its rows") from None
+            if kind == "done":
+                return cast(_Folded, value)
+            if kind == "failed":
+                raise value
+            on_batch(value, kind == "folded")
+
+    async def stop(self, *, wait: bool) -> None:
+        """Kill it unless it has ended (``wait``: give it a few seconds to end first)."""
+        if wait:
+            await asyncio.to_thread(self.process.join, 5.0)
+        if self.process.is_alive():
+            self.process.kill()
+        await asyncio.to_thread(self.process.join)
+
+
+async def parallel_fold(pool: asyncpg.Pool, dsn: str, schema: str, paths: UnitPaths, upto: int,
+                        *, processes: int, batch_size: int, progress: ProgressCallback | None,
+                        phases: dict[str, float] | None = None,
+                        tables: Awaitable[None] | None = None) -> int:
+    """``bulk_fold`` in ``processes`` processes, this one and others it spawns (connecting with
+    ``dsn``), each folding one ``Shard`` of the cases (every event of a case is in one): a fold
+    is one core's Python, and the server has cycles to spare meanwhile. Each writes its cases'
+    rows, the timeline while it folds; this one then writes the summed counts and indexes
+    every table. Returns the number of cases. Any process failing fails the fold (the others
+    are killed)."""
+    started = time.perf_counter()
+    rate = _Rate(upto, progress, "bulk")
+    done, folded = [0] * processes, [0.0] * processes
+
+    def on_batch_of(number: int) -> OnBatch:
+        def on_batch(count: int, last: bool) -> None:
+            done[number] = count
+            if last:
+                folded[number] = time.perf_counter()
+            rate.report(sum(done), force=last and all(folded))
+
+        return on_batch
+
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    others = [_FoldProcess(context, ready, dsn, schema, paths, upto, Shard(n, processes),
+                           batch_size) for n in range(1, processes)]
+
+    async def made() -> None:
+        if tables is not None:
+            await tables
+        ready.set()
+
+    made_task = asyncio.ensure_future(made())
+    ended = False
+    try:
+        results: list[_Folded] = await _together(
+            _fold_shard(pool, schema, paths, upto, Shard(0, processes), batch_size=batch_size,
+                        on_batch=on_batch_of(0), tables=made_task),
+            *(other.result(on_batch_of(other.shard.number)) for other in others))
+        ended = True
+    finally:
+        made_task.cancel()
+        await asyncio.gather(made_task, *(other.stop(wait=ended) for other in others),
+                             return_exceptions=True)
+    counts: Counter[CountKey] = Counter()
+    for result in results:
+        counts.update(result.counts)
+    mark = max(folded)
+    await _copy_model(pool, schema, _rows_of(None, ReadModel(counts=counts), paths), index=True)
+    if phases is not None:
+        phases["bulk"] = mark - started
+        phases["index"] = time.perf_counter() - mark
+    return sum(result.cases for result in results)
 
 
 async def _index(pool: asyncpg.Pool, schema: str) -> None:
@@ -443,10 +683,13 @@ async def _swap(pool: asyncpg.Pool, schema: str, paths: UnitPaths, after: int,
 async def rebuild(
     pool: asyncpg.Pool, paths: UnitPaths, *, batch_size: int = 5000,
     progress: ProgressCallback | None = None, swap: bool = True, lock_held: bool = False,
+    processes: int = 1, dsn: str | None = None,
 ) -> RebuildReport:
     """Rebuild every read model into the inactive table set and swap it in (see the module
     docstring). Raises ``Unprojectable`` or ``RebuildFailed`` (nothing swapped) on an event
     it cannot project. ``swap=False`` builds and catches up but leaves the active set alone.
+    ``processes`` > 1: fold in that many processes (``parallel_fold``), the others connecting
+    with ``dsn`` (the login of ``pool``).
 
     One rebuild at a time: it holds ``REBUILD_LOCK`` (a session advisory lock, on a connection
     of ``pool`` kept for it) throughout, and waits for it, saying so, while another process
@@ -454,10 +697,13 @@ async def rebuild(
     same inactive set, and the second would drop the tables of the set the first just swapped
     in (found in review: nothing stopped ``yizhan projections rebuild`` run twice, or beside
     a starting service's layout upgrade)."""
+    if processes < 1 or (processes > 1 and dsn is None):
+        raise ValueError("a rebuild folds in one process, or in several given a dsn")
+    run = functools.partial(_rebuild, pool, paths, batch_size=batch_size, progress=progress,
+                            swap=swap, processes=processes, dsn=dsn)
     if lock_held:
         with gc_paused():
-            return await _rebuild(pool, paths, batch_size=batch_size, progress=progress,
-                                  swap=swap)
+            return await run()
     async with pool.acquire() as conn:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", REBUILD_LOCK):
             log.warning("projections.rebuild.waiting", reason="another process is rebuilding "
@@ -465,8 +711,7 @@ async def rebuild(
             await conn.execute("SELECT pg_advisory_lock($1)", REBUILD_LOCK)
         try:
             with gc_paused():
-                return await _rebuild(pool, paths, batch_size=batch_size, progress=progress,
-                                      swap=swap)
+                return await run()
         finally:
             await _unlock(conn)
 
@@ -482,7 +727,8 @@ async def _unlock(conn: Any) -> None:
 
 
 async def _rebuild(pool: asyncpg.Pool, paths: UnitPaths, *, batch_size: int,
-                   progress: ProgressCallback | None, swap: bool) -> RebuildReport:
+                   progress: ProgressCallback | None, swap: bool, processes: int,
+                   dsn: str | None) -> RebuildReport:
     started = time.perf_counter()
     phases: dict[str, float] = {}
     async with pool.acquire() as conn:
@@ -500,13 +746,22 @@ async def _rebuild(pool: asyncpg.Pool, paths: UnitPaths, *, batch_size: int,
     tables = asyncio.ensure_future(recreate())
     try:
         upto = int(await pool.fetchval(_HEAD))
-        log.info("projections.rebuild.start", table_set=target, head=upto)
-        folder = await bulk_fold(pool, target, paths, upto, batch_size=batch_size,
-                                 progress=progress, index=True, phases=phases, tables=tables)
+        if upto < PARALLEL_FROM:
+            processes = 1
+        log.info("projections.rebuild.start", table_set=target, head=upto,
+                 processes=processes)
+        if processes > 1:
+            assert dsn is not None  # checked by ``rebuild``
+            cases = await parallel_fold(pool, dsn, target, paths, upto, processes=processes,
+                                        batch_size=batch_size, progress=progress,
+                                        phases=phases, tables=tables)
+        else:
+            cases = len((await bulk_fold(pool, target, paths, upto, batch_size=batch_size,
+                                         progress=progress, index=True, phases=phases,
+                                         tables=tables)).rows)
     finally:
         tables.cancel()  # done by now, unless the fold failed
         await asyncio.gather(tables, return_exceptions=True)
-    cases = len(folder.rows)
     mark = time.perf_counter()
     await _index(pool, target)
     phases["index"] += time.perf_counter() - mark
@@ -521,8 +776,8 @@ async def _rebuild(pool: asyncpg.Pool, paths: UnitPaths, *, batch_size: int,
     phases["catch_up_and_swap"] = time.perf_counter() - mark
     seconds = time.perf_counter() - started
     report = RebuildReport(target, previous, reached, reached, cases, seconds,
-                           phases["bulk"], swapped, phases)
+                           phases["bulk"], swapped, phases, processes)
     log.info("projections.rebuild.done", table_set=target, position=reached,
-             cases=report.cases, seconds=round(seconds, 2),
+             cases=report.cases, seconds=round(seconds, 2), processes=processes,
              events_per_s=round(report.events_per_s), swapped=swap, phases=phases)
     return report

@@ -111,6 +111,10 @@ class OrgTree:
         self._ancestors = MappingProxyType(ancestors)
         self._descendants = MappingProxyType({k: tuple(v) for k, v in descendants.items()})
 
+    def __reduce__(self) -> tuple[type[OrgTree], tuple[tuple[Unit, ...]]]:
+        """Pickled as its units (a rebuild's fold processes get the tree so)."""
+        return OrgTree, (tuple(self._by_code.values()),)
+
     @property
     def root(self) -> Unit:
         """The city."""

@@ -31,6 +31,10 @@ class Unprojectable(ValueError):
         self.type = type_
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[Unprojectable], tuple[int, str, str, str]]:
+        """Pickled as its four fields (a rebuild's fold process sends it to the parent)."""
+        return Unprojectable, (self.position, self.stream_id, self.type, self.reason)
+
 
 class ProjectedEvent(NamedTuple):
     position: int

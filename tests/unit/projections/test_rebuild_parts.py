@@ -1,22 +1,32 @@
 """Parts of the rebuild: event data reads the same with orjson as with the json module (or is
 refused the same way), stored bytes read as their text would, the paused garbage collector comes
-back as it was, and a timeline writer that fails stops the fold instead of leaving it waiting."""
+back as it was, a timeline writer that fails stops the fold instead of leaving it waiting, and
+what a fold process is given and sends back pickles whole."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import json
+import pickle
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from services.projections.projectors import RawEvent, TimelineRow, Unprojectable, prepare
+from services.cli import build_parser
+from services.projections.projectors import (
+    RawEvent,
+    TimelineRow,
+    UnitPaths,
+    Unprojectable,
+    prepare,
+)
 from services.projections.projectors.case import ts
 from services.projections.projectors.events import read_data, read_stored
 from services.projections.rebuild import _GcPause, _TimelineSink
+from shared.reference import Reference
 
 SAMPLES = [
     '{"at":"2026-03-02T01:00:00Z","actor":{"role":"clerk","acting_for":null},"n":1,"x":1.5}',
@@ -99,3 +109,28 @@ async def test_a_failed_timeline_writer_is_raised_not_waited_for(ranges: int) ->
         for _ in range(ranges):
             await sink.put([ROW])
         await asyncio.wait_for(sink.close(), 5)
+
+
+def test_what_a_fold_process_is_given_and_sends_back_pickles_whole(ref: Reference) -> None:
+    """A fold process gets the org tree pickled (``OrgTree`` keeps read-only mappings, which do
+    not pickle as they are) and sends back what stopped it (``Unprojectable`` has four
+    fields, not the message its ``args`` hold)."""
+    paths = pickle.loads(pickle.dumps(UnitPaths(ref.org)))
+    units = [u.code for u in ref.org.descendants(ref.org.root.code)]
+    assert [paths.chain(u) for u in units] == [UnitPaths(ref.org).chain(u) for u in units]
+    assert [paths.path(u) for u in units] == [UnitPaths(ref.org).path(u) for u in units]
+
+    sent = Unprojectable(7, "case-x", "CaseTeleported", "no projector for this event type")
+    got = pickle.loads(pickle.dumps(sent))
+    assert (got.position, got.stream_id, got.type, got.reason, str(got)) == (
+        7, "case-x", "CaseTeleported", "no projector for this event type", str(sent))
+
+
+@pytest.mark.parametrize("given", ["0", "-2", "two"])
+def test_a_rebuild_refuses_a_process_count_below_one(given: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["projections", "rebuild", "--processes", given])
+    assert stopped.value.code == 2
+    assert "--processes" in capsys.readouterr().err
+    assert build_parser().parse_args(["projections", "rebuild", "--processes", "3"]).processes == 3
