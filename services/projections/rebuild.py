@@ -7,8 +7,12 @@
    with the same projectors as the live path, in memory (``CaseFolder`` + ``ReadModel``); each
    range's timeline rows are COPYed by a writer task on its own connection (into a table made
    with its index, ``INDEXED_FIRST``) while the next range is folded.
+   In several processes (``parallel_fold``, ``Settings.rebuild_processes``), each folds and
+   writes one ``Shard`` of the cases, and sends back its counts for this process to sum.
 3. Then, in a few concurrent groups: COPY each other table, build its indexes, ANALYZE it
-   (``ANALYZED``). Python encodes one table while the server indexes another.
+   (``ANALYZED``). Python encodes one table while the server indexes another. (In several
+   processes, each COPYs its cases' rows after its fold; this one then writes the summed
+   counts and builds every index.)
 4. Catch up with the live writer (``writer.apply_batch``) until close to the head.
 5. Swap: in one transaction, lock ``projections.state`` (every live writer holds it shared),
    apply the last events, set the new set's watermark and make it active.
