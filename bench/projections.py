@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import os
 import random
 import statistics
@@ -544,31 +545,55 @@ def measure_peer_read(dsn: str, rows: Sequence[Row]) -> float:
         datastore.close()
 
 
+def _peer_process(pipe: Any, dsn: str, rows: Sequence[Row]) -> None:
+    """``measure_peer_read`` in a forked process (it has ``rows`` without a copy being sent)."""
+    try:
+        pipe.send(("measured", measure_peer_read(dsn, rows)))
+    except BaseException as exc:  # sent back: the bench raises it
+        pipe.send(("failed", repr(exc)))
+
+
 async def peer_read_watched(admin_url: str, peer: str, rows: Sequence[Row]) -> float:
-    """``measure_peer_read``, watched: once in a full run the peer's untimed load hung for good
-    (eventsourcing's psycopg pipeline waited on the server, which waited for the rest of a
-    message; both idle). If it has not finished after ``peer_deadline_s``, its sessions are
-    ended (its call then fails), its database made anew, and it runs once more; a second hang
-    ends the bench with an error, not a figure."""
+    """``measure_peer_read`` in a process of its own, watched: twice in full runs the peer's
+    untimed load hung for good (eventsourcing's psycopg pipeline, pure-Python implementation,
+    waited on the server, which waited for the rest of a message; both idle), and a thread so
+    stuck could not be stopped, even with its sessions ended. If the process has not answered
+    after ``peer_deadline_s``, it is killed, its database made anew, and it runs once more; a
+    second hang ends the bench with an error, not a figure. Forked: the bench's own pool is
+    closed by now, and the child only reads ``rows`` and opens its own connections."""
     import asyncpg
 
     deadline = peer_deadline_s(len(rows))
+    context = multiprocessing.get_context("fork")
     for attempt in (1, 2):
-        run = asyncio.ensure_future(asyncio.to_thread(measure_peer_read,
-                                                      with_db(admin_url, peer), rows))
-        done, _ = await asyncio.wait({run}, timeout=deadline)
-        if done:
-            return run.result()
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=_peer_process, name="bench-peer", daemon=True,
+                                args=(sender, with_db(admin_url, peer), rows))
+        child.start()
+        sender.close()
+        try:
+            if await asyncio.to_thread(receiver.poll, deadline):
+                try:
+                    kind, value = receiver.recv()
+                except EOFError:
+                    raise RuntimeError(f"the peer's process ended (exit code "
+                                       f"{child.exitcode}) without a figure") from None
+                if kind == "failed":
+                    raise RuntimeError(f"the peer failed: {value}")
+                return float(value)
+        finally:
+            if child.is_alive():
+                child.kill()
+            child.join()
+            receiver.close()
         log.warning("bench.peer.hung", attempt=attempt, after_s=deadline,
-                    action="ending its sessions" + (", running it again" if attempt == 1 else ""))
+                    action="killed" + (", running it again" if attempt == 1 else ""))
         conn = await asyncpg.connect(admin_url)
         try:
-            await conn.execute(f'DROP DATABASE "{peer}" WITH (FORCE)')  # ends its sessions
+            await conn.execute(f'DROP DATABASE "{peer}" WITH (FORCE)')
             await conn.execute(f'CREATE DATABASE "{peer}"')
         finally:
             await conn.close()
-        with contextlib.suppress(Exception):
-            await run
     raise RuntimeError(f"the peer hung twice (more than {deadline:.0f} s each): no figure")
 
 
