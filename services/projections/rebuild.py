@@ -593,8 +593,7 @@ async def parallel_fold(pool: asyncpg.Pool, dsn: str, schema: str, paths: UnitPa
 
     context = multiprocessing.get_context("spawn")
     ready = context.Event()
-    others = [_FoldProcess(context, ready, dsn, schema, paths, upto, Shard(n, processes),
-                           batch_size) for n in range(1, processes)]
+    others: list[_FoldProcess] = []
 
     async def made() -> None:
         if tables is not None:
@@ -603,7 +602,10 @@ async def parallel_fold(pool: asyncpg.Pool, dsn: str, schema: str, paths: UnitPa
 
     made_task = asyncio.ensure_future(made())
     ended = False
-    try:
+    try:  # started in here: a start that fails stops those started before it
+        for number in range(1, processes):
+            others.append(_FoldProcess(context, ready, dsn, schema, paths, upto,
+                                       Shard(number, processes), batch_size))
         results: list[_Folded] = await _together(
             _fold_shard(pool, schema, paths, upto, Shard(0, processes), batch_size=batch_size,
                         on_batch=on_batch_of(0), tables=made_task),
